@@ -1,0 +1,77 @@
+# envoisms — PGXS build of the extension, the gateway and every test suite.
+# The version is set here once and stamped into the control file and the
+# install script name.
+EXTENSION   = envoisms
+EXTVERSION  = 0.1.0
+
+MODULE_big  = envoisms
+# One concern per file; see DESIGN.md for the layers.
+OBJS = \
+	src/envoisms.o \
+	src/segments.o \
+	src/phone.o \
+	src/phone_lib.o \
+	src/crypto.o \
+	src/ids.o \
+	src/ratelimit.o \
+	$(WORKER_OBJS)
+
+# Background workers (issue 6/7) add their objects here.
+WORKER_OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/worker_*.c src/carrier_*.c)))
+
+# SQL parts are concatenated in name order (NN_area.sql) into the install script.
+SQL_PARTS   = $(sort $(wildcard src/sql/*.sql))
+DATA_built  = $(EXTENSION)--$(EXTVERSION).sql $(EXTENSION).control
+DATA        = $(filter-out $(wildcard $(EXTENSION)--$(EXTVERSION).sql),$(wildcard $(EXTENSION)--*--*.sql))
+
+PG_CONFIG  ?= pg_config
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -Wno-cast-function-type
+PG_CXXFLAGS = -std=c++17 -Wall -Werror
+SHLIB_LINK  = -lphonenumber -lgeocoding -lstdc++ -lcrypto -lcurl -lsmpp34
+
+# pg_regress suites (sql/, expected/) and isolation specs (test/isolation).
+REGRESS         = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
+REGRESS_OPTS    = --load-extension=$(EXTENSION)
+ISOLATION       = $(patsubst test/isolation/specs/%.spec,%,$(sort $(wildcard test/isolation/specs/*.spec)))
+ISOLATION_OPTS  = --inputdir=test/isolation --outputdir=test/isolation/results --load-extension=$(EXTENSION)
+
+EXTRA_CLEAN = src/gateway/envoisms-gateway src/gateway/*.o test/isolation/results results regression.diffs regression.out
+
+# No LLVM bitcode: a fresh machine need not have clang.
+override with_llvm := no
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
+	{ echo "-- envoisms $(EXTVERSION): generated from src/sql/*.sql by make; do not edit"; \
+	  echo '\echo Use "CREATE EXTENSION envoisms" to load this file. \quit'; \
+	  for f in $(SQL_PARTS); do echo; echo "-- ---- $$f"; cat $$f; done; } > $@
+
+$(EXTENSION).control: $(EXTENSION).control.in Makefile
+	sed 's/@EXTVERSION@/$(EXTVERSION)/' $< > $@
+
+src/phone_lib.o: src/phone_lib.cpp
+	$(CXX) $(CXXFLAGS) $(PG_CXXFLAGS) -fPIC -I$(srcdir)/src -c -o $@ $<
+
+# ---- the gateway (src/gateway), built by the same make
+GATEWAY_SRCS = $(sort $(wildcard src/gateway/*.c))
+GATEWAY_OBJS = $(GATEWAY_SRCS:.c=.o)
+GATEWAY_CFLAGS = -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I$(shell $(PG_CONFIG) --includedir)
+
+src/gateway/%.o: src/gateway/%.c $(wildcard src/gateway/*.h)
+	$(CC) $(GATEWAY_CFLAGS) -c -o $@ $<
+
+src/gateway/envoisms-gateway: $(GATEWAY_OBJS)
+	$(CC) -pthread -o $@ $^ -L$(shell $(PG_CONFIG) --libdir) -lpq -lmicrohttpd
+
+ifneq ($(GATEWAY_SRCS),)
+all: src/gateway/envoisms-gateway
+install: install-gateway
+endif
+
+install-gateway: src/gateway/envoisms-gateway
+	$(INSTALL_PROGRAM) src/gateway/envoisms-gateway '$(DESTDIR)$(bindir)/envoisms-gateway'
+
+.PHONY: install-gateway

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# scripts/deps.sh — install, from Debian's packages, whatever of the build
+# and test dependencies is missing. Idempotent: a second run installs nothing.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PACKAGES=(
+    build-essential pkg-config rsync sudo curl ca-certificates
+    postgresql-15 postgresql-client-15 postgresql-server-dev-15
+    postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-15-cron
+    libpq-dev libssl-dev libcurl4-openssl-dev libmicrohttpd-dev
+    libphonenumber-dev libprotobuf-dev libicu-dev libboost-dev libsmpp34-dev
+    libipc-run-perl libnet-smpp-perl libjson-pp-perl libdigest-sha-perl
+    wrk nodejs
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's postgresql package may create and start a "main" cluster on 5432;
+# envoisms runs its own clusters and leaves that one alone.
+[ -x "$PG_CONFIG" ] || die "PostgreSQL 15 is missing after install ($PG_CONFIG)"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the README's test command: install what is missing,
+# build, then run every suite (pg_regress, isolation, pgTAP, TAP) against
+# real servers run by an unprivileged user. Prints one summary line
+# "N passed, N failed" and exits non-zero on any failure.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+"$ENVOISMS_ROOT/scripts/deps.sh"
+ensure_server_user
+build_and_install
+
+# The suites write results next to their inputs, and the server user must be
+# able to do that: run them in a copy of the tree owned by that user.
+if [ "$(id -un)" = "$ENVOISMS_USER" ]; then
+    workdir=$ENVOISMS_ROOT
+else
+    workdir=$(as_root mktemp -d /var/tmp/envoisms-test.XXXXXX)
+    as_root rsync -a --exclude .git --exclude '*.o' --exclude '*.so' "$ENVOISMS_ROOT/" "$workdir/"
+    as_root chown -R "$ENVOISMS_USER:" "$workdir"
+    trap 'as_root rm -rf "$workdir"' EXIT
+fi
+
+as_server_user env ${ENVOISMS_TEST_ONLY:+ENVOISMS_TEST_ONLY="$ENVOISMS_TEST_ONLY"} \
+    bash "$workdir/scripts/test-suites.sh"

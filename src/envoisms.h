@@ -1,0 +1,27 @@
+/*
+ * envoisms.h — the one header that gathers the PostgreSQL includes every C
+ * file of the extension needs, plus the module entry points called from
+ * _PG_init. Version shims, if any are ever needed, live here and only here.
+ */
+#ifndef ENVOISMS_H
+#define ENVOISMS_H
+
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+
+/* Set once the library was loaded through shared_preload_libraries. */
+extern bool envoisms_preloaded;
+
+/* Raise a clear error when a feature needs the preload and it is missing. */
+extern void EnvoismsRequirePreload(const char *feature);
+
+/* Module initialisers, each defining its own GUCs and shared memory. */
+extern void RateLimitInit(void);
+extern void WorkersInit(void);
+
+#endif							/* ENVOISMS_H */
