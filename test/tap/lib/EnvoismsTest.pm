@@ -1,0 +1,255 @@
+# EnvoismsTest — helpers shared by the TAP suites (test/tap/*.pl).
+#
+# A suite gets a real cluster with the extension created, a real gateway
+# process on a free port, an HTTP client and a demo key:
+#
+#   my $node = EnvoismsTest::node('main', conf => ["envoisms.foo = 1"]);
+#   my $gw   = EnvoismsTest::start_gateway($node, args => ['--threads', 4]);
+#   my ($account, $key) = EnvoismsTest::demo_key($node);
+#   my ($status, $headers, $body) = EnvoismsTest::http('POST',
+#       "$gw->{url}/v1/messages",
+#       { Authorization => "Bearer $key", 'Content-Type' => 'application/json' },
+#       '{"to":"+212612345678","message":"Bonjour"}');
+#   my $json = EnvoismsTest::json($body);
+#   EnvoismsTest::stop_gateway($gw);
+#
+# The API of the functions above is stable; other suites depend on it.
+# Response header names are returned lower-case.
+package EnvoismsTest;
+
+use strict;
+use warnings;
+
+use Carp;
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw(:sys_wait_h);
+use Time::HiRes qw(usleep time);
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+
+our $started = 0;
+our $ROOT = $ENV{ENVOISMS_ROOT} // abs_path(dirname(__FILE__) . '/../../..');
+
+# A started cluster with envoisms preloaded and created in database
+# "envoisms". %opts: conf => [lines] appended to postgresql.conf,
+# preload => 'envoisms,...' to replace shared_preload_libraries.
+sub node
+{
+	my ($name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	my $preload = $opts{preload} // 'envoisms';
+	my @conf = (
+		"shared_preload_libraries = '$preload'",
+		"envoisms.database = 'envoisms'",
+		"max_connections = 200",
+		@{ $opts{conf} // [] });
+	$node->append_conf('postgresql.conf', join("\n", @conf) . "\n");
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE DATABASE envoisms');
+	$node->safe_psql('envoisms', 'CREATE EXTENSION envoisms');
+	return $node;
+}
+
+# The libpq conninfo of a node's "envoisms" database.
+sub conninfo
+{
+	my ($node, $db) = @_;
+	$db //= 'envoisms';
+	return sprintf("host=%s port=%d dbname=%s", $node->host, $node->port, $db);
+}
+
+# The gateway binary: $ENV{ENVOISMS_GATEWAY}, else the freshly built one in
+# the tree, else the installed one.
+sub gateway_binary
+{
+	return $ENV{ENVOISMS_GATEWAY} if $ENV{ENVOISMS_GATEWAY};
+	my $built = "$ROOT/src/gateway/envoisms-gateway";
+	return $built if -x $built;
+	my $bindir = `pg_config --bindir`;
+	chomp $bindir;
+	return "$bindir/envoisms-gateway";
+}
+
+# Start envoisms-gateway against $node on a free port; waits until GET
+# /healthz answers 200 (wait => 'listening' only waits for any answer,
+# wait => 0 does not wait). %opts: args => [extra flags], db => conninfo,
+# listen_host => '127.0.0.1', env => {NAME => value}.
+# Returns { port, pid, log, url, host }.
+sub start_gateway
+{
+	my ($node, %opts) = @_;
+	my $host = $opts{listen_host} // '127.0.0.1';
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $db = $opts{db} // conninfo($node);
+	$started++;
+	my $log = "$PostgreSQL::Test::Utils::log_path/gateway_${port}_$started.log";
+	my @cmd = (gateway_binary(), '--listen', "$host:$port", '--db', $db,
+		@{ $opts{args} // [] });
+
+	my $pid = fork();
+	croak "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>>', $log) or die "open $log: $!";
+		open(STDERR, '>&', \*STDOUT) or die "dup: $!";
+		$ENV{$_} = $opts{env}{$_} for keys %{ $opts{env} // {} };
+		exec(@cmd) or die "exec $cmd[0]: $!";
+	}
+	my $gw = {
+		port => $port,
+		pid  => $pid,
+		log  => $log,
+		host => $host,
+		url  => "http://$host:$port",
+	};
+	my $wait = $opts{wait} // 'healthy';
+	return $gw unless $wait;
+	my $deadline = time() + ($opts{timeout} // 30);
+	while (time() < $deadline)
+	{
+		if (waitpid($pid, WNOHANG) == $pid)
+		{
+			croak "envoisms-gateway exited with status $? before it was ready; log:\n"
+			  . slurp_file($log);
+		}
+		my ($status) = http('GET', "$gw->{url}/healthz");
+		return $gw if $status == 200 || ($wait eq 'listening' && $status != 599);
+		usleep(50_000);
+	}
+	kill 'KILL', $pid;
+	waitpid($pid, 0);
+	croak "envoisms-gateway did not become ready on port $port; log:\n" . slurp_file($log);
+}
+
+# Stop a gateway with SIGTERM (or $signal) and reap it; returns its exit
+# status as waitpid's $? (0 = exited 0). Gives up with SIGKILL after 30 s.
+sub stop_gateway
+{
+	my ($gw, $signal) = @_;
+	return $gw->{status} if defined $gw->{status};
+	kill($signal // 'TERM', $gw->{pid});
+	my $deadline = time() + 30;
+	while (time() < $deadline)
+	{
+		if (waitpid($gw->{pid}, WNOHANG) == $gw->{pid})
+		{
+			$gw->{status} = $?;
+			return $?;
+		}
+		usleep(20_000);
+	}
+	kill 'KILL', $gw->{pid};
+	waitpid($gw->{pid}, 0);
+	$gw->{status} = $?;
+	return $?;
+}
+
+# One HTTP request on a fresh connection. Returns (status, \%headers with
+# lower-case names, body). Status 599 means no HTTP answer (connection
+# refused or reset; the body then holds the reason).
+sub http
+{
+	my ($method, $url, $headers, $body, %opts) = @_;
+	my $ua = HTTP::Tiny->new(
+		keep_alive => 0,
+		timeout    => $opts{timeout} // 30,
+		agent      => 'envoisms-tap');
+	my %args = (headers => { %{ $headers // {} } });
+	$args{content} = $body if defined $body;
+	my $res = $ua->request($method, $url, \%args);
+	return ($res->{status}, $res->{headers} // {}, $res->{content} // '');
+}
+
+# Decode a JSON text; undef when it is not JSON.
+sub json
+{
+	my ($text) = @_;
+	my $v = eval { JSON::PP->new->utf8->allow_nonref->decode($text) };
+	return $v;
+}
+
+# Send raw bytes on a new TCP connection and read until the server closes
+# (or $opts{timeout} seconds pass). Returns (status or undef, raw response).
+sub raw_request
+{
+	my ($gw, $bytes, %opts) = @_;
+	my $sock = IO::Socket::INET->new(
+		PeerAddr => $gw->{host},
+		PeerPort => $gw->{port},
+		Proto    => 'tcp',
+		Timeout  => 5) or return (undef, "connect: $!");
+	local $SIG{PIPE} = 'IGNORE';
+	my $off = 0;
+	while ($off < length $bytes)
+	{
+		my $n = syswrite($sock, $bytes, 65536, $off);
+		last unless defined $n && $n > 0;
+		$off += $n;
+	}
+	my $resp = '';
+	my $deadline = time() + ($opts{timeout} // 10);
+	my $rin = '';
+	vec($rin, fileno($sock), 1) = 1;
+	while (time() < $deadline)
+	{
+		my $ready = select(my $rout = $rin, undef, undef, 0.2);
+		next unless $ready;
+		my $n = sysread($sock, my $chunk, 65536);
+		last unless $n;
+		$resp .= $chunk;
+		last if $opts{first} && $resp =~ /\r\n\r\n/;
+	}
+	close $sock;
+	my ($status) = $resp =~ m{^HTTP/1\.[01] (\d{3})};
+	return ($status, $resp);
+}
+
+# A demo account (1000 MAD by default) and one API key for it; sandbox
+# (env_test_) unless live => 1. %opts: balance, plan, name, live,
+# permissions => [..], ip_whitelist => [..], rate_limit (undef = unlimited;
+# absent = the function's default).
+# Returns (account_id, api_key).
+sub demo_key
+{
+	my ($node, %opts) = @_;
+	my $balance = $opts{balance} // 1000;
+	my $plan = sql_literal($opts{plan} // 'starter');
+	my $name = sql_literal($opts{name} // 'TAP key');
+	my $account = $node->safe_psql('envoisms',
+		"SELECT envoisms.account_create('TAP account', $balance, $plan)");
+	my @args = (sql_literal($account), $name,
+		'live => ' . ($opts{live} ? 'true' : 'false'));
+	push @args, 'permissions => ' . sql_array($opts{permissions})
+	  if exists $opts{permissions};
+	push @args, 'ip_whitelist => ' . sql_array($opts{ip_whitelist})
+	  if exists $opts{ip_whitelist};
+	push @args, 'rate_limit => '
+	  . (defined $opts{rate_limit} ? int($opts{rate_limit}) : 'NULL')
+	  if exists $opts{rate_limit};
+	my $key = $node->safe_psql('envoisms',
+		'SELECT envoisms.api_key_create(' . join(', ', @args) . ")->>'api_key'");
+	return ($account, $key);
+}
+
+sub sql_literal
+{
+	my ($s) = @_;
+	return 'NULL' unless defined $s;
+	$s =~ s/'/''/g;
+	return "'$s'";
+}
+
+sub sql_array
+{
+	my ($list) = @_;
+	return 'NULL' unless defined $list;
+	return 'ARRAY[' . join(', ', map { sql_literal($_) } @$list) . ']::text[]';
+}
+
+1;
