@@ -14,6 +14,7 @@ OBJS = \
 	src/crypto.o \
 	src/ids.o \
 	src/ratelimit.o \
+	src/api.o \
 	$(WORKER_OBJS)
 
 # Background workers (issue 6/7) add their objects here.
@@ -46,7 +47,7 @@ include $(PGXS)
 
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
 	{ echo "-- envoisms $(EXTVERSION): generated from src/sql/*.sql by make; do not edit"; \
-	  echo '\echo Use "CREATE EXTENSION envoisms" to load this file. \quit'; \
+	  printf '%s\n' '\echo Use "CREATE EXTENSION envoisms" to load this file. \quit'; \
 	  for f in $(SQL_PARTS); do echo; echo "-- ---- $$f"; cat $$f; done; } > $@
 
 $(EXTENSION).control: $(EXTENSION).control.in Makefile

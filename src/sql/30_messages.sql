@@ -1,0 +1,454 @@
+-- 30_messages.sql — sending messages (single and bulk), reading them back,
+-- and what every status change sets in motion (events, webhooks, NOTIFY).
+--
+-- A send is validation, one debit of a balance bucket, and one insert: the
+-- message row is the debit's ledger entry (charged_mad) and the 'queued'
+-- event is implied by the row. Sends commit with the caller's transaction:
+-- a rollback leaves no message and no debit. Bulk validates every entry
+-- first, debits the whole batch once, then inserts all rows in one statement;
+-- any bad entry or a short balance rejects the batch and writes nothing.
+
+-- Validate a sender id: alphanumeric up to 11 characters or a number up to 15 digits.
+CREATE FUNCTION envoisms.check_sender_id(sender text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF sender IS NULL THEN
+        RETURN 'ENVOISMS';
+    END IF;
+    IF sender !~ '^(\+?[0-9]{3,15}|[A-Za-z0-9][A-Za-z0-9 ._&-]{0,10})$' OR sender ~ '^[0-9 ._&-]+$' AND sender !~ '^\+?[0-9]{3,15}$' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'from must be an alphanumeric sender id of 1 to 11 characters (letters, digits, space . _ & -) or a number of 3 to 15 digits', 'from');
+    END IF;
+    RETURN sender;
+END
+$$;
+
+-- Validate WhatsApp buttons: at most 3 objects {type, text, value}, type
+-- copy | url | call; text 1..25 characters; value the code to copy, the
+-- https URL, or the E.164 number to call (also accepted as code/url/phone_number).
+CREATE FUNCTION envoisms.check_buttons(buttons jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    b jsonb;
+    i int := 0;
+    t text;
+    label text;
+    v text;
+    result jsonb := '[]';
+BEGIN
+    IF buttons IS NULL OR buttons = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(buttons) <> 'array' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons must be an array', 'buttons');
+    END IF;
+    IF jsonb_array_length(buttons) > 3 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons has at most 3 entries', 'buttons');
+    END IF;
+    FOR b IN SELECT value FROM jsonb_array_elements(buttons) LOOP
+        i := i + 1;
+        IF jsonb_typeof(b) <> 'object' THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s] must be an object', i - 1), 'buttons');
+        END IF;
+        t := b->>'type';
+        IF t IS NULL OR t NOT IN ('copy', 'url', 'call') THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('buttons[%s].type must be "copy", "url" or "call"', i - 1), 'buttons');
+        END IF;
+        label := coalesce(b->>'text', b->>'title', b->>'label');
+        v := coalesce(b->>'value', b->>'code', b->>'url', b->>'phone_number', b->>'phone');
+        IF label IS NULL OR length(label) NOT BETWEEN 1 AND 25 THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].text must be 1 to 25 characters', i - 1), 'buttons');
+        END IF;
+        IF t = 'url' AND (v IS NULL OR v !~ '^https?://[^\s]+$' OR length(v) > 2000) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value must be an http(s) URL', i - 1), 'buttons');
+        ELSIF t = 'call' THEN
+            v := envoisms.phone_e164(v);
+            IF v IS NULL THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value must be an E.164 phone number', i - 1), 'buttons');
+            END IF;
+        ELSIF t = 'copy' AND (v IS NULL OR length(v) NOT BETWEEN 1 AND 15) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value (the code to copy) must be 1 to 15 characters', i - 1), 'buttons');
+        END IF;
+        result := result || jsonb_build_object('type', t, 'text', label, 'value', v);
+    END LOOP;
+    RETURN result;
+END
+$$;
+
+-- Unit prices (MAD, EUR) of a channel for an account: its own row, else the default.
+CREATE FUNCTION envoisms.channel_prices(account_id text, channel text, OUT mad numeric, OUT eur numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT (SELECT p.unit_price FROM envoisms.prices p
+             WHERE p.account_id IN (channel_prices.account_id, '*') AND p.channel = channel_prices.channel
+               AND p.currency = 'MAD' ORDER BY p.account_id = '*' LIMIT 1),
+           (SELECT p.unit_price FROM envoisms.prices p
+             WHERE p.account_id IN (channel_prices.account_id, '*') AND p.channel = channel_prices.channel
+               AND p.currency = 'EUR' ORDER BY p.account_id = '*' LIMIT 1)
+$$;
+
+-- Check the account may send on `channel` (active, channel enabled).
+CREATE FUNCTION envoisms.check_account_channel(account_id text, channel text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    acc record;
+BEGIN
+    IF channel IS NULL OR channel NOT IN ('sms', 'whatsapp') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
+    END IF;
+    SELECT a.status, a.channels INTO acc FROM envoisms.accounts a WHERE a.account_id = check_account_channel.account_id;
+    IF NOT FOUND THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
+    ELSIF acc.status <> 'active' THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', format('the account is %s', acc.status));
+    ELSIF NOT channel = ANY (acc.channels) THEN
+        PERFORM envoisms.raise_error('CHANNEL_NOT_ALLOWED',
+            format('the %s channel is not enabled on this account', channel), 'channel');
+    END IF;
+END
+$$;
+
+-- Validate a message body: 1..1600 characters, no NUL.
+CREATE FUNCTION envoisms.check_body(body text, field text DEFAULT 'message') RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF body IS NULL OR length(body) = 0 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s is required (1 to 1600 characters)', field), field);
+    ELSIF length(body) > 1600 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('%s is %s characters; the maximum is 1600', field, length(body)), field);
+    END IF;
+    RETURN body;
+END
+$$;
+
+-- Normalise `to` to E.164 or raise INVALID_PHONE.
+CREATE FUNCTION envoisms.check_phone(number text, field text DEFAULT 'to') RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    e164 text;
+BEGIN
+    IF number IS NULL THEN
+        PERFORM envoisms.raise_error('INVALID_PHONE',
+            format('%s is required, in E.164 format, for example +212612345678', field), field);
+    END IF;
+    e164 := envoisms.phone_e164(number);
+    IF e164 IS NULL OR left(btrim(number), 1) <> '+' THEN
+        PERFORM envoisms.raise_error('INVALID_PHONE',
+            format('%s must be E.164 format, for example +212612345678', field), field);
+    END IF;
+    RETURN e164;
+END
+$$;
+
+-- Send one message; returns the contract's POST /v1/messages response.
+-- Commits with the caller's transaction. Sandbox messages never debit and
+-- are only ever routed to the sandbox carrier.
+CREATE FUNCTION envoisms.message_send(account_id text, "to" text, message text,
+                                      "from" text DEFAULT 'ENVOISMS', channel text DEFAULT 'sms',
+                                      cascade boolean DEFAULT false, metadata jsonb DEFAULT NULL,
+                                      buttons jsonb DEFAULT NULL, api_key_id text DEFAULT NULL,
+                                      sandbox boolean DEFAULT false, campaign_id text DEFAULT NULL,
+                                      skip_opt_out boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    id text := envoisms.new_id('msg');
+    e164 text;
+    sender text;
+    seg record;
+    price record;
+    n_segments int;
+    cost_mad numeric;
+    cost_eur numeric;
+    btns jsonb;
+    created timestamptz := now();
+BEGIN
+    channel := coalesce(channel, 'sms');
+    cascade := coalesce(cascade, false);
+    PERFORM envoisms.check_account_channel(account_id, CASE WHEN cascade THEN 'whatsapp' ELSE channel END);
+    IF cascade AND channel <> 'whatsapp' THEN
+        -- cascade means WhatsApp first, SMS on failure, whatever channel says
+        channel := 'whatsapp';
+    END IF;
+    IF cascade THEN
+        PERFORM envoisms.check_account_channel(account_id, 'sms');
+    END IF;
+    e164 := envoisms.check_phone("to");
+    PERFORM envoisms.check_body(message);
+    sender := envoisms.check_sender_id("from");
+    IF metadata IS NOT NULL AND jsonb_typeof(metadata) <> 'object' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object', 'metadata');
+    END IF;
+    IF metadata IS NOT NULL AND octet_length(metadata::text) > 8192 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata is limited to 8 KB', 'metadata');
+    END IF;
+    btns := envoisms.check_buttons(buttons);
+    IF btns IS NOT NULL AND channel <> 'whatsapp' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
+    END IF;
+    IF NOT skip_opt_out THEN
+        PERFORM envoisms.check_not_opted_out(account_id, e164);
+    END IF;
+
+    SELECT * INTO seg FROM envoisms.sms_segments(message);
+    SELECT * INTO price FROM envoisms.channel_prices(account_id, channel);
+    n_segments := CASE WHEN channel = 'whatsapp' THEN 1 ELSE seg.segments END;
+    cost_mad := price.mad * n_segments;
+    cost_eur := price.eur * n_segments;
+    IF NOT sandbox THEN
+        PERFORM envoisms.balance_debit(account_id, cost_mad);
+    END IF;
+    INSERT INTO envoisms.messages (account_id, message_id, api_key_id, campaign_id, to_number, sender_id, channel,
+                                   cascade, body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                   metadata, buttons, created_at, updated_at, next_attempt_at)
+    VALUES (account_id, id, api_key_id, campaign_id, e164, sender, channel, cascade, message, seg.encoding,
+            n_segments, cost_mad, cost_eur, CASE WHEN sandbox THEN 0 ELSE cost_mad END, sandbox,
+            metadata, btns, created, created, created);
+    RETURN jsonb_build_object(
+        'id', id, 'to', e164, 'channel', channel, 'cascade', cascade, 'status', 'queued',
+        'cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),
+        'segments', n_segments, 'created_at', envoisms.iso_time(created));
+END
+$$;
+
+-- One entry of a bulk send, validated (see message_send_bulk).
+CREATE TYPE envoisms.bulk_entry AS (
+    ord       int,
+    to_number text,
+    body      text,
+    metadata  jsonb,
+    encoding  text,
+    segments  int,
+    error     text,       -- API error code when the entry is invalid
+    field     text,
+    detail    text
+);
+
+-- Send up to 10,000 messages at once; returns the contract's
+-- POST /v1/messages/bulk response. All or nothing: one bad entry, or a
+-- balance short of the whole batch, rejects it and nothing is written.
+CREATE FUNCTION envoisms.message_send_bulk(account_id text, messages jsonb, "from" text DEFAULT 'ENVOISMS',
+                                           channel text DEFAULT 'sms', api_key_id text DEFAULT NULL,
+                                           sandbox boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    batch text := envoisms.new_id('batch');
+    sender text;
+    entries envoisms.bulk_entry[];
+    bad envoisms.bulk_entry;
+    price record;
+    total int;
+    total_units int;
+    cost_mad numeric;
+    cost_eur numeric;
+    created timestamptz := now();
+    result jsonb;
+BEGIN
+    channel := coalesce(channel, 'sms');
+    PERFORM envoisms.check_account_channel(account_id, channel);
+    sender := envoisms.check_sender_id("from");
+    IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'messages must be an array', 'messages');
+    END IF;
+    total := jsonb_array_length(messages);
+    IF total = 0 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'messages must hold 1 to 10000 entries', 'messages');
+    ELSIF total > 10000 THEN
+        PERFORM envoisms.raise_error('PAYLOAD_TOO_LARGE',
+            format('a bulk send holds at most 10000 messages; got %s', total), 'messages');
+    END IF;
+
+    -- Validate every entry in one set-based pass.
+    SELECT array_agg(ROW(v.ord, v.e164, v.body, v.meta, s.encoding, s.segments,
+                         CASE WHEN v.kind <> 'object' THEN 'VALIDATION_ERROR'
+                              WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'INVALID_PHONE'
+                              WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'VALIDATION_ERROR'
+                              WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'VALIDATION_ERROR'
+                              WHEN v.opted_out THEN 'OPTED_OUT' END,
+                         CASE WHEN v.kind <> 'object' THEN 'messages'
+                              WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'to'
+                              WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'message'
+                              WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'metadata'
+                              ELSE 'to' END,
+                         CASE WHEN v.kind <> 'object' THEN 'must be an object'
+                              WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+'
+                                   THEN 'to must be E.164 format, for example +212612345678'
+                              WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600
+                                   THEN format('message must be 1 to 1600 characters (got %s)', coalesce(length(v.body), 0))
+                              WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'metadata must be an object'
+                              ELSE 'the recipient opted out' END
+                     )::envoisms.bulk_entry ORDER BY v.ord)
+      INTO entries
+      FROM (SELECT w.*, w.e164 IS NOT NULL AND EXISTS (
+                       SELECT 1 FROM envoisms.optouts o
+                        WHERE o.account_id = message_send_bulk.account_id AND o.phone = w.e164) AS opted_out
+              FROM (SELECT e.ord::int AS ord, jsonb_typeof(e.value) AS kind,
+                           CASE WHEN jsonb_typeof(e.value) = 'object' THEN e.value->>'to' END AS raw_to,
+                           CASE WHEN jsonb_typeof(e.value) = 'object' THEN envoisms.phone_e164(e.value->>'to') END AS e164,
+                           CASE WHEN jsonb_typeof(e.value) = 'object'
+                                THEN coalesce(e.value->>'message', e.value->>'body') END AS body,
+                           CASE WHEN jsonb_typeof(e.value) = 'object' THEN nullif(e.value->'metadata', 'null') END AS meta
+                      FROM jsonb_array_elements(messages) WITH ORDINALITY AS e(value, ord)) w) v
+      LEFT JOIN LATERAL envoisms.sms_segments(CASE WHEN length(v.body) <= 1600 THEN v.body END) s ON true;
+
+    SELECT * INTO bad FROM unnest(entries) u WHERE u.error IS NOT NULL ORDER BY u.ord LIMIT 1;
+    IF FOUND THEN
+        PERFORM envoisms.raise_error(bad.error, format('messages[%s]: %s', bad.ord - 1, bad.detail),
+                                     format('messages[%s].%s', bad.ord - 1, bad.field));
+    END IF;
+
+    SELECT * INTO price FROM envoisms.channel_prices(account_id, channel);
+    SELECT sum(CASE WHEN channel = 'whatsapp' THEN 1 ELSE u.segments END) INTO total_units FROM unnest(entries) u;
+    cost_mad := price.mad * total_units;
+    cost_eur := price.eur * total_units;
+    IF NOT sandbox THEN
+        PERFORM envoisms.balance_debit(account_id, cost_mad);
+    END IF;
+
+    INSERT INTO envoisms.batches (account_id, batch_id, channel, total, cost_mad, cost_eur, created_at)
+    VALUES (account_id, batch, channel, total, cost_mad, cost_eur, created);
+
+    WITH ins AS (
+        INSERT INTO envoisms.messages (account_id, message_id, api_key_id, batch_id, to_number, sender_id, channel,
+                                       body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                       metadata, created_at, updated_at, next_attempt_at)
+        SELECT message_send_bulk.account_id, envoisms.new_id('msg'), api_key_id, batch, u.to_number, sender, channel,
+               u.body, u.encoding, n.units, price.mad * n.units, price.eur * n.units,
+               CASE WHEN sandbox THEN 0 ELSE price.mad * n.units END, sandbox, u.metadata, created, created, created
+          FROM unnest(entries) u
+          CROSS JOIN LATERAL (SELECT CASE WHEN channel = 'whatsapp' THEN 1 ELSE u.segments END AS units) n
+         ORDER BY u.ord
+        RETURNING message_id, to_number)
+    SELECT jsonb_agg(jsonb_build_object('id', ins.message_id, 'to', ins.to_number, 'status', 'queued')
+                     ORDER BY ins.message_id)
+      INTO result FROM ins;
+
+    RETURN jsonb_build_object(
+        'batch_id', batch, 'total', total, 'channel', channel,
+        'estimated_cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),
+        'messages', result);
+END
+$$;
+
+-- The contract's GET /v1/messages/:id shape (with its delivery log).
+CREATE FUNCTION envoisms.message_json(m envoisms.messages, with_events boolean DEFAULT true) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', m.message_id, 'account_id', m.account_id, 'api_key_id', m.api_key_id,
+        'campaign_id', m.campaign_id, 'batch_id', m.batch_id, 'direction', m.direction,
+        'to', m.to_number, 'from', m.from_number, 'channel', m.channel, 'cascade', m.cascade,
+        'body', m.body, 'sender_id', m.sender_id,
+        'unicode', CASE WHEN m.encoding = 'ucs2' THEN 1 ELSE 0 END, 'segments', m.segments,
+        'status', m.status, 'cost_eur', envoisms.money(m.cost_eur), 'cost_mad', envoisms.money(m.cost_mad),
+        'metadata', CASE WHEN m.metadata IS NULL THEN NULL ELSE to_jsonb(m.metadata::text) END,
+        'sandbox', m.sandbox, 'error_code', m.error_code, 'error_message', m.error_message,
+        'created_at', envoisms.iso_time(m.created_at),
+        'sent_at', envoisms.iso_time(m.sent_at), 'delivered_at', envoisms.iso_time(m.delivered_at))
+    || CASE WHEN with_events THEN jsonb_build_object('events',
+        jsonb_build_array(jsonb_build_object('status', 'queued', 'created_at', envoisms.iso_time(m.created_at)))
+        || coalesce((SELECT jsonb_agg(jsonb_build_object('status', e.status, 'created_at', envoisms.iso_time(e.created_at))
+                                      || coalesce(e.detail, '{}') ORDER BY e.event_id)
+                       FROM envoisms.message_events e
+                      WHERE e.account_id = m.account_id AND e.message_id = m.message_id), '[]'))
+       ELSE '{}' END
+$$;
+
+-- One message of an account, or NOT_FOUND (another account's id is not found either).
+CREATE FUNCTION envoisms.message_get(account_id text, message_id text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    m envoisms.messages;
+BEGIN
+    SELECT * INTO m FROM envoisms.messages x
+     WHERE x.account_id = message_get.account_id AND x.message_id = message_get.message_id;
+    IF NOT FOUND THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'message not found', 'id');
+    END IF;
+    RETURN envoisms.message_json(m);
+END
+$$;
+
+-- A page of an account's messages, newest first, with the contract's filters.
+CREATE FUNCTION envoisms.message_list(account_id text, "limit" int DEFAULT 50, "offset" int DEFAULT 0,
+                                      status text DEFAULT NULL, channel text DEFAULT NULL,
+                                      from_date timestamptz DEFAULT NULL, to_date timestamptz DEFAULT NULL,
+                                      direction text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    rows jsonb;
+    n bigint;
+BEGIN
+    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND 200 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'limit must be an integer from 1 to 200', 'limit');
+    END IF;
+    IF "offset" IS NULL OR "offset" < 0 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
+    END IF;
+    IF status IS NOT NULL AND status NOT IN ('queued', 'sent', 'delivered', 'failed', 'expired', 'received') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'status must be one of queued, sent, delivered, failed, expired, received', 'status');
+    END IF;
+    IF channel IS NOT NULL AND channel NOT IN ('sms', 'whatsapp') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
+    END IF;
+    IF direction IS NOT NULL AND direction NOT IN ('outbound', 'inbound') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'direction must be "outbound" or "inbound"', 'direction');
+    END IF;
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'id', m.message_id, 'to', m.to_number, 'channel', m.channel, 'body', m.body,
+               'sender_id', m.sender_id, 'status', m.status, 'cost_mad', envoisms.money(m.cost_mad),
+               'direction', m.direction, 'created_at', envoisms.iso_time(m.created_at))
+               ORDER BY m.message_id DESC), '[]')
+      INTO rows
+      FROM (SELECT * FROM envoisms.messages x
+             WHERE x.account_id = message_list.account_id
+               AND (message_list.status IS NULL OR x.status = message_list.status)
+               AND (message_list.channel IS NULL OR x.channel = message_list.channel)
+               AND (message_list.direction IS NULL OR x.direction = message_list.direction)
+               AND (from_date IS NULL OR x.created_at >= from_date)
+               AND (to_date IS NULL OR x.created_at <= to_date)
+             ORDER BY x.message_id DESC
+             LIMIT "limit" OFFSET "offset") m;
+    SELECT count(*) INTO n FROM envoisms.messages x
+     WHERE x.account_id = message_list.account_id
+       AND (message_list.status IS NULL OR x.status = message_list.status)
+       AND (message_list.channel IS NULL OR x.channel = message_list.channel)
+       AND (message_list.direction IS NULL OR x.direction = message_list.direction)
+       AND (from_date IS NULL OR x.created_at >= from_date)
+       AND (to_date IS NULL OR x.created_at <= to_date);
+    RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
+END
+$$;
+
+-- Usage summary: totals, delivery rate and what was billed, over live
+-- messages plus the daily rollups kept past the retention purge.
+CREATE FUNCTION envoisms.analytics_summary(account_id text, from_date timestamptz DEFAULT NULL,
+                                           to_date timestamptz DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    WITH live AS (
+        SELECT count(*) AS total, count(*) FILTER (WHERE m.status = 'delivered') AS delivered,
+               count(*) FILTER (WHERE m.status IN ('failed', 'expired')) AS failed,
+               coalesce(sum(m.charged_mad - m.refunded_mad), 0) AS cost
+          FROM envoisms.messages m
+         WHERE m.account_id = analytics_summary.account_id AND m.direction = 'outbound'
+           AND (from_date IS NULL OR m.created_at >= from_date) AND (to_date IS NULL OR m.created_at <= to_date)),
+    old AS (
+        SELECT coalesce(sum(r.total), 0) AS total, coalesce(sum(r.delivered), 0) AS delivered,
+               coalesce(sum(r.failed), 0) AS failed, coalesce(sum(r.cost_mad), 0) AS cost
+          FROM envoisms.message_rollups r
+         WHERE r.account_id = analytics_summary.account_id
+           AND (from_date IS NULL OR r.day >= (from_date AT TIME ZONE 'UTC')::date)
+           AND (to_date IS NULL OR r.day <= (to_date AT TIME ZONE 'UTC')::date))
+    SELECT jsonb_build_object('summary', jsonb_build_object(
+        'total', live.total + old.total,
+        'delivered', live.delivered + old.delivered,
+        'failed', live.failed + old.failed,
+        'delivery_rate', CASE WHEN live.total + old.total = 0 THEN 0
+                              ELSE round(100.0 * (live.delivered + old.delivered) / (live.total + old.total), 1) END,
+        'cost_mad', envoisms.money(live.cost + old.cost)))
+      FROM live, old
+$$;

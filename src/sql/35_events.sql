@@ -1,0 +1,99 @@
+-- 35_events.sql — what a message status change sets in motion, in the same
+-- transaction as the change: a delivery-log event, webhook deliveries for
+-- every active webhook subscribed to the event, and a NOTIFY on the channel
+-- 'envoisms_message_status' (payload: {"id","account_id","status"}) so an
+-- application can LISTEN for its messages. Also the opt-out list the send
+-- path checks.
+
+CREATE TABLE envoisms.optouts (
+    account_id  text NOT NULL REFERENCES envoisms.accounts,
+    phone       text NOT NULL CHECK (phone ~ '^\+[1-9][0-9]{6,14}$'),
+    source      text NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'inbound', 'import', 'operator')),
+    reason      text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, phone)
+);
+
+-- Refuse a recipient who opted out (OPTED_OUT). OTP sends skip this check:
+-- a one-time code is requested by the recipient themself.
+CREATE FUNCTION envoisms.check_not_opted_out(account_id text, phone text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM envoisms.optouts o
+                WHERE o.account_id = check_not_opted_out.account_id AND o.phone = check_not_opted_out.phone) THEN
+        PERFORM envoisms.raise_error('OPTED_OUT',
+            format('%s opted out of messages from this account', phone), 'to');
+    END IF;
+END
+$$;
+
+-- The webhook event types.
+CREATE FUNCTION envoisms.webhook_event_types() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ARRAY['message.sent', 'message.delivered', 'message.failed', 'message.expired',
+             'message.received', 'verify.success', 'message.test'];
+
+-- Queue one event for every active webhook of the account subscribed to it
+-- (or only for `only_webhook`). The payload is rendered once, here, so that
+-- every retry sends the same bytes with the same event id. Returns the
+-- number of deliveries queued.
+CREATE FUNCTION envoisms.webhook_enqueue(account_id text, event_type text, data jsonb,
+                                         only_webhook text DEFAULT NULL)
+RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    event_id text := envoisms.new_id('evt');
+    payload text;
+    n int;
+BEGIN
+    payload := jsonb_build_object('id', event_id, 'type', event_type,
+                                  'created_at', envoisms.iso_time(now()), 'data', data)::text;
+    INSERT INTO envoisms.webhook_deliveries (account_id, webhook_id, event_id, event_type, payload)
+    SELECT w.account_id, w.webhook_id, event_id, event_type, payload
+      FROM envoisms.webhooks w
+     WHERE w.account_id = webhook_enqueue.account_id AND w.deleted_at IS NULL
+       AND (only_webhook IS NOT NULL AND w.webhook_id = only_webhook
+            OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM pg_notify('envoisms_webhooks', '');
+    END IF;
+    RETURN n;
+END
+$$;
+
+-- The data of a message event: the message as GET /v1/messages/:id shows
+-- it (without the log), metadata as an object so receivers can read it.
+CREATE FUNCTION envoisms.message_event_data(m envoisms.messages) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT envoisms.message_json(m, false) || jsonb_build_object('metadata', m.metadata)
+$$;
+
+CREATE FUNCTION envoisms.messages_status_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    INSERT INTO envoisms.message_events (account_id, message_id, status, detail)
+    VALUES (NEW.account_id, NEW.message_id, NEW.status,
+            jsonb_strip_nulls(jsonb_build_object('error_code', NEW.error_code, 'error_message', NEW.error_message,
+                                                 'carrier_id', NEW.carrier_id)));
+    IF NEW.status IN ('sent', 'delivered', 'failed', 'expired', 'received') THEN
+        PERFORM envoisms.webhook_enqueue(NEW.account_id,
+                                         'message.' || NEW.status, envoisms.message_event_data(NEW));
+    END IF;
+    PERFORM pg_notify('envoisms_message_status',
+                      json_build_object('id', NEW.message_id, 'account_id', NEW.account_id,
+                                        'status', NEW.status)::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER messages_status_changed
+    AFTER UPDATE OF status ON envoisms.messages
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION envoisms.messages_status_changed();
+
+-- Inbound messages are born 'received': log and announce them too.
+CREATE TRIGGER messages_received
+    AFTER INSERT ON envoisms.messages
+    FOR EACH ROW WHEN (NEW.direction = 'inbound')
+    EXECUTE FUNCTION envoisms.messages_status_changed();

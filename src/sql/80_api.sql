@@ -1,0 +1,444 @@
+-- 80_api.sql — envoisms.api(): the whole HTTP contract as one function.
+--
+-- One call per HTTP request (the gateway's only statement): authenticate the
+-- Bearer key (SHA-256 looked up in api_keys; active; not revoked; client IP in
+-- the allowlist), take a token from the key's rate-limit bucket (shared
+-- memory), route (method, path) through envoisms.api_endpoints to a handler,
+-- and turn every error into the contract's envelope with the HTTP status of
+-- envoisms.error_codes. Every handler runs inside a subtransaction, so an
+-- error leaves nothing behind (no message, no debit).
+--
+-- Areas add routes by inserting into api_endpoints a handler of signature
+-- handler(envoisms.api_request) RETURNS envoisms.api_reply; the dispatcher is
+-- never edited for a new route. Handlers read the parsed body (req.body,
+-- always a JSON object for POST/PATCH) and query (req.query, a JSON object of
+-- strings), and the path parameter (req.id).
+
+CREATE TYPE envoisms.api_request AS (
+    method      text,
+    path        text,
+    template    text,       -- the matched route, e.g. /v1/messages/:id
+    id          text,       -- the :id segment, URL-decoded
+    query       jsonb,      -- {"limit": "50", ...}
+    body        jsonb,      -- parsed request body ({} when empty)
+    raw_body    text,
+    headers     jsonb,      -- lower-cased header names
+    client_ip   inet,
+    account_id  text,
+    api_key_id  text,
+    sandbox     boolean,    -- an env_test_ key
+    permissions text[]      -- NULL = all
+);
+
+CREATE TYPE envoisms.api_reply AS (
+    status  int,
+    headers jsonb,
+    body    jsonb
+);
+
+CREATE TABLE envoisms.api_endpoints (
+    method      text NOT NULL CHECK (method IN ('GET', 'POST', 'PATCH', 'PUT', 'DELETE')),
+    template    text NOT NULL CHECK (template ~ '^/v1/[a-z-]+(/[a-z:-]+)*$'),
+    handler     regprocedure NOT NULL,
+    permission  text NOT NULL,     -- one of envoisms.api_permissions()
+    PRIMARY KEY (method, template),
+    CHECK (permission = ANY (envoisms.api_permissions()))
+);
+
+-- The routes served, for documentation checks (the gateway's OpenAPI test).
+CREATE FUNCTION envoisms.api_routes() RETURNS TABLE (method text, template text, permission text)
+LANGUAGE sql STABLE AS $$
+    SELECT e.method, e.template, e.permission FROM envoisms.api_endpoints e ORDER BY e.template, e.method
+$$;
+
+CREATE FUNCTION envoisms.api_call(handler regprocedure, request envoisms.api_request)
+RETURNS envoisms.api_reply
+AS 'MODULE_PATHNAME', 'api_call' LANGUAGE C STRICT VOLATILE;
+
+CREATE FUNCTION envoisms.ratelimit_take(key_id text, per_minute int,
+                                        OUT allowed boolean, OUT remaining int, OUT retry_after int)
+AS 'MODULE_PATHNAME', 'ratelimit_take' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION envoisms.ratelimit_reset(key_id text) RETURNS boolean
+AS 'MODULE_PATHNAME', 'ratelimit_reset' LANGUAGE C STRICT VOLATILE;
+
+-- Decode a URL component (%XX and '+'); NULL when it is not valid UTF-8.
+CREATE FUNCTION envoisms.url_decode(value text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog AS $$
+BEGIN
+    IF strpos(value, '%') = 0 THEN
+        RETURN replace(value, '+', ' ');
+    END IF;
+    RETURN convert_from(
+        (SELECT string_agg(CASE WHEN m[1] IS NOT NULL THEN decode(substr(m[1], 2), 'hex')
+                                ELSE convert_to(m[2], 'UTF8') END, ''::bytea ORDER BY ord)
+           FROM regexp_matches(replace(value, '+', ' '), '(%[0-9A-Fa-f]{2})|([^%]+|%)', 'g')
+                WITH ORDINALITY AS t(m, ord)), 'UTF8');
+EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character OR invalid_parameter_value THEN
+    RETURN NULL;
+END
+$$;
+
+-- Parse a query string into a JSON object of strings (the first of repeated keys wins).
+CREATE FUNCTION envoisms.query_parse(query text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    IF query IS NULL OR query = '' THEN
+        RETURN '{}';
+    END IF;
+    SELECT jsonb_object_agg(k, v) INTO result
+      FROM (SELECT DISTINCT ON (k) k, v
+              FROM (SELECT envoisms.url_decode(split_part(p, '=', 1)) AS k,
+                           envoisms.url_decode(substr(p, strpos(p || '=', '=') + 1)) AS v, ord
+                      FROM unnest(string_to_array(query, '&')) WITH ORDINALITY AS t(p, ord)
+                     WHERE p <> '') x
+             ORDER BY k, ord) y
+     WHERE k IS NOT NULL;
+    IF EXISTS (SELECT 1 FROM jsonb_each(coalesce(result, '{}')) WHERE value = 'null') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'the query string is not valid UTF-8');
+    END IF;
+    RETURN coalesce(result, '{}');
+END
+$$;
+
+-- Read an integer query parameter within [low, high], or raise VALIDATION_ERROR.
+CREATE FUNCTION envoisms.query_int(query jsonb, name text, fallback int, low int, high int) RETURNS int
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    v text := query->>name;
+BEGIN
+    IF v IS NULL THEN
+        RETURN fallback;
+    END IF;
+    IF v !~ '^\s*[0-9]{1,9}\s*$' OR v::int NOT BETWEEN low AND high THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('%s must be an integer from %s to %s', name, low, high), name);
+    END IF;
+    RETURN v::int;
+END
+$$;
+
+-- Read a string field of a JSON body: absent/null → NULL; anything but a
+-- string → VALIDATION_ERROR naming the field.
+CREATE FUNCTION envoisms.body_text(body jsonb, field text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    v jsonb := body->field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) <> 'string' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be a string', field), field);
+    END IF;
+    RETURN v #>> '{}';
+END
+$$;
+
+-- Read a boolean field of a JSON body (absent/null → fallback).
+CREATE FUNCTION envoisms.body_bool(body jsonb, field text, fallback boolean) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    v jsonb := body->field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN fallback;
+    END IF;
+    IF jsonb_typeof(v) <> 'boolean' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be true or false', field), field);
+    END IF;
+    RETURN v::boolean;
+END
+$$;
+
+-- Read an integer field of a JSON body within [low, high] (absent/null → fallback).
+CREATE FUNCTION envoisms.body_int(body jsonb, field text, fallback int, low int, high int) RETURNS int
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    v jsonb := body->field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN fallback;
+    END IF;
+    IF jsonb_typeof(v) <> 'number' OR (v #>> '{}') !~ '^-?[0-9]{1,9}$' OR (v #>> '{}')::int NOT BETWEEN low AND high THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('%s must be an integer from %s to %s', field, low, high), field);
+    END IF;
+    RETURN (v #>> '{}')::int;
+END
+$$;
+
+-- Read an array-of-strings field (absent/null → NULL).
+CREATE FUNCTION envoisms.body_text_array(body jsonb, field text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    v jsonb := body->field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) <> 'array' OR EXISTS (SELECT 1 FROM jsonb_array_elements(v) e WHERE jsonb_typeof(e) <> 'string') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be an array of strings', field), field);
+    END IF;
+    RETURN ARRAY(SELECT jsonb_array_elements_text(v));
+END
+$$;
+
+-- Build a reply.
+CREATE FUNCTION envoisms.reply(status int, body jsonb) RETURNS envoisms.api_reply
+LANGUAGE sql IMMUTABLE RETURN ROW(status, '{}'::jsonb, body)::envoisms.api_reply;
+
+-- The contract's error envelope for an API code.
+CREATE FUNCTION envoisms.error_envelope(code text, message text, field text DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN jsonb_build_object('error', jsonb_strip_nulls(jsonb_build_object(
+        'code', code, 'message', message, 'field', nullif(field, ''),
+        'docs', 'https://envoisms.ma/docs#errors')));
+
+CREATE FUNCTION envoisms.api(method text, path text, query text DEFAULT '', headers jsonb DEFAULT '{}',
+                             body text DEFAULT NULL, client_ip inet DEFAULT NULL)
+RETURNS SETOF envoisms.api_reply
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    req envoisms.api_request;
+    rep envoisms.api_reply;
+    hdr jsonb;
+    out_headers jsonb := '{}';
+    auth text;
+    key_account text;
+    key_id text;
+    key_prefix text;
+    key_permissions text[];
+    key_ips cidr[];
+    key_limit int;
+    key_last_used timestamptz;
+    account_status text;
+    route_handler regprocedure;
+    route_permission text;
+    route_template text;
+    tmpl text;
+    rl record;
+    err_state text;
+    err_message text;
+    err_column text;
+    err_detail text;
+    err_context text;
+    err_code text;
+    err_http int;
+BEGIN
+    method := upper(coalesce(method, ''));
+    path := coalesce(nullif(rtrim(path, '/'), ''), '/');
+    SELECT coalesce(jsonb_object_agg(lower(h.key), h.value), '{}') INTO hdr
+      FROM jsonb_each_text(CASE WHEN jsonb_typeof(api.headers) = 'object' THEN api.headers ELSE '{}' END) h;
+
+    BEGIN
+        -- 1. authenticate: every failure gives the same answer (no oracle)
+        auth := hdr->>'authorization';
+        IF auth ~* '^bearer\s+env_(live|test)_[0-9a-f]{48}\s*$' THEN
+            SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist, ak.rate_limit,
+                   ak.last_used_at, a.status
+              INTO key_account, key_id, key_prefix, key_permissions, key_ips, key_limit, key_last_used, account_status
+              FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id
+             WHERE ak.key_hash = envoisms.sha256_hex(btrim(substr(auth, 7)))
+               AND ak.active AND ak.revoked_at IS NULL;
+        END IF;
+        IF key_id IS NULL OR account_status = 'closed'
+           OR (cardinality(key_ips) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (key_ips))) THEN
+            PERFORM envoisms.raise_error('UNAUTHORIZED',
+                'invalid or missing API key: send Authorization: Bearer env_live_... or env_test_... from an allowed address');
+        END IF;
+
+        -- 2. rate limit (shared memory, no row per request)
+        SELECT * INTO rl FROM envoisms.ratelimit_take(key_id, key_limit);
+        IF key_limit IS NOT NULL THEN
+            out_headers := jsonb_build_object('X-RateLimit-Limit', key_limit::text,
+                                              'X-RateLimit-Remaining', rl.remaining::text);
+        END IF;
+        IF NOT rl.allowed THEN
+            out_headers := out_headers || jsonb_build_object('Retry-After', rl.retry_after::text);
+            PERFORM envoisms.raise_error('RATE_LIMITED',
+                format('rate limit of %s requests per minute exceeded; retry in %s s', key_limit, rl.retry_after));
+        END IF;
+        IF key_last_used IS NULL OR key_last_used < now() - interval '1 minute' THEN
+            UPDATE envoisms.api_keys SET last_used_at = now()
+             WHERE account_id = key_account AND api_key_id = key_id;
+        END IF;
+
+        -- 3. route: the exact path, else the path with its third segment as :id
+        SELECT e.handler, e.permission, e.template INTO route_handler, route_permission, route_template
+          FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = path;
+        IF route_handler IS NULL THEN
+            tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
+            SELECT e.handler, e.permission, e.template INTO route_handler, route_permission, route_template
+              FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = tmpl;
+            req.id := envoisms.url_decode(split_part(path, '/', 4));
+        END IF;
+        IF route_handler IS NULL THEN
+            IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
+                out_headers := out_headers || jsonb_build_object('Allow',
+                    (SELECT string_agg(DISTINCT e.method, ', ') FROM envoisms.api_endpoints e
+                      WHERE e.template IN (path, tmpl)));
+                PERFORM envoisms.raise_error('METHOD_NOT_ALLOWED', format('%s is not allowed on %s', method, path));
+            END IF;
+            PERFORM envoisms.raise_error('NOT_FOUND', format('no route for %s %s', left(method, 10), left(path, 200)));
+        END IF;
+        IF key_permissions IS NOT NULL AND NOT route_permission = ANY (key_permissions)
+           AND NOT (route_permission = 'balance' AND 'billing' = ANY (key_permissions)) THEN
+            PERFORM envoisms.raise_error('FORBIDDEN',
+                format('this API key lacks the "%s" permission', route_permission));
+        END IF;
+
+        -- 4. the request
+        req.method := method;
+        req.path := path;
+        req.template := route_template;
+        req.query := envoisms.query_parse(query);
+        req.raw_body := body;
+        req.headers := hdr;
+        req.client_ip := client_ip;
+        req.account_id := key_account;
+        req.api_key_id := key_id;
+        req.sandbox := key_prefix = 'env_test';
+        req.permissions := key_permissions;
+        req.body := '{}';
+        IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL AND btrim(body, E' \t\r\n') <> '' THEN
+            BEGIN
+                req.body := body::jsonb;
+            EXCEPTION
+                WHEN untranslatable_character THEN
+                    PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
+                WHEN invalid_text_representation OR invalid_parameter_value OR character_not_in_repertoire THEN
+                    PERFORM envoisms.raise_error('INVALID_JSON', 'the request body is not valid JSON');
+            END;
+            IF jsonb_typeof(req.body) <> 'object' THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'the request body must be a JSON object');
+            END IF;
+        END IF;
+
+        rep := envoisms.api_call(route_handler, req);
+        rep.headers := out_headers || coalesce(rep.headers, '{}');
+        RETURN NEXT rep;
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
+                                err_column = COLUMN_NAME, err_detail = PG_EXCEPTION_DETAIL,
+                                err_context = PG_EXCEPTION_CONTEXT;
+    END;
+
+    SELECT e.code, e.http_status INTO err_code, err_http FROM envoisms.error_codes e WHERE e.sqlstate = err_state;
+    IF err_code IS NULL THEN
+        IF err_state IN ('54000', '54001') THEN
+            err_code := 'PAYLOAD_TOO_LARGE';
+            err_http := 413;
+            err_message := 'the request is too large or too deeply nested';
+        ELSIF err_state IN ('57014', '40001', '40P01', '55P03') THEN
+            err_code := 'SERVICE_UNAVAILABLE';
+            err_http := 503;
+            err_message := 'the request could not complete in time; retry later';
+            out_headers := out_headers || '{"Retry-After": "1"}';
+        ELSE
+            RAISE WARNING 'envoisms.api % %: unexpected error %: %', left(method, 10), left(path, 200), err_state, err_message
+                USING DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_context, '');
+            err_code := 'INTERNAL_ERROR';
+            err_http := 500;
+            err_message := 'an unexpected error occurred; it was logged';
+        END IF;
+    END IF;
+    RETURN NEXT ROW(err_http, out_headers, envoisms.error_envelope(err_code, err_message, err_column))::envoisms.api_reply;
+END
+$$;
+
+-- ---- handlers of the messages, billing and analytics routes
+
+CREATE FUNCTION envoisms.api_messages_create(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    b jsonb := req.body;
+BEGIN
+    IF b->'metadata' IS NOT NULL AND jsonb_typeof(b->'metadata') NOT IN ('object', 'null') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object', 'metadata');
+    END IF;
+    IF b->'buttons' IS NOT NULL AND jsonb_typeof(b->'buttons') NOT IN ('array', 'null') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons must be an array', 'buttons');
+    END IF;
+    IF jsonb_typeof(b->'to') NOT IN ('string', 'null') THEN
+        PERFORM envoisms.raise_error('INVALID_PHONE', 'to must be E.164 format, for example +212612345678', 'to');
+    END IF;
+    RETURN envoisms.reply(201, envoisms.message_send(
+        req.account_id,
+        envoisms.body_text(b, 'to'),
+        coalesce(envoisms.body_text(b, 'message'), envoisms.body_text(b, 'body')),
+        coalesce(envoisms.body_text(b, 'from'), 'ENVOISMS'),
+        coalesce(envoisms.body_text(b, 'channel'), 'sms'),
+        envoisms.body_bool(b, 'cascade', false),
+        nullif(b->'metadata', 'null'),
+        nullif(b->'buttons', 'null'),
+        req.api_key_id,
+        req.sandbox));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_messages_bulk(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(201, envoisms.message_send_bulk(
+        req.account_id,
+        req.body->'messages',
+        coalesce(envoisms.body_text(req.body, 'from'), 'ENVOISMS'),
+        coalesce(envoisms.body_text(req.body, 'channel'), 'sms'),
+        req.api_key_id,
+        req.sandbox));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_messages_list(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.message_list(
+        req.account_id,
+        envoisms.query_int(req.query, 'limit', 50, 1, 200),
+        envoisms.query_int(req.query, 'offset', 0, 0, 1000000000),
+        req.query->>'status',
+        req.query->>'channel',
+        envoisms.parse_time(req.query->>'from_date', 'from_date'),
+        envoisms.parse_time(req.query->>'to_date', 'to_date'),
+        req.query->>'direction'));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_messages_get(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.message_get(req.account_id, req.id));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_billing_balance(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, (
+        SELECT jsonb_build_object('balance_mad', envoisms.money(envoisms.account_balance(a.account_id)),
+                                  'currency', 'MAD', 'plan', a.plan)
+          FROM envoisms.accounts a WHERE a.account_id = req.account_id));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_analytics(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.analytics_summary(
+        req.account_id,
+        envoisms.parse_time(req.query->>'from_date', 'from_date'),
+        envoisms.parse_time(req.query->>'to_date', 'to_date')));
+END
+$$;
+
+INSERT INTO envoisms.api_endpoints (method, template, handler, permission) VALUES
+    ('POST', '/v1/messages',        'envoisms.api_messages_create(envoisms.api_request)', 'send'),
+    ('POST', '/v1/messages/bulk',   'envoisms.api_messages_bulk(envoisms.api_request)',   'send'),
+    ('GET',  '/v1/messages',        'envoisms.api_messages_list(envoisms.api_request)',   'status'),
+    ('GET',  '/v1/messages/:id',    'envoisms.api_messages_get(envoisms.api_request)',    'status'),
+    ('GET',  '/v1/billing/balance', 'envoisms.api_billing_balance(envoisms.api_request)', 'balance'),
+    ('GET',  '/v1/analytics',       'envoisms.api_analytics(envoisms.api_request)',       'analytics');
