@@ -1,0 +1,293 @@
+/*
+ * config.c — the gateway's settings: built-in defaults, then the
+ * ENVOISMS_GATEWAY_* environment, then command-line flags (the last word
+ * wins). Bad input stops the process with a message naming the setting;
+ * nothing is silently clamped.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gateway.h"
+
+#ifndef OPENAPI_PATH
+#define OPENAPI_PATH "/usr/share/postgresql/15/extension/envoisms-openapi.json"
+#endif
+
+GatewayConfig config;
+
+static void
+Usage(FILE *out)
+{
+	fprintf(out,
+			"envoisms-gateway " GATEWAY_VERSION " — HTTP front of envoisms.api()\n"
+			"\n"
+			"Usage: envoisms-gateway [options]\n"
+			"\n"
+			"  --listen ADDR:PORT      address to listen on (default 127.0.0.1:8080;\n"
+			"                          [::1]:8080 for IPv6)          env ENVOISMS_GATEWAY_LISTEN\n"
+			"  --db CONNINFO           libpq conninfo or URI (default \"dbname=envoisms\")\n"
+			"                                                        env ENVOISMS_GATEWAY_DB\n"
+			"  --threads N             HTTP worker threads (default 4 x CPUs, at least 8)\n"
+			"                                                        env ENVOISMS_GATEWAY_THREADS\n"
+			"  --pool N                database connections (default = --threads; never\n"
+			"                          fewer than --threads)         env ENVOISMS_GATEWAY_POOL\n"
+			"  --max-body BYTES        largest request body (default 16777216); larger\n"
+			"                          bodies get 413 unread         env ENVOISMS_GATEWAY_MAX_BODY\n"
+			"  --max-url BYTES         longest request target (default 8192) -> 414\n"
+			"  --max-headers BYTES     largest header block (default 32768) -> 431\n"
+			"  --trusted-proxy CIDR    peer whose X-Forwarded-For is believed; repeatable\n"
+			"                          (default none)  env ENVOISMS_GATEWAY_TRUSTED_PROXIES (comma list)\n"
+			"  --cors-origin ORIGIN    allowed browser origin; repeatable (default '*')\n"
+			"                                          env ENVOISMS_GATEWAY_CORS_ORIGINS (comma list)\n"
+			"  --timeout SECONDS       a request must arrive within this time; idle\n"
+			"                          connections close after it (default 15)\n"
+			"                                                        env ENVOISMS_GATEWAY_TIMEOUT\n"
+			"  --max-connections N     open connections at most (default 4096)\n"
+			"                                                        env ENVOISMS_GATEWAY_MAX_CONNECTIONS\n"
+			"  --openapi PATH          the JSON served at /v1/openapi.json\n"
+			"                          (default " OPENAPI_PATH ")\n"
+			"                                                        env ENVOISMS_GATEWAY_OPENAPI\n"
+			"  --help                  this text\n"
+			"\n"
+			"Endpoints of its own: GET /healthz, GET /metrics, GET /v1/openapi.json,\n"
+			"OPTIONS * (CORS preflight). Everything else is one call of envoisms.api().\n"
+			"SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n");
+}
+
+static void
+Fail(const char *setting, const char *value, const char *why)
+{
+	fprintf(stderr, "envoisms-gateway: invalid %s \"%s\": %s\n", setting, value, why);
+	exit(2);
+}
+
+static long long
+ParseInteger(const char *setting, const char *value, long long min, long long max)
+{
+	char	   *end;
+	long long	v;
+
+	errno = 0;
+	v = strtoll(value, &end, 10);
+	if (errno != 0 || end == value || *end != '\0')
+		Fail(setting, value, "not an integer");
+	if (v < min || v > max)
+	{
+		char		why[96];
+
+		snprintf(why, sizeof(why), "must be between %lld and %lld", min, max);
+		Fail(setting, value, why);
+	}
+	return v;
+}
+
+static void
+ParseListen(const char *value)
+{
+	const char *colon;
+	size_t		hostlen;
+
+	if (value[0] == '[')
+	{
+		const char *close = strchr(value, ']');
+
+		if (close == NULL || close[1] != ':')
+			Fail("--listen", value, "expected [IPv6]:PORT");
+		hostlen = close - value - 1;
+		colon = close + 1;
+		value++;
+	}
+	else
+	{
+		colon = strrchr(value, ':');
+		if (colon == NULL)
+			Fail("--listen", value, "expected ADDR:PORT");
+		hostlen = colon - value;
+	}
+	if (hostlen == 0 || hostlen >= sizeof(config.listen_host))
+		Fail("--listen", value, "missing or too long address");
+	memcpy(config.listen_host, value, hostlen);
+	config.listen_host[hostlen] = '\0';
+	config.listen_port = (int) ParseInteger("--listen port", colon + 1, 0, 65535);
+}
+
+static void
+AddTrusted(const char *value)
+{
+	if (config.ntrusted >= MAX_CIDRS)
+		Fail("--trusted-proxy", value, "too many trusted proxies");
+	if (!CidrParse(value, &config.trusted[config.ntrusted]))
+		Fail("--trusted-proxy", value, "not an address or CIDR");
+	config.ntrusted++;
+}
+
+static void
+AddOrigin(const char *value)
+{
+	if (strcmp(value, "*") == 0)
+	{
+		config.cors_any = true;
+		return;
+	}
+	if (config.ncors >= MAX_ORIGINS)
+		Fail("--cors-origin", value, "too many origins");
+	if (strpbrk(value, "\r\n ,") != NULL || value[0] == '\0')
+		Fail("--cors-origin", value, "an origin is scheme://host[:port]");
+	config.cors_origins[config.ncors++] = strdup(value);
+}
+
+/* Calls add for each non-empty item of a comma-separated list. */
+static void
+EachItem(const char *list, void (*add) (const char *))
+{
+	char	   *copy = strdup(list);
+	char	   *save = NULL;
+
+	if (copy == NULL)
+	{
+		fprintf(stderr, "envoisms-gateway: out of memory\n");
+		exit(1);
+	}
+	for (char *item = strtok_r(copy, ", \t", &save); item; item = strtok_r(NULL, ", \t", &save))
+		add(item);
+	free(copy);
+}
+
+void
+ConfigLoad(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{"listen", required_argument, NULL, 'l'},
+		{"db", required_argument, NULL, 'd'},
+		{"threads", required_argument, NULL, 't'},
+		{"pool", required_argument, NULL, 'p'},
+		{"max-body", required_argument, NULL, 'b'},
+		{"max-url", required_argument, NULL, 'u'},
+		{"max-headers", required_argument, NULL, 'H'},
+		{"trusted-proxy", required_argument, NULL, 'x'},
+		{"cors-origin", required_argument, NULL, 'c'},
+		{"timeout", required_argument, NULL, 'T'},
+		{"max-connections", required_argument, NULL, 'm'},
+		{"openapi", required_argument, NULL, 'o'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0}
+	};
+	const char *env;
+	long		cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	bool		cors_given = false;
+	bool		cors_flag = false;
+	bool		trusted_given = false;
+	bool		pool_given = false;
+	int			opt;
+
+	memset(&config, 0, sizeof(config));
+	strcpy(config.listen_host, "127.0.0.1");
+	config.listen_port = 8080;
+	config.conninfo = "dbname=envoisms";
+	config.threads = cpus > 0 ? (int) (4 * cpus) : 8;
+	if (config.threads < 8)
+		config.threads = 8;
+	config.max_body = 16 * 1024 * 1024;
+	config.max_url = 8192;
+	config.max_headers = 32768;
+	config.timeout = 15;
+	config.max_connections = 4096;
+	config.openapi_path = OPENAPI_PATH;
+
+	if ((env = getenv("ENVOISMS_GATEWAY_LISTEN")) && *env)
+		ParseListen(env);
+	if ((env = getenv("ENVOISMS_GATEWAY_DB")) && *env)
+		config.conninfo = strdup(env);
+	if ((env = getenv("ENVOISMS_GATEWAY_THREADS")) && *env)
+		config.threads = (int) ParseInteger("ENVOISMS_GATEWAY_THREADS", env, 1, 1024);
+	if ((env = getenv("ENVOISMS_GATEWAY_POOL")) && *env)
+	{
+		config.pool_size = (int) ParseInteger("ENVOISMS_GATEWAY_POOL", env, 1, 1024);
+		pool_given = true;
+	}
+	if ((env = getenv("ENVOISMS_GATEWAY_MAX_BODY")) && *env)
+		config.max_body = ParseInteger("ENVOISMS_GATEWAY_MAX_BODY", env, 1, 1LL << 32);
+	if ((env = getenv("ENVOISMS_GATEWAY_TIMEOUT")) && *env)
+		config.timeout = (int) ParseInteger("ENVOISMS_GATEWAY_TIMEOUT", env, 1, 86400);
+	if ((env = getenv("ENVOISMS_GATEWAY_MAX_CONNECTIONS")) && *env)
+		config.max_connections = (int) ParseInteger("ENVOISMS_GATEWAY_MAX_CONNECTIONS", env, 1, 1000000);
+	if ((env = getenv("ENVOISMS_GATEWAY_OPENAPI")) && *env)
+		config.openapi_path = strdup(env);
+	if ((env = getenv("ENVOISMS_GATEWAY_TRUSTED_PROXIES")) && *env)
+		EachItem(env, AddTrusted);
+	if ((env = getenv("ENVOISMS_GATEWAY_CORS_ORIGINS")) && *env)
+	{
+		EachItem(env, AddOrigin);
+		cors_given = true;
+	}
+
+	while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1)
+	{
+		switch (opt)
+		{
+			case 'l':
+				ParseListen(optarg);
+				break;
+			case 'd':
+				config.conninfo = optarg;
+				break;
+			case 't':
+				config.threads = (int) ParseInteger("--threads", optarg, 1, 1024);
+				break;
+			case 'p':
+				config.pool_size = (int) ParseInteger("--pool", optarg, 1, 1024);
+				pool_given = true;
+				break;
+			case 'b':
+				config.max_body = ParseInteger("--max-body", optarg, 1, 1LL << 32);
+				break;
+			case 'u':
+				config.max_url = ParseInteger("--max-url", optarg, 256, 1 << 20);
+				break;
+			case 'H':
+				config.max_headers = ParseInteger("--max-headers", optarg, 1024, 1 << 20);
+				break;
+			case 'x':
+				/* flags replace the environment's list rather than extend it */
+				if (!trusted_given)
+					config.ntrusted = 0;
+				trusted_given = true;
+				AddTrusted(optarg);
+				break;
+			case 'c':
+				if (!cors_flag)
+				{
+					config.ncors = 0;
+					config.cors_any = false;
+				}
+				cors_given = cors_flag = true;
+				AddOrigin(optarg);
+				break;
+			case 'T':
+				config.timeout = (int) ParseInteger("--timeout", optarg, 1, 86400);
+				break;
+			case 'm':
+				config.max_connections = (int) ParseInteger("--max-connections", optarg, 1, 1000000);
+				break;
+			case 'o':
+				config.openapi_path = optarg;
+				break;
+			case 'h':
+				Usage(stdout);
+				exit(0);
+			default:
+				Usage(stderr);
+				exit(2);
+		}
+	}
+	if (optind < argc)
+		Fail("argument", argv[optind], "unexpected; see --help");
+	if (!cors_given)
+		config.cors_any = true;
+	if (!pool_given || config.pool_size < config.threads)
+		config.pool_size = config.threads;
+}

@@ -1,0 +1,159 @@
+/*
+ * gateway.h — the parts of envoisms-gateway that the files share.
+ *
+ * The gateway is a thin HTTP front for envoisms.api(): main.c starts it and
+ * waits for a signal, config.c reads flags and environment, http.c turns a
+ * request into one call through pool.c (libpq connections, one prepared
+ * statement each), clientip.c decides the client address, conntrack.c drops
+ * slow clients, metrics.c counts and renders /metrics, log.c writes the
+ * access log. No business rule lives here: auth, limits, routing and error
+ * codes are all answered by SQL.
+ */
+#ifndef ENVOISMS_GATEWAY_H
+#define ENVOISMS_GATEWAY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#include <microhttpd.h>
+
+#define GATEWAY_VERSION "0.1.0"
+#define MAX_CIDRS 64
+#define MAX_ORIGINS 64
+
+/* ---- config.c */
+
+typedef struct Cidr
+{
+	int			family;			/* AF_INET or AF_INET6 */
+	unsigned char addr[16];
+	int			bits;
+} Cidr;
+
+typedef struct GatewayConfig
+{
+	char		listen_host[256];
+	int			listen_port;
+	char	   *conninfo;
+	int			threads;
+	int			pool_size;
+	size_t		max_body;
+	size_t		max_url;
+	size_t		max_headers;
+	int			timeout;		/* seconds to receive a request; idle limit */
+	int			max_connections;
+	char	   *openapi_path;
+	Cidr		trusted[MAX_CIDRS];
+	int			ntrusted;
+	char	   *cors_origins[MAX_ORIGINS];
+	int			ncors;
+	bool		cors_any;
+} GatewayConfig;
+
+extern GatewayConfig config;
+
+/* Fills config from defaults, environment, then argv; exits on bad input. */
+extern void ConfigLoad(int argc, char **argv);
+
+/* ---- clientip.c */
+
+/* Parses "a.b.c.d/n", "x::y/n" or a bare address; false when invalid. */
+extern bool CidrParse(const char *text, Cidr *out);
+
+/*
+ * Writes the client's address to out (INET6_ADDRSTRLEN): the peer address,
+ * or, when the peer is a trusted proxy, the right-most address of
+ * X-Forwarded-For that is not itself trusted.
+ */
+extern void ClientIpResolve(const struct sockaddr *peer, const char *forwarded_for,
+							char *out, size_t outlen);
+
+/* ---- pool.c */
+
+typedef struct PoolConn PoolConn;
+
+typedef struct ApiResult
+{
+	int			status;			/* HTTP status */
+	char	   *headers;		/* JSON object text (malloc'd) or NULL */
+	char	   *body;			/* JSON text (malloc'd) */
+	bool		unavailable;	/* the database could not be reached */
+} ApiResult;
+
+extern bool PoolInit(const char *conninfo, int size);
+extern void PoolClose(void);
+
+/* Calls envoisms.api(); always fills *result (503/500 envelopes on failure). */
+extern void PoolCallApi(const char *method, const char *path, const char *query,
+						const char *headers_json, const char *body,
+						const char *client_ip, ApiResult *result);
+
+/* SELECT 1 through the pool; true when the database answered. */
+extern bool PoolHealthCheck(void);
+
+extern void PoolStats(int *size, int *in_use, int *connected);
+
+/* ---- metrics.c */
+
+/* Maps a path to a route template without the database ("/v1/messages/:id"). */
+extern void RouteTemplate(const char *path, char *out, size_t outlen);
+extern void MetricsObserve(const char *method, const char *route, int status,
+						   double seconds);
+extern void MetricsDbError(const char *kind);
+extern void MetricsConnected(void);
+extern void MetricsConnections(int delta);
+/* Prometheus text exposition (malloc'd). */
+extern char *MetricsRender(size_t *len);
+
+/* ---- conntrack.c */
+
+extern void ConnTrackNotify(void *cls, struct MHD_Connection *connection,
+							void **socket_context,
+							enum MHD_ConnectionNotificationCode code);
+/* Marks the connection busy (handler running) or waiting for a request. */
+extern void ConnTrackBusy(struct MHD_Connection *connection, bool busy);
+extern bool ConnTrackStart(void);
+extern void ConnTrackStop(void);
+extern int	ConnTrackOpen(void);
+
+/* ---- http.c */
+
+extern bool HttpInit(void);
+extern void *HttpUriLog(void *cls, const char *uri, struct MHD_Connection *connection);
+extern enum MHD_Result HttpHandle(void *cls, struct MHD_Connection *connection,
+								  const char *url, const char *method,
+								  const char *version, const char *upload_data,
+								  size_t *upload_data_size, void **req_cls);
+extern void HttpCompleted(void *cls, struct MHD_Connection *connection,
+						  void **req_cls, enum MHD_RequestTerminationCode toe);
+extern int	HttpInFlight(void);
+extern void HttpBeginShutdown(void);
+
+/* ---- log.c */
+
+extern void AccessLog(const char *method, const char *route, int status,
+					  double ms, const char *key_id, const char *client_ip,
+					  size_t bytes_in);
+extern void ErrorLog(const char *fmt,...) __attribute__((format(printf, 1, 2)));
+
+/* ---- util.c */
+
+typedef struct StrBuf
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+} StrBuf;
+
+/* Appends; false (and the buffer unchanged) when memory runs out. */
+extern bool StrBufAppend(StrBuf *sb, const char *s, size_t n);
+extern void StrBufFree(StrBuf *sb);
+/* Appends s as a JSON string literal; invalid UTF-8 bytes become U+FFFD. */
+extern bool JsonQuote(StrBuf *sb, const char *s);
+extern bool Utf8Valid(const char *s, size_t len);
+extern double NowSeconds(void);
+
+#endif							/* ENVOISMS_GATEWAY_H */

@@ -1,0 +1,147 @@
+/*
+ * main.c — envoisms-gateway's life: read the configuration, raise the
+ * open-file limit, open the pool, start libmicrohttpd (a pool of worker
+ * threads, each with its own epoll loop) and wait for SIGTERM or SIGINT.
+ *
+ * Shutdown: the listening socket is closed at once (MHD_quiesce_daemon), so
+ * new connections are refused; requests already received are answered
+ * (responses then carry "Connection: close"); after they are done, or after
+ * a grace period, the daemon stops, the pool closes and the process exits 0.
+ *
+ * Signals are blocked in every thread and taken synchronously here with
+ * sigwait(), so no handler runs inside libpq or libmicrohttpd.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "gateway.h"
+
+#define SHUTDOWN_GRACE 30.0
+
+static void
+RaiseFileLimit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
+	{
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			ErrorLog("cannot raise the open-file limit: %s", strerror(errno));
+	}
+}
+
+static void
+MhdLog(void *cls, const char *fmt, va_list ap)
+{
+	char		msg[512];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	ErrorLog("libmicrohttpd: %s", msg);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct sockaddr_storage addr;
+	struct addrinfo hints = {0};
+	struct addrinfo *ai = NULL;
+	struct MHD_Daemon *daemon;
+	sigset_t	signals;
+	char		port[16];
+	int			sig = 0;
+	int			rc;
+	MHD_socket	listen_fd;
+	double		deadline;
+
+	ConfigLoad(argc, argv);
+	RaiseFileLimit();
+
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
+	snprintf(port, sizeof(port), "%d", config.listen_port);
+	if ((rc = getaddrinfo(config.listen_host, port, &hints, &ai)) != 0)
+	{
+		fprintf(stderr, "envoisms-gateway: cannot resolve %s: %s\n",
+				config.listen_host, gai_strerror(rc));
+		return 2;
+	}
+	memset(&addr, 0, sizeof(addr));
+	memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
+	freeaddrinfo(ai);
+
+	/* every thread started from here on inherits the blocked signals */
+	sigemptyset(&signals);
+	sigaddset(&signals, SIGTERM);
+	sigaddset(&signals, SIGINT);
+	if (pthread_sigmask(SIG_BLOCK, &signals, NULL) != 0)
+	{
+		fprintf(stderr, "envoisms-gateway: cannot block signals\n");
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+
+	if (!PoolInit(config.conninfo, config.pool_size) || !HttpInit() || !ConnTrackStart())
+	{
+		fprintf(stderr, "envoisms-gateway: cannot start (out of memory or threads)\n");
+		return 1;
+	}
+
+	daemon = MHD_start_daemon(
+		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ITC |
+		MHD_USE_ERROR_LOG | MHD_USE_TURBO | (addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+		0, NULL, NULL, HttpHandle, NULL,
+		MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
+		MHD_OPTION_THREAD_POOL_SIZE, (unsigned int) config.threads,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned int) config.max_connections,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) config.timeout,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) (config.max_url + config.max_headers + 16384),
+		MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 4096,
+		MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int) 1,
+		MHD_OPTION_URI_LOG_CALLBACK, HttpUriLog, NULL,
+		MHD_OPTION_NOTIFY_COMPLETED, HttpCompleted, NULL,
+		MHD_OPTION_NOTIFY_CONNECTION, ConnTrackNotify, NULL,
+		MHD_OPTION_EXTERNAL_LOGGER, MhdLog, NULL,
+		MHD_OPTION_END);
+	if (daemon == NULL)
+	{
+		fprintf(stderr, "envoisms-gateway: cannot listen on %s:%d (in use, or not an address here)\n",
+				config.listen_host, config.listen_port);
+		ConnTrackStop();
+		return 1;
+	}
+	ErrorLog("listening on %s:%d, %d threads, pool of %d, max body %zu bytes",
+			 config.listen_host, config.listen_port, config.threads, config.pool_size,
+			 config.max_body);
+
+	do
+	{
+		rc = sigwait(&signals, &sig);
+	} while (rc != 0);
+
+	ErrorLog("received signal %d: finishing %d requests in flight", sig, HttpInFlight());
+	HttpBeginShutdown();
+	listen_fd = MHD_quiesce_daemon(daemon);
+	if (listen_fd != MHD_INVALID_SOCKET)
+		close(listen_fd);
+	deadline = NowSeconds() + SHUTDOWN_GRACE;
+	while (HttpInFlight() > 0 && NowSeconds() < deadline)
+		usleep(10 * 1000);
+	if (HttpInFlight() > 0)
+		ErrorLog("%d requests still in flight after %.0f s; stopping anyway",
+				 HttpInFlight(), SHUTDOWN_GRACE);
+	MHD_stop_daemon(daemon);
+	ConnTrackStop();
+	PoolClose();
+	ErrorLog("stopped");
+	return 0;
+}

@@ -1,0 +1,302 @@
+/*
+ * metrics.c — what /metrics shows, in Prometheus text format:
+ *
+ *   envoisms_gateway_requests_total{method,route,status}
+ *   envoisms_gateway_request_duration_seconds{method,route} (histogram)
+ *   envoisms_gateway_db_errors_total{kind}  connect | prepare | lost | disconnected | query
+ *   envoisms_gateway_db_connects_total, envoisms_gateway_pool_{size,in_use,connected}
+ *   envoisms_gateway_connections_open, envoisms_gateway_requests_in_flight
+ *
+ * Routes are templates ("/v1/messages/:id"), computed here without the
+ * database: a path segment that is not one of the API's literal words is an
+ * id. Unknown shapes collapse to "other", so label cardinality is bounded
+ * whatever clients send. One mutex guards the table; it is taken once per
+ * request, for a few hundred nanoseconds, next to a database round trip.
+ */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway.h"
+
+#define MAX_SERIES 512
+#define MAX_DEPTH 5
+
+static const double bucket_bounds[] = {
+	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
+};
+#define NBUCKETS (int) (sizeof(bucket_bounds) / sizeof(bucket_bounds[0]))
+
+typedef struct Series
+{
+	char		method[8];
+	char		route[80];
+	int			status;
+	unsigned long long count;
+} Series;
+
+typedef struct Histogram
+{
+	char		method[8];
+	char		route[80];
+	unsigned long long buckets[NBUCKETS];
+	unsigned long long count;
+	double		sum;
+} Histogram;
+
+static const char *const db_error_kinds[] = {"connect", "prepare", "lost", "disconnected", "query"};
+#define NKINDS (int) (sizeof(db_error_kinds) / sizeof(db_error_kinds[0]))
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static Series series[MAX_SERIES];
+static int	nseries;
+static Histogram histograms[MAX_SERIES];
+static int	nhistograms;
+static unsigned long long db_errors[NKINDS];
+static unsigned long long db_connects;
+static unsigned long long dropped_series;
+static int	connections_open;
+
+/* The literal words of the /v1 surface and the gateway's own paths. */
+static const char *const route_words[] = {
+	"v1", "messages", "bulk", "verify", "send", "check", "lookup", "contacts",
+	"import", "lists", "campaigns", "webhooks", "test", "api-keys", "billing",
+	"balance", "analytics", "healthz", "metrics", "openapi.json", "templates",
+	"optouts", "events", "logs", "members", "cancel", "rotate", "usage",
+	"transactions", "invoices", "account", NULL
+};
+
+static bool
+IsRouteWord(const char *seg, size_t len)
+{
+	for (int i = 0; route_words[i]; i++)
+		if (strlen(route_words[i]) == len && memcmp(route_words[i], seg, len) == 0)
+			return true;
+	return false;
+}
+
+void
+RouteTemplate(const char *path, char *out, size_t outlen)
+{
+	size_t		pos = 0;
+	int			depth = 0;
+	const char *p = path;
+
+	if (path[0] != '/')
+	{
+		snprintf(out, outlen, "other");
+		return;
+	}
+	while (*p == '/')
+	{
+		const char *seg = p + 1;
+		size_t		len = strcspn(seg, "/");
+		const char *word = seg;
+		size_t		wlen = len;
+
+		if (len == 0 && seg[0] == '\0')
+			break;				/* trailing slash */
+		if (++depth > MAX_DEPTH)
+		{
+			snprintf(out, outlen, "other");
+			return;
+		}
+		if (!IsRouteWord(seg, len))
+		{
+			/* only /v1/... has ids; anything else unknown is "other" */
+			if (depth == 1 || strncmp(path, "/v1/", 4) != 0)
+			{
+				snprintf(out, outlen, "other");
+				return;
+			}
+			word = ":id";
+			wlen = 3;
+		}
+		if (pos + wlen + 2 >= outlen)
+		{
+			snprintf(out, outlen, "other");
+			return;
+		}
+		out[pos++] = '/';
+		memcpy(out + pos, word, wlen);
+		pos += wlen;
+		p = seg + len;
+	}
+	if (pos == 0)
+		out[pos++] = '/';
+	out[pos] = '\0';
+}
+
+static const char *
+MethodLabel(const char *method)
+{
+	static const char *const known[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", NULL};
+
+	for (int i = 0; known[i]; i++)
+		if (strcmp(known[i], method) == 0)
+			return known[i];
+	return "OTHER";
+}
+
+void
+MetricsObserve(const char *method, const char *route, int status, double seconds)
+{
+	const char *m = MethodLabel(method);
+	Series	   *s = NULL;
+	Histogram  *h = NULL;
+
+	pthread_mutex_lock(&lock);
+	for (int i = 0; i < nseries; i++)
+		if (series[i].status == status && strcmp(series[i].method, m) == 0 &&
+			strcmp(series[i].route, route) == 0)
+		{
+			s = &series[i];
+			break;
+		}
+	if (s == NULL && nseries < MAX_SERIES)
+	{
+		s = &series[nseries++];
+		snprintf(s->method, sizeof(s->method), "%s", m);
+		snprintf(s->route, sizeof(s->route), "%s", route);
+		s->status = status;
+	}
+	for (int i = 0; i < nhistograms; i++)
+		if (strcmp(histograms[i].method, m) == 0 && strcmp(histograms[i].route, route) == 0)
+		{
+			h = &histograms[i];
+			break;
+		}
+	if (h == NULL && nhistograms < MAX_SERIES)
+	{
+		h = &histograms[nhistograms++];
+		snprintf(h->method, sizeof(h->method), "%s", m);
+		snprintf(h->route, sizeof(h->route), "%s", route);
+	}
+	if (s)
+		s->count++;
+	else
+		dropped_series++;
+	if (h)
+	{
+		for (int b = 0; b < NBUCKETS; b++)
+			if (seconds <= bucket_bounds[b])
+				h->buckets[b]++;
+		h->count++;
+		h->sum += seconds;
+	}
+	pthread_mutex_unlock(&lock);
+}
+
+void
+MetricsDbError(const char *kind)
+{
+	pthread_mutex_lock(&lock);
+	for (int i = 0; i < NKINDS; i++)
+		if (strcmp(kind, db_error_kinds[i]) == 0)
+			db_errors[i]++;
+	pthread_mutex_unlock(&lock);
+}
+
+void
+MetricsConnected(void)
+{
+	pthread_mutex_lock(&lock);
+	db_connects++;
+	pthread_mutex_unlock(&lock);
+}
+
+void
+MetricsConnections(int delta)
+{
+	pthread_mutex_lock(&lock);
+	connections_open += delta;
+	pthread_mutex_unlock(&lock);
+}
+
+static bool
+Printf(StrBuf *sb, const char *fmt,...) __attribute__((format(printf, 2, 3)));
+
+static bool
+Printf(StrBuf *sb, const char *fmt,...)
+{
+	char		buf[512];
+	va_list		ap;
+	int			n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return false;
+	return StrBufAppend(sb, buf, (size_t) n < sizeof(buf) ? (size_t) n : sizeof(buf) - 1);
+}
+
+char *
+MetricsRender(size_t *len)
+{
+	StrBuf		sb = {0};
+	bool		ok = true;
+	int			size,
+				in_use,
+				connected;
+
+	PoolStats(&size, &in_use, &connected);
+	pthread_mutex_lock(&lock);
+	ok &= Printf(&sb, "# HELP envoisms_gateway_requests_total HTTP requests answered, by route template and status.\n"
+				 "# TYPE envoisms_gateway_requests_total counter\n");
+	for (int i = 0; i < nseries && ok; i++)
+		ok &= Printf(&sb, "envoisms_gateway_requests_total{method=\"%s\",route=\"%s\",status=\"%d\"} %llu\n",
+					 series[i].method, series[i].route, series[i].status, series[i].count);
+	ok &= Printf(&sb, "# HELP envoisms_gateway_request_duration_seconds Time from request line to response queued.\n"
+				 "# TYPE envoisms_gateway_request_duration_seconds histogram\n");
+	for (int i = 0; i < nhistograms && ok; i++)
+	{
+		Histogram  *h = &histograms[i];
+
+		for (int b = 0; b < NBUCKETS; b++)
+			ok &= Printf(&sb, "envoisms_gateway_request_duration_seconds_bucket{method=\"%s\",route=\"%s\",le=\"%g\"} %llu\n",
+						 h->method, h->route, bucket_bounds[b], h->buckets[b]);
+		ok &= Printf(&sb, "envoisms_gateway_request_duration_seconds_bucket{method=\"%s\",route=\"%s\",le=\"+Inf\"} %llu\n"
+					 "envoisms_gateway_request_duration_seconds_sum{method=\"%s\",route=\"%s\"} %.6f\n"
+					 "envoisms_gateway_request_duration_seconds_count{method=\"%s\",route=\"%s\"} %llu\n",
+					 h->method, h->route, h->count, h->method, h->route, h->sum,
+					 h->method, h->route, h->count);
+	}
+	ok &= Printf(&sb, "# HELP envoisms_gateway_db_errors_total Database failures seen by the pool.\n"
+				 "# TYPE envoisms_gateway_db_errors_total counter\n");
+	for (int i = 0; i < NKINDS; i++)
+		ok &= Printf(&sb, "envoisms_gateway_db_errors_total{kind=\"%s\"} %llu\n", db_error_kinds[i], db_errors[i]);
+	ok &= Printf(&sb, "# HELP envoisms_gateway_db_connects_total Database connections opened.\n"
+				 "# TYPE envoisms_gateway_db_connects_total counter\n"
+				 "envoisms_gateway_db_connects_total %llu\n"
+				 "# HELP envoisms_gateway_pool_size Database connections the pool may hold.\n"
+				 "# TYPE envoisms_gateway_pool_size gauge\n"
+				 "envoisms_gateway_pool_size %d\n"
+				 "# HELP envoisms_gateway_pool_in_use Database connections serving a request now.\n"
+				 "# TYPE envoisms_gateway_pool_in_use gauge\n"
+				 "envoisms_gateway_pool_in_use %d\n"
+				 "# HELP envoisms_gateway_pool_connected Database connections open now.\n"
+				 "# TYPE envoisms_gateway_pool_connected gauge\n"
+				 "envoisms_gateway_pool_connected %d\n",
+				 db_connects, size, in_use, connected);
+	ok &= Printf(&sb, "# HELP envoisms_gateway_connections_open HTTP connections open now.\n"
+				 "# TYPE envoisms_gateway_connections_open gauge\n"
+				 "envoisms_gateway_connections_open %d\n"
+				 "# HELP envoisms_gateway_requests_in_flight Requests received and not yet answered.\n"
+				 "# TYPE envoisms_gateway_requests_in_flight gauge\n"
+				 "envoisms_gateway_requests_in_flight %d\n"
+				 "# HELP envoisms_gateway_series_dropped_total Observations not counted because the series table was full.\n"
+				 "# TYPE envoisms_gateway_series_dropped_total counter\n"
+				 "envoisms_gateway_series_dropped_total %llu\n",
+				 connections_open, HttpInFlight(), dropped_series);
+	pthread_mutex_unlock(&lock);
+	if (!ok)
+	{
+		StrBufFree(&sb);
+		return NULL;
+	}
+	*len = sb.len;
+	return sb.data;
+}

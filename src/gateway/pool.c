@@ -1,0 +1,383 @@
+/*
+ * pool.c — the gateway's database connections.
+ *
+ * A fixed array of libpq connections, at least one per HTTP worker thread,
+ * so a request never waits for a connection that another request is using
+ * (acquire only blocks if --pool were smaller than --threads, which config.c
+ * prevents). Each connection has two prepared statements: "api" (the one
+ * call of envoisms.api per request) and "health" (SELECT 1).
+ *
+ * Connections are opened lazily and re-opened when broken. A connection is
+ * broken when PQstatus says so, when a query fails with SQLSTATE class 08 or
+ * 57P01..57P03 (admin shutdown, crash, cannot connect now), or when its
+ * socket turns readable while idle (the server said goodbye). After a failed
+ * connect, attempts are paused for a second so a down database costs each
+ * request one cheap check, not a connect timeout; those requests get 503
+ * SERVICE_UNAVAILABLE with Retry-After and the pool heals by itself.
+ *
+ * Locking: one mutex guards the in_use flags and the pause; a connection is
+ * used only by the thread that acquired it, outside the mutex.
+ */
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "gateway.h"
+
+#define TEXTOID 25
+#define RECONNECT_PAUSE 1.0
+#define RETRY_AFTER "1"
+#define DOCS_URL "https://envoisms.ma/docs#errors"
+
+struct PoolConn
+{
+	PGconn	   *conn;
+	bool		in_use;
+};
+
+static PoolConn *conns;
+static int	pool_size;
+static int	in_use_count;
+static double paused_until;
+static const char *pool_conninfo;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t freed = PTHREAD_COND_INITIALIZER;
+
+static const char *API_SQL =
+"SELECT status, headers::text, body::text "
+"FROM envoisms.api($1, $2, $3, $4::jsonb, $5, $6::inet)";
+
+bool
+PoolInit(const char *conninfo, int size)
+{
+	conns = calloc(size, sizeof(PoolConn));
+	if (conns == NULL)
+		return false;
+	pool_size = size;
+	pool_conninfo = conninfo;
+	return true;
+}
+
+void
+PoolClose(void)
+{
+	pthread_mutex_lock(&lock);
+	for (int i = 0; i < pool_size; i++)
+	{
+		if (conns[i].conn != NULL && !conns[i].in_use)
+		{
+			PQfinish(conns[i].conn);
+			conns[i].conn = NULL;
+		}
+	}
+	pthread_mutex_unlock(&lock);
+}
+
+void
+PoolStats(int *size, int *in_use, int *connected)
+{
+	int			n = 0;
+
+	pthread_mutex_lock(&lock);
+	for (int i = 0; i < pool_size; i++)
+		if (conns[i].conn != NULL)
+			n++;
+	*size = pool_size;
+	*in_use = in_use_count;
+	*connected = n;
+	pthread_mutex_unlock(&lock);
+}
+
+/* Takes a free connection, preferring one that is already open. */
+static PoolConn *
+Acquire(void)
+{
+	PoolConn   *pick = NULL;
+
+	pthread_mutex_lock(&lock);
+	while (in_use_count == pool_size)
+		pthread_cond_wait(&freed, &lock);
+	for (int i = 0; i < pool_size; i++)
+	{
+		if (conns[i].in_use)
+			continue;
+		if (pick == NULL || (pick->conn == NULL && conns[i].conn != NULL))
+			pick = &conns[i];
+		if (pick->conn != NULL)
+			break;
+	}
+	pick->in_use = true;
+	in_use_count++;
+	pthread_mutex_unlock(&lock);
+	return pick;
+}
+
+static void
+Release(PoolConn *pc)
+{
+	pthread_mutex_lock(&lock);
+	pc->in_use = false;
+	in_use_count--;
+	pthread_cond_signal(&freed);
+	pthread_mutex_unlock(&lock);
+}
+
+static void
+Discard(PoolConn *pc)
+{
+	if (pc->conn != NULL)
+	{
+		PQfinish(pc->conn);
+		pc->conn = NULL;
+	}
+}
+
+/* An idle connection whose socket is readable was closed by the server. */
+static bool
+IdleConnectionBroken(PGconn *conn)
+{
+	struct pollfd pfd;
+
+	if (PQstatus(conn) != CONNECTION_OK)
+		return true;
+	pfd.fd = PQsocket(conn);
+	pfd.events = POLLIN;
+	pfd.revents = 0;
+	if (pfd.fd < 0)
+		return true;
+	if (poll(&pfd, 1, 0) <= 0)
+		return false;
+	if (PQconsumeInput(conn) == 0 || PQstatus(conn) != CONNECTION_OK)
+		return true;
+	/* whatever else arrived unasked (a FATAL notice) also means goodbye */
+	return (pfd.revents & (POLLHUP | POLLERR)) != 0;
+}
+
+static bool
+Prepare(PGconn *conn, const char *name, const char *sql, int nparams)
+{
+	static const Oid types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	PGresult   *res = PQprepare(conn, name, sql, nparams, types);
+	bool		ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+
+	if (!ok)
+		ErrorLog("cannot prepare %s: %s", name,
+				 res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+	PQclear(res);
+	return ok;
+}
+
+/* Makes pc->conn usable; false (after counting the error) when it cannot. */
+static bool
+EnsureConnected(PoolConn *pc)
+{
+	static const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
+	const char *values[] = {"5", "envoisms-gateway", pool_conninfo, NULL};
+	double		now;
+	bool		paused;
+
+	if (pc->conn != NULL)
+	{
+		if (!IdleConnectionBroken(pc->conn))
+			return true;
+		Discard(pc);
+		MetricsDbError("disconnected");
+	}
+
+	now = NowSeconds();
+	pthread_mutex_lock(&lock);
+	paused = now < paused_until;
+	pthread_mutex_unlock(&lock);
+	if (paused)
+		return false;
+
+	pc->conn = PQconnectdbParams(keys, values, 1);
+	if (pc->conn == NULL || PQstatus(pc->conn) != CONNECTION_OK)
+	{
+		ErrorLog("cannot connect to the database: %s",
+				 pc->conn ? PQerrorMessage(pc->conn) : "out of memory");
+		MetricsDbError("connect");
+		Discard(pc);
+		pthread_mutex_lock(&lock);
+		paused_until = NowSeconds() + RECONNECT_PAUSE;
+		pthread_mutex_unlock(&lock);
+		return false;
+	}
+	if (!Prepare(pc->conn, "api", API_SQL, 6) ||
+		!Prepare(pc->conn, "health", "SELECT 1", 0))
+	{
+		MetricsDbError("prepare");
+		Discard(pc);
+		pthread_mutex_lock(&lock);
+		paused_until = NowSeconds() + RECONNECT_PAUSE;
+		pthread_mutex_unlock(&lock);
+		return false;
+	}
+	MetricsConnected();
+	return true;
+}
+
+static bool
+ConnectionLost(PGconn *conn, const char *sqlstate)
+{
+	if (PQstatus(conn) != CONNECTION_OK)
+		return true;
+	if (sqlstate == NULL)
+		return false;
+	return strncmp(sqlstate, "08", 2) == 0 ||
+		strcmp(sqlstate, "57P01") == 0 || strcmp(sqlstate, "57P02") == 0 ||
+		strcmp(sqlstate, "57P03") == 0;
+}
+
+static void
+Envelope(ApiResult *result, int status, const char *code, const char *message,
+		 const char *headers)
+{
+	char		buf[512];
+
+	snprintf(buf, sizeof(buf),
+			 "{\"error\": {\"code\": \"%s\", \"message\": \"%s\", \"docs\": \"" DOCS_URL "\"}}",
+			 code, message);
+	result->status = status;
+	result->body = strdup(buf);
+	result->headers = headers ? strdup(headers) : NULL;
+}
+
+static void
+Unavailable(ApiResult *result)
+{
+	result->unavailable = true;
+	Envelope(result, 503, "SERVICE_UNAVAILABLE",
+			 "the database is unavailable; retry shortly",
+			 "{\"Retry-After\": \"" RETRY_AFTER "\"}");
+}
+
+static char *
+CopyValue(PGresult *res, int col)
+{
+	if (PQgetisnull(res, 0, col))
+		return NULL;
+	return strdup(PQgetvalue(res, 0, col));
+}
+
+void
+PoolCallApi(const char *method, const char *path, const char *query,
+			const char *headers_json, const char *body,
+			const char *client_ip, ApiResult *result)
+{
+	const char *values[6] = {method, path, query, headers_json, body,
+	(client_ip && *client_ip) ? client_ip : NULL};
+	bool		safe = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+	int			attempts = 0;
+
+	memset(result, 0, sizeof(*result));
+	for (;;)
+	{
+		PoolConn   *pc = Acquire();
+		bool		reused = pc->conn != NULL;
+		PGresult   *res;
+		const char *sqlstate;
+		ExecStatusType st;
+
+		attempts++;
+		if (!EnsureConnected(pc))
+		{
+			Release(pc);
+			Unavailable(result);
+			return;
+		}
+		res = PQexecPrepared(pc->conn, "api", 6, values, NULL, NULL, 0);
+		st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+		if (st == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 3)
+		{
+			result->status = atoi(PQgetvalue(res, 0, 0));
+			result->headers = CopyValue(res, 1);
+			result->body = CopyValue(res, 2);
+			PQclear(res);
+			Release(pc);
+			if (result->status < 100 || result->status > 599)
+			{
+				ErrorLog("envoisms.api returned HTTP status %d", result->status);
+				free(result->headers);
+				free(result->body);
+				Envelope(result, 500, "INTERNAL_ERROR", "internal error", NULL);
+			}
+			return;
+		}
+
+		sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+		if (ConnectionLost(pc->conn, sqlstate))
+		{
+			ErrorLog("database connection lost: %s", PQerrorMessage(pc->conn));
+			MetricsDbError("lost");
+			PQclear(res);
+			Discard(pc);
+			Release(pc);
+			/* a reused connection may have died while idle: retry reads once */
+			if (safe && reused && attempts < 2)
+				continue;
+			Unavailable(result);
+			return;
+		}
+		MetricsDbError("query");
+		if (sqlstate && (strcmp(sqlstate, "40001") == 0 || strcmp(sqlstate, "40P01") == 0) &&
+			attempts < 3)
+		{
+			PQclear(res);
+			Release(pc);
+			continue;
+		}
+		if (st == PGRES_TUPLES_OK)
+			ErrorLog("envoisms.api returned %d rows", PQntuples(res));
+		else
+			ErrorLog("envoisms.api failed (SQLSTATE %s): %s", sqlstate ? sqlstate : "?",
+					 res ? PQresultErrorMessage(res) : PQerrorMessage(pc->conn));
+		if (sqlstate && (strcmp(sqlstate, "22021") == 0 || strcmp(sqlstate, "22P02") == 0))
+			Envelope(result, 400, "INVALID_REQUEST", "the request could not be read", NULL);
+		else if (sqlstate && (strcmp(sqlstate, "57014") == 0 || strcmp(sqlstate, "53300") == 0 ||
+							  strncmp(sqlstate, "53", 2) == 0))
+		{
+			result->unavailable = true;
+			Envelope(result, 503, "SERVICE_UNAVAILABLE", "the database is busy; retry shortly",
+					 "{\"Retry-After\": \"" RETRY_AFTER "\"}");
+		}
+		else
+			Envelope(result, 500, "INTERNAL_ERROR", "internal error", NULL);
+		PQclear(res);
+		Release(pc);
+		return;
+	}
+}
+
+bool
+PoolHealthCheck(void)
+{
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		PoolConn   *pc = Acquire();
+		PGresult   *res;
+		bool		ok;
+
+		if (!EnsureConnected(pc))
+		{
+			Release(pc);
+			return false;
+		}
+		res = PQexecPrepared(pc->conn, "health", 0, NULL, NULL, NULL, 0);
+		ok = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK;
+		if (!ok && ConnectionLost(pc->conn, res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL))
+		{
+			MetricsDbError("lost");
+			Discard(pc);
+		}
+		PQclear(res);
+		Release(pc);
+		if (ok)
+			return true;
+	}
+	return false;
+}
