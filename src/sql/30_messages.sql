@@ -215,6 +215,7 @@ $$;
 -- One entry of a bulk send, validated (see message_send_bulk).
 CREATE TYPE envoisms.bulk_entry AS (
     ord       int,
+    id        text,
     to_number text,
     body      text,
     metadata  jsonb,
@@ -261,7 +262,7 @@ BEGIN
     END IF;
 
     -- Validate every entry in one set-based pass.
-    SELECT array_agg(ROW(v.ord, v.e164, v.body, v.meta, s.encoding, s.segments,
+    SELECT array_agg(ROW(v.ord, envoisms.new_id('msg'), v.e164, v.body, v.meta, s.encoding, s.segments,
                          CASE WHEN v.kind <> 'object' THEN 'VALIDATION_ERROR'
                               WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'INVALID_PHONE'
                               WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'VALIDATION_ERROR'
@@ -310,20 +311,16 @@ BEGIN
     INSERT INTO envoisms.batches (account_id, batch_id, channel, total, cost_mad, cost_eur, created_at)
     VALUES (account_id, batch, channel, total, cost_mad, cost_eur, created);
 
-    WITH ins AS (
-        INSERT INTO envoisms.messages (account_id, message_id, api_key_id, batch_id, to_number, sender_id, channel,
-                                       body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
-                                       metadata, created_at, updated_at, next_attempt_at)
-        SELECT message_send_bulk.account_id, envoisms.new_id('msg'), api_key_id, batch, u.to_number, sender, channel,
-               u.body, u.encoding, n.units, price.mad * n.units, price.eur * n.units,
-               CASE WHEN sandbox THEN 0 ELSE price.mad * n.units END, sandbox, u.metadata, created, created, created
-          FROM unnest(entries) u
-          CROSS JOIN LATERAL (SELECT CASE WHEN channel = 'whatsapp' THEN 1 ELSE u.segments END AS units) n
-         ORDER BY u.ord
-        RETURNING message_id, to_number)
-    SELECT jsonb_agg(jsonb_build_object('id', ins.message_id, 'to', ins.to_number, 'status', 'queued')
-                     ORDER BY ins.message_id)
-      INTO result FROM ins;
+    INSERT INTO envoisms.messages (account_id, message_id, api_key_id, batch_id, to_number, sender_id, channel,
+                                   body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                   metadata, created_at, updated_at, next_attempt_at)
+    SELECT message_send_bulk.account_id, u.id, api_key_id, batch, u.to_number, sender, channel,
+           u.body, u.encoding, n.units, price.mad * n.units, price.eur * n.units,
+           CASE WHEN sandbox THEN 0 ELSE price.mad * n.units END, sandbox, u.metadata, created, created, created
+      FROM unnest(entries) u
+     CROSS JOIN LATERAL (SELECT CASE WHEN channel = 'whatsapp' THEN 1 ELSE u.segments END AS units) n;
+    SELECT jsonb_agg(jsonb_build_object('id', u.id, 'to', u.to_number, 'status', 'queued') ORDER BY u.ord)
+      INTO result FROM unnest(entries) u;
 
     RETURN jsonb_build_object(
         'batch_id', batch, 'total', total, 'channel', channel,

@@ -317,7 +317,16 @@ BEGIN
             END IF;
         END IF;
 
-        rep := envoisms.api_call(route_handler, req);
+        -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
+        IF method = 'POST' AND hdr ? 'idempotency-key' THEN
+            rep := envoisms.idempotency_lookup(req, hdr->>'idempotency-key');
+            IF rep.status IS NULL THEN
+                rep := envoisms.api_call(route_handler, req);
+                PERFORM envoisms.idempotency_store(req, hdr->>'idempotency-key', rep);
+            END IF;
+        ELSE
+            rep := envoisms.api_call(route_handler, req);
+        END IF;
         rep.headers := out_headers || coalesce(rep.headers, '{}');
         RETURN NEXT rep;
         RETURN;
