@@ -138,6 +138,7 @@ extern void AccessLog(const char *method, const char *route, int status,
 					  double ms, const char *key_id, const char *client_ip,
 					  size_t bytes_in);
 extern void ErrorLog(const char *fmt,...) __attribute__((format(printf, 1, 2)));
+extern void InfoLog(const char *fmt,...) __attribute__((format(printf, 1, 2)));
 
 /* ---- util.c */
 

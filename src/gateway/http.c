@@ -7,11 +7,14 @@
  *   HttpHandle #1   headers read: limits are checked before any body byte
  *                   is read (target length 414, header block 431,
  *                   Content-Length over --max-body 413, answered at once so
- *                   the body is never read); OPTIONS preflight is answered
- *                   here without auth and without the database.
- *   HttpHandle #n   body chunks: appended, counted against --max-body (a
- *                   chunked body that grows too large also gets 413).
- *   HttpHandle last the whole request is in: /healthz, /metrics and
+ *                   the body is never read).
+ *   HttpHandle #n   body chunks: appended, counted against --max-body. A
+ *                   chunked body that outgrows it is discarded unstored and
+ *                   answered 413 at its end (MHD cannot answer mid-upload),
+ *                   or cut off DISCARD_LIMIT bytes past the limit.
+ *   HttpHandle last the whole request is in: OPTIONS (CORS preflight) is
+ *                   answered without auth and without the database;
+ *                   /healthz, /metrics and
  *                   /v1/openapi.json are answered here; anything else is one
  *                   call of envoisms.api() through the pool, and its row
  *                   (status, headers, body) becomes the response.
@@ -34,6 +37,7 @@
 
 #define DOCS_URL "https://envoisms.ma/docs#errors"
 #define KEY_ID_HEADER "X-Envoisms-Key-Id"
+#define DISCARD_LIMIT (1024 * 1024)
 #define JSON_TYPE "application/json; charset=utf-8"
 
 typedef struct Request
@@ -42,6 +46,7 @@ typedef struct Request
 	char	   *target;			/* raw request target: path[?query] */
 	bool		seen;			/* HttpHandle has run once */
 	bool		responded;
+	bool		too_large;		/* chunked body over the limit */
 	int			status;
 	size_t		bytes_in;
 	StrBuf		body;
@@ -524,8 +529,6 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 				return RespondError(req, connection, 413, "PAYLOAD_TOO_LARGE", message, true);
 			}
 		}
-		if (strcmp(method, "OPTIONS") == 0)
-			return RespondPreflight(req, connection);
 		return MHD_YES;
 	}
 
@@ -536,16 +539,20 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 		*upload_data_size = 0;
 		req->bytes_in += n;
 		if (req->responded)
-			return MHD_YES;		/* answered already (preflight); discard */
-		if (req->body.len + n > config.max_body)
+			return MHD_YES;		/* answered already (413); discard */
+		if (req->too_large || req->body.len + n > config.max_body)
 		{
-			char		message[128];
-
+			/*
+			 * A chunked body (no Content-Length) outgrew the limit. MHD
+			 * cannot answer in the middle of an upload, so the rest is
+			 * discarded unstored and 413 goes out at its end; a client that
+			 * sends more than DISCARD_LIMIT past the limit is cut off.
+			 */
 			StrBufFree(&req->body);
-			snprintf(message, sizeof(message),
-					 "the request body is larger than %zu bytes", config.max_body);
-			/* a chunked body: answer now if MHD lets us, else drop the connection */
-			return RespondError(req, connection, 413, "PAYLOAD_TOO_LARGE", message, true);
+			req->too_large = true;
+			if (req->bytes_in > config.max_body + DISCARD_LIMIT)
+				return MHD_NO;
+			return MHD_YES;
 		}
 		if (!StrBufAppend(&req->body, upload_data, n))
 			return MHD_NO;
@@ -554,6 +561,16 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 
 	if (req->responded)
 		return MHD_YES;
+	if (req->too_large)
+	{
+		char		message[128];
+
+		snprintf(message, sizeof(message),
+				 "the request body is larger than %zu bytes", config.max_body);
+		return RespondError(req, connection, 413, "PAYLOAD_TOO_LARGE", message, true);
+	}
+	if (strcmp(req->method, "OPTIONS") == 0)
+		return RespondPreflight(req, connection);
 	ConnTrackBusy(connection, true);
 	return Dispatch(req, connection);
 }

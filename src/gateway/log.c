@@ -77,27 +77,45 @@ AccessLog(const char *method, const char *route, int status, double ms,
 	WriteLine(&sb);
 }
 
-void
-ErrorLog(const char *fmt,...)
+static void
+MessageLine(const char *level, const char *fmt, va_list ap)
 {
 	StrBuf		sb = {0};
 	char		ts[64];
 	char		msg[1024];
-	va_list		ap;
 	size_t		n;
 
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 	/* libpq messages end with a newline */
 	n = strlen(msg);
 	while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
 		msg[--n] = '\0';
 	Timestamp(ts, sizeof(ts));
 	if (StrBufAppend(&sb, "{\"ts\":\"", 7) && StrBufAppend(&sb, ts, strlen(ts)) &&
-		StrBufAppend(&sb, "\",\"level\":\"error\",\"message\":", 28) && JsonQuote(&sb, msg) &&
+		StrBufAppend(&sb, "\",\"level\":\"", 11) && StrBufAppend(&sb, level, strlen(level)) &&
+		StrBufAppend(&sb, "\",\"message\":", 12) && JsonQuote(&sb, msg) &&
 		StrBufAppend(&sb, "}", 1))
 		WriteLine(&sb);
 	else
 		StrBufFree(&sb);
+}
+
+void
+ErrorLog(const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	MessageLine("error", fmt, ap);
+	va_end(ap);
+}
+
+void
+InfoLog(const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	MessageLine("info", fmt, ap);
+	va_end(ap);
 }

@@ -100,6 +100,7 @@ main(int argc, char **argv)
 		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ITC |
 		MHD_USE_ERROR_LOG | MHD_USE_TURBO | (addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
 		0, NULL, NULL, HttpHandle, NULL,
+		MHD_OPTION_EXTERNAL_LOGGER, MhdLog, NULL,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned int) config.threads,
 		MHD_OPTION_CONNECTION_LIMIT, (unsigned int) config.max_connections,
@@ -110,7 +111,6 @@ main(int argc, char **argv)
 		MHD_OPTION_URI_LOG_CALLBACK, HttpUriLog, NULL,
 		MHD_OPTION_NOTIFY_COMPLETED, HttpCompleted, NULL,
 		MHD_OPTION_NOTIFY_CONNECTION, ConnTrackNotify, NULL,
-		MHD_OPTION_EXTERNAL_LOGGER, MhdLog, NULL,
 		MHD_OPTION_END);
 	if (daemon == NULL)
 	{
@@ -119,7 +119,7 @@ main(int argc, char **argv)
 		ConnTrackStop();
 		return 1;
 	}
-	ErrorLog("listening on %s:%d, %d threads, pool of %d, max body %zu bytes",
+	InfoLog("listening on %s:%d, %d threads, pool of %d, max body %zu bytes",
 			 config.listen_host, config.listen_port, config.threads, config.pool_size,
 			 config.max_body);
 
@@ -128,7 +128,7 @@ main(int argc, char **argv)
 		rc = sigwait(&signals, &sig);
 	} while (rc != 0);
 
-	ErrorLog("received signal %d: finishing %d requests in flight", sig, HttpInFlight());
+	InfoLog("received signal %d: finishing %d requests in flight", sig, HttpInFlight());
 	HttpBeginShutdown();
 	listen_fd = MHD_quiesce_daemon(daemon);
 	if (listen_fd != MHD_INVALID_SOCKET)
@@ -142,6 +142,6 @@ main(int argc, char **argv)
 	MHD_stop_daemon(daemon);
 	ConnTrackStop();
 	PoolClose();
-	ErrorLog("stopped");
+	InfoLog("stopped");
 	return 0;
 }
