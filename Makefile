@@ -29,7 +29,7 @@ PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -Wno-cast-function-type
 PG_CXXFLAGS = -std=c++17 -Wall -Werror
-SHLIB_LINK  = -lphonenumber -lgeocoding -lstdc++ -lcrypto -lcurl -lsmpp34
+SHLIB_LINK  = -lphonenumber -lgeocoding -licuuc -lstdc++ -lcrypto -lcurl -lsmpp34
 
 # pg_regress suites (sql/, expected/) and isolation specs (test/isolation).
 REGRESS         = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
@@ -53,7 +53,7 @@ $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
 $(EXTENSION).control: $(EXTENSION).control.in Makefile
 	sed 's/@EXTVERSION@/$(EXTVERSION)/' $< > $@
 
-src/phone_lib.o: src/phone_lib.cpp
+src/phone_lib.o: src/phone_lib.cpp src/phone_lib.h
 	$(CXX) $(CXXFLAGS) $(PG_CXXFLAGS) -fPIC -I$(srcdir)/src -c -o $@ $<
 
 # ---- the gateway (src/gateway), built by the same make
