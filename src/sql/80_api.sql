@@ -14,36 +14,8 @@
 -- always a JSON object for POST/PATCH) and query (req.query, a JSON object of
 -- strings), and the path parameter (req.id).
 
-CREATE TYPE envoisms.api_request AS (
-    method      text,
-    path        text,
-    template    text,       -- the matched route, e.g. /v1/messages/:id
-    id          text,       -- the :id segment, URL-decoded
-    query       jsonb,      -- {"limit": "50", ...}
-    body        jsonb,      -- parsed request body ({} when empty)
-    raw_body    text,
-    headers     jsonb,      -- lower-cased header names
-    client_ip   inet,
-    account_id  text,
-    api_key_id  text,
-    sandbox     boolean,    -- an env_test_ key
-    permissions text[]      -- NULL = all
-);
-
-CREATE TYPE envoisms.api_reply AS (
-    status  int,
-    headers jsonb,
-    body    jsonb
-);
-
-CREATE TABLE envoisms.api_endpoints (
-    method      text NOT NULL CHECK (method IN ('GET', 'POST', 'PATCH', 'PUT', 'DELETE')),
-    template    text NOT NULL CHECK (template ~ '^/v1/[a-z-]+(/[a-z:-]+)*$'),
-    handler     regprocedure NOT NULL,
-    permission  text NOT NULL,     -- one of envoisms.api_permissions()
-    PRIMARY KEY (method, template),
-    CHECK (permission = ANY (envoisms.api_permissions()))
-);
+-- The request and reply types and the api_endpoints table are in
+-- 36_api_types.sql, before the area files that define handlers and routes.
 
 -- The routes served, for documentation checks (the gateway's OpenAPI test).
 CREATE FUNCTION envoisms.api_routes() RETURNS TABLE (method text, template text, permission text)
