@@ -27,6 +27,8 @@
 void
 EnvoismsRandomBytes(unsigned char *buf, size_t len)
 {
+	if (len > INT_MAX)
+		elog(ERROR, "random byte request of %zu bytes is too large", len);
 	if (len > 0 && RAND_bytes(buf, (int) len) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),

@@ -15,6 +15,7 @@
  */
 #include "envoisms.h"
 
+#include "mb/pg_wchar.h"
 #include "utils/timestamp.h"
 
 #include "crypto.h"
@@ -54,22 +55,26 @@ static void
 check_prefix(const char *prefix, size_t len)
 {
 	if (!EnvoismsIdPrefixValid(prefix, len))
+	{
+		int			shown = Min(len, 64);
+
+		/* Clip on a character boundary so the message stays valid text. */
+		shown = pg_mbcliplen(prefix, len, shown);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid id prefix \"%.*s\"", (int) Min(len, 64), prefix),
+				 errmsg("invalid id prefix \"%.*s\"", shown, prefix),
 				 errdetail("An id prefix is 2 to 8 lower-case letters a-z.")));
+	}
 }
 
-void
-EnvoismsNewId(const char *prefix, char out[ENVOISMS_ID_BUFSIZE])
+/* Format an id for an already checked prefix of plen bytes. */
+static void
+make_id(const char *prefix, size_t plen, char out[ENVOISMS_ID_BUFSIZE])
 {
-	size_t		plen = strlen(prefix);
 	uint64		ms = unix_milliseconds();
 	uint64		rnd;
 	unsigned char bytes[8];
 	int			i;
-
-	check_prefix(prefix, plen);
 
 	EnvoismsRandomBytes(bytes, sizeof(bytes));
 	rnd = 0;
@@ -92,8 +97,17 @@ EnvoismsNewId(const char *prefix, char out[ENVOISMS_ID_BUFSIZE])
 	last_ms = ms;
 	last_random = rnd;
 
-	snprintf(out, ENVOISMS_ID_BUFSIZE, "%s_%012" INT64_MODIFIER "x%016" INT64_MODIFIER "x",
-			 prefix, ms & ID_TIME_MAX, rnd);
+	snprintf(out, ENVOISMS_ID_BUFSIZE, "%.*s_%012" INT64_MODIFIER "x%016" INT64_MODIFIER "x",
+			 (int) plen, prefix, ms & ID_TIME_MAX, rnd);
+}
+
+void
+EnvoismsNewId(const char *prefix, char out[ENVOISMS_ID_BUFSIZE])
+{
+	size_t		plen = strlen(prefix);
+
+	check_prefix(prefix, plen);
+	make_id(prefix, plen, out);
 }
 
 PG_FUNCTION_INFO_V1(new_id);
@@ -104,16 +118,12 @@ new_id(PG_FUNCTION_ARGS)
 {
 	text	   *prefix = PG_GETARG_TEXT_PP(0);
 	size_t		plen = VARSIZE_ANY_EXHDR(prefix);
-	char		pbuf[ENVOISMS_ID_PREFIX_MAX + 1];
 	char		id[ENVOISMS_ID_BUFSIZE];
 
 	check_prefix(VARDATA_ANY(prefix), plen);
-	memcpy(pbuf, VARDATA_ANY(prefix), plen);
-	pbuf[plen] = '\0';
-	EnvoismsNewId(pbuf, id);
+	make_id(VARDATA_ANY(prefix), plen, id);
 	PG_RETURN_TEXT_P(cstring_to_text(id));
 }
-
 PG_FUNCTION_INFO_V1(id_time);
 
 /* id_time(id) — the creation time encoded in an id; NULL when id is malformed. */

@@ -2,7 +2,7 @@
  * phone.c — SQL functions over libphonenumber (through phone_lib.h).
  *
  * A cheap pre-check runs before the library: after trimming surrounding
- * white space the number must be 3..32 characters of digits, spaces,
+ * blanks (space, tab, CR, LF) the number must be 3..32 characters of digits, spaces,
  * dashes, dots and parentheses, with at most one '+' and only in front.
  * Anything else is invalid without a library call, so garbage costs
  * nothing and never reaches the C++ parser. Garbage is never an error:
@@ -19,6 +19,12 @@
 #define PHONE_MIN_LEN 3
 #define PHONE_MAX_LEN 32
 
+static inline bool
+is_blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
 /*
  * Copy the trimmed number into buf (PHONE_MAX_LEN + 1 bytes) when it passes
  * the pre-check; false otherwise.
@@ -30,9 +36,9 @@ phone_precheck(text *number, char *buf)
 	int			len = VARSIZE_ANY_EXHDR(number);
 	int			i;
 
-	while (len > 0 && isspace((unsigned char) s[0]))
+	while (len > 0 && is_blank(s[0]))
 		s++, len--;
-	while (len > 0 && isspace((unsigned char) s[len - 1]))
+	while (len > 0 && is_blank(s[len - 1]))
 		len--;
 	if (len < PHONE_MIN_LEN || len > PHONE_MAX_LEN)
 		return false;

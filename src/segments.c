@@ -137,10 +137,10 @@ utf8_next(const unsigned char *s, int len, pg_wchar *c)
 }
 
 /*
- * Walk a UTF-8 text once to count it and, when starts is not NULL, record
- * the byte offset where each part begins (starts must have room for one
- * entry per character). Returns the counts; an empty text is GSM-7 with
- * zero segments.
+ * Walk a UTF-8 text to count it and, when starts is not NULL, record the
+ * byte offset where each part begins (starts must have room for one entry
+ * per segment, as a first call with NULL tells). Returns the counts; an
+ * empty text is GSM-7 with zero segments.
  */
 static SmsCount
 SmsWalk(const char *text, int len, int *starts)
@@ -291,9 +291,10 @@ sms_split(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
 	utf8 = text_as_utf8(body, &len, &converted);
-	/* At most one part per character, plus the end sentinel. */
-	starts = palloc((len + 1) * sizeof(int));
-	count = SmsWalk(utf8, len, starts);
+	/* Count first, then record where each part starts, plus an end sentinel. */
+	count = SmsWalk(utf8, len, NULL);
+	starts = palloc((count.segments + 1) * sizeof(int));
+	(void) SmsWalk(utf8, len, starts);
 	starts[count.segments] = len;
 
 	for (i = 0; i < count.segments; i++)
