@@ -37,7 +37,7 @@ REGRESS_OPTS    = --load-extension=$(EXTENSION)
 ISOLATION       = $(patsubst test/isolation/specs/%.spec,%,$(sort $(wildcard test/isolation/specs/*.spec)))
 ISOLATION_OPTS  = --inputdir=test/isolation --outputdir=test/isolation/results --load-extension=$(EXTENSION)
 
-EXTRA_CLEAN = src/gateway/envoisms-gateway src/gateway/*.o test/isolation/results results regression.diffs regression.out
+EXTRA_CLEAN = src/gateway/envoisms-gateway src/gateway/envoisms-openapi.json src/gateway/*.o test/isolation/results results regression.diffs regression.out
 
 # No LLVM bitcode: a fresh machine need not have clang.
 override with_llvm := no
@@ -60,6 +60,11 @@ src/phone_lib.o: src/phone_lib.cpp src/phone_lib.h
 GATEWAY_SRCS = $(sort $(wildcard src/gateway/*.c))
 GATEWAY_OBJS = $(GATEWAY_SRCS:.c=.o)
 GATEWAY_CFLAGS = -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I$(shell $(PG_CONFIG) --includedir)
+# /v1/openapi.json serves docs/openapi.yaml, converted (and so checked) at build time.
+GATEWAY_OPENAPI = $(shell $(PG_CONFIG) --sharedir)/extension/envoisms-openapi.json
+GATEWAY_CFLAGS += -DOPENAPI_PATH='"$(GATEWAY_OPENAPI)"'
+OPENAPI_TO_JSON = perl -MYAML::XS -MJSON::PP -e '$$YAML::XS::Boolean = "JSON::PP"; \
+	print JSON::PP->new->utf8->canonical->pretty->encode(YAML::XS::LoadFile($$ARGV[0]))'
 
 src/gateway/%.o: src/gateway/%.c $(wildcard src/gateway/*.h)
 	$(CC) $(GATEWAY_CFLAGS) -c -o $@ $<
@@ -67,12 +72,16 @@ src/gateway/%.o: src/gateway/%.c $(wildcard src/gateway/*.h)
 src/gateway/envoisms-gateway: $(GATEWAY_OBJS)
 	$(CC) -pthread -o $@ $^ -L$(shell $(PG_CONFIG) --libdir) -lpq -lmicrohttpd
 
+src/gateway/envoisms-openapi.json: docs/openapi.yaml
+	$(OPENAPI_TO_JSON) $< > $@.tmp && mv $@.tmp $@
+
 ifneq ($(GATEWAY_SRCS),)
-all: src/gateway/envoisms-gateway
+all: src/gateway/envoisms-gateway src/gateway/envoisms-openapi.json
 install: install-gateway
 endif
 
-install-gateway: src/gateway/envoisms-gateway
+install-gateway: src/gateway/envoisms-gateway src/gateway/envoisms-openapi.json
 	$(INSTALL_PROGRAM) src/gateway/envoisms-gateway '$(DESTDIR)$(bindir)/envoisms-gateway'
+	$(INSTALL_DATA) src/gateway/envoisms-openapi.json '$(DESTDIR)$(GATEWAY_OPENAPI)'
 
 .PHONY: install-gateway

@@ -9,7 +9,7 @@ PACKAGES=(
     postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-15-cron
     libpq-dev libssl-dev libcurl4-openssl-dev libmicrohttpd-dev
     libphonenumber-dev libprotobuf-dev libicu-dev libboost-dev libsmpp34-dev
-    libipc-run-perl libnet-smpp-perl libjson-pp-perl libdigest-sha-perl
+    libipc-run-perl libnet-smpp-perl libjson-pp-perl libdigest-sha-perl libyaml-libyaml-perl
     wrk nodejs
 )
 
