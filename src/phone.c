@@ -107,6 +107,44 @@ phone_lib_failed(void)
 			 errdetail("libphonenumber raised an exception; the server may be out of memory.")));
 }
 
+/*
+ * The E.164 form of a pre-checked number, or NULL when it is not valid,
+ * answered from the cache when possible. The result points into the cache
+ * and is good until the next call.
+ */
+static const char *
+phone_e164_cached(const char *number, const char *region)
+{
+	char		key[sizeof(((PhoneCacheEntry *) NULL)->key)];
+	size_t		numlen = strlen(number);
+	PhoneCacheEntry *set;
+
+	memcpy(key, region ? region : "--", 2);
+	memcpy(key + 2, number, numlen + 1);
+	set = phone_cache[hash_bytes((const unsigned char *) key, numlen + 2) &
+					  (PHONE_CACHE_SETS - 1)];
+	if (strcmp(set[0].key, key) != 0)
+	{
+		PhoneCacheEntry found;
+
+		if (strcmp(set[1].key, key) == 0)
+			found = set[1];
+		else
+		{
+			int			rc = EnvoismsPhoneE164(number, region, found.e164);
+
+			if (rc == PHONE_LIB_ERROR)
+				phone_lib_failed();
+			memcpy(found.key, key, numlen + 3);
+			found.valid = (rc == PHONE_LIB_VALID);
+		}
+		/* Most recently used first; the older entry of the set is dropped. */
+		set[1] = set[0];
+		set[0] = found;
+	}
+	return set[0].valid ? set[0].e164 : NULL;
+}
+
 PG_FUNCTION_INFO_V1(phone_e164);
 
 /*
@@ -118,49 +156,14 @@ phone_e164(PG_FUNCTION_ARGS)
 {
 	char		number[PHONE_MAX_LEN + 1];
 	char		regionbuf[3];
-	char		e164[PHONE_E164_SIZE];
-	int			rc;
-
-	const char *region;
-	char		key[sizeof(((PhoneCacheEntry *) NULL)->key)];
-	size_t		numlen;
-	PhoneCacheEntry *set;
-	PhoneCacheEntry *slot;
+	const char *e164;
 
 	if (PG_ARGISNULL(0) || !phone_precheck(PG_GETARG_TEXT_PP(0), number))
 		PG_RETURN_NULL();
-	region = phone_region(fcinfo, 1, regionbuf);
-
-	memcpy(key, region ? region : "--", 2);
-	numlen = strlen(number);
-	memcpy(key + 2, number, numlen + 1);
-	set = phone_cache[hash_bytes((const unsigned char *) key, numlen + 2) &
-					  (PHONE_CACHE_SETS - 1)];
-	if (strcmp(set[0].key, key) == 0)
-		slot = &set[0];
-	else
-	{
-		PhoneCacheEntry found;
-
-		if (strcmp(set[1].key, key) == 0)
-			found = set[1];
-		else
-		{
-			rc = EnvoismsPhoneE164(number, region, e164);
-			if (rc == PHONE_LIB_ERROR)
-				phone_lib_failed();
-			memcpy(found.key, key, numlen + 3);
-			found.valid = (rc == PHONE_LIB_VALID);
-			strlcpy(found.e164, e164, sizeof(found.e164));
-		}
-		/* Most recently used first; the older entry of the set is dropped. */
-		set[1] = set[0];
-		set[0] = found;
-		slot = &set[0];
-	}
-	if (!slot->valid)
+	e164 = phone_e164_cached(number, phone_region(fcinfo, 1, regionbuf));
+	if (e164 == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_TEXT_P(cstring_to_text(slot->e164));
+	PG_RETURN_TEXT_P(cstring_to_text(e164));
 }
 
 static Datum
