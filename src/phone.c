@@ -2,8 +2,9 @@
  * phone.c — SQL functions over libphonenumber (through phone_lib.h).
  *
  * A cheap pre-check runs before the library: after trimming surrounding
- * blanks (space, tab, CR, LF) the number must be 3..32 characters of digits, spaces,
- * dashes, dots and parentheses, with at most one '+' and only in front.
+ * blanks (space, tab, CR, LF) the number must be 3..32 characters of ASCII
+ * digits, spaces, dashes, dots and parentheses, with at most one '+' and
+ * only in front.
  * Anything else is invalid without a library call, so garbage costs
  * nothing and never reaches the C++ parser. Garbage is never an error:
  * phone_e164 returns NULL and phone_parse a row with valid = false.
@@ -14,11 +15,11 @@
  *
  * phone_e164 is on the path of every send and libphonenumber takes about
  * 12 µs per number (ICU regular expressions), so each backend keeps its
- * last answers in a small direct-mapped cache keyed by (region, number):
- * the same recipients come back again and again (OTP, campaigns, retries)
- * and a hit costs a hash and a string compare (about 1 µs in all). The
- * cache is two-way set-associative with LRU replacement, 1024 entries
- * (60 kB). The answer is a pure function of the input and the library, so
+ * recent answers in a small cache keyed by (region, number): the same
+ * recipients come back again and again (OTP, campaigns, retries) and a hit
+ * costs a hash and a string compare (about 1 µs in all). The cache is
+ * two-way set-associative with LRU replacement, 1024 entries (60 kB, in
+ * static memory, so nothing to free). The answer is a pure function of the input and the library, so
  * the cache never goes stale.
  */
 #include "envoisms.h"
@@ -44,6 +45,12 @@ static inline bool
 is_blank(char c)
 {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static inline bool
+is_ascii_letter(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
 /*
@@ -90,7 +97,7 @@ phone_region(FunctionCallInfo fcinfo, int argno, char *buf)
 	if (VARSIZE_ANY_EXHDR(region) != 2)
 		return NULL;
 	s = VARDATA_ANY(region);
-	if (!isalpha((unsigned char) s[0]) || !isalpha((unsigned char) s[1]))
+	if (!is_ascii_letter(s[0]) || !is_ascii_letter(s[1]))
 		return NULL;
 	buf[0] = pg_ascii_toupper((unsigned char) s[0]);
 	buf[1] = pg_ascii_toupper((unsigned char) s[1]);

@@ -61,6 +61,9 @@ copy_out(const std::string &s, char *out, size_t outlen)
 	if (outlen == 0)
 		return;
 	n = s.size() < outlen - 1 ? s.size() : outlen - 1;
+	/* When truncating, do not cut a UTF-8 sequence in half. */
+	while (n < s.size() && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80)
+		n--;
 	memcpy(out, s.data(), n);
 	out[n] = '\0';
 }
