@@ -11,7 +11,9 @@
  * moved past the previous id's millisecond (same millisecond, or the clock
  * stepped back), the previous time is reused and the random part is the
  * previous one plus a random step in 1..2^32, so a bulk send's messages list
- * in the order they were made and stay unguessable.
+ * in the order they were made. Such an id still carries 32 unpredictable
+ * bits relative to its predecessor; ids are names, not secrets (access is
+ * checked by account), so that is enough to keep them from being counted.
  */
 #include "envoisms.h"
 
