@@ -29,6 +29,18 @@ use JSON::PP;
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(usleep time);
 
+# Cluster->init runs pg_regress --config-auth; the runner sets PG_REGRESS,
+# a test started by hand finds it next to the PGXS makefile.
+BEGIN
+{
+	if (!$ENV{PG_REGRESS})
+	{
+		my $pgxs = `pg_config --pgxs`;
+		chomp $pgxs;
+		($ENV{PG_REGRESS} = $pgxs) =~ s{/src/makefiles/pgxs\.mk$}{/src/test/regress/pg_regress};
+	}
+}
+
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
@@ -211,7 +223,7 @@ sub raw_request
 }
 
 # A demo account (1000 MAD by default) and one API key for it; sandbox
-# (env_test_) unless live => 1. %opts: balance, plan, name, live,
+# (env_test_) unless live => 1. %opts: balance, plan, channels => [..], name, live,
 # permissions => [..], ip_whitelist => [..], rate_limit (undef = unlimited;
 # absent = the function's default).
 # Returns (account_id, api_key).
@@ -221,8 +233,9 @@ sub demo_key
 	my $balance = $opts{balance} // 1000;
 	my $plan = sql_literal($opts{plan} // 'starter');
 	my $name = sql_literal($opts{name} // 'TAP key');
+	my $channels = $opts{channels} ? ', channels => ' . sql_array($opts{channels}) : '';
 	my $account = $node->safe_psql('envoisms',
-		"SELECT envoisms.account_create('TAP account', $balance, $plan)");
+		"SELECT envoisms.account_create('TAP account', $balance, $plan$channels)");
 	my @args = (sql_literal($account), $name,
 		'live => ' . ($opts{live} ? 'true' : 'false'));
 	push @args, 'permissions => ' . sql_array($opts{permissions})
