@@ -506,6 +506,10 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 						MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Forwarded-For"),
 						req->client_ip, sizeof(req->client_ip));
 
+		if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
+			MHD_lookup_connection_value(connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST) == NULL)
+			return RespondError(req, connection, 400, "INVALID_REQUEST",
+								"an HTTP/1.1 request must have a Host header", true);
 		if (strlen(req->target) > config.max_url)
 			return RespondError(req, connection, 414, "URI_TOO_LONG",
 								"the request target is too long", true);
