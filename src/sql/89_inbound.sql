@@ -1,0 +1,183 @@
+-- 89_inbound.sql — inbound messages (MO) from any carrier, and the STOP /
+-- START keywords that maintain the opt-out list.
+--
+-- A number belongs to an account through envoisms.inbound_numbers, which the
+-- operator fills (one row per long number or short code the account
+-- receives on). An inbound message becomes a messages row with direction
+-- 'inbound' and status 'received'; the row's insert trigger (35_events.sql)
+-- logs it, queues 'message.received' webhooks and NOTIFYs. A message to a
+-- number nobody owns is kept in envoisms.inbound_unmatched for the operator
+-- instead of being dropped, since the carrier was already told "received".
+--
+-- Keywords (docs/smpp.md has the list): the whole message, once normalised
+-- (case, accents, Arabic letter variants and diacritics, punctuation and
+-- blanks), must be a keyword; "stop sending" is not "STOP". Ambiguous words
+-- are left out on purpose: Darija "safi" means "OK" as often as "enough".
+
+CREATE TABLE envoisms.inbound_numbers (
+    account_id  text NOT NULL REFERENCES envoisms.accounts,
+    number      text NOT NULL CHECK (number ~ '^(\+[1-9][0-9]{6,14}|[0-9]{3,8})$'),  -- E.164 or a short code
+    channel     text NOT NULL DEFAULT 'sms' CHECK (channel IN ('sms', 'whatsapp')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, number, channel)
+);
+-- A number reaches one account per channel: inbound lookup needs it unique.
+CREATE UNIQUE INDEX inbound_numbers_number ON envoisms.inbound_numbers (number, channel);
+COMMENT ON TABLE envoisms.inbound_numbers IS
+'Which account receives the messages sent to a number (E.164) or a short code; filled by the operator';
+
+CREATE TABLE envoisms.inbound_unmatched (
+    carrier_id   text,
+    received_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    from_number  text,
+    to_number    text,
+    body         text,
+    carrier_ref  text,
+    channel      text NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE envoisms.inbound_unmatched IS
+'Inbound messages to a number no account owns (see inbound_numbers), kept for the operator';
+
+-- Parts of concatenated inbound SMS until the last one arrives.
+CREATE TABLE envoisms.inbound_parts (
+    carrier_id   text NOT NULL,
+    from_number  text NOT NULL,
+    to_number    text NOT NULL,
+    ref          int  NOT NULL,
+    total        int  NOT NULL CHECK (total BETWEEN 2 AND 255),
+    seq          int  NOT NULL CHECK (seq BETWEEN 1 AND 255),
+    body         text NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (carrier_id, from_number, to_number, ref, total, seq)
+);
+
+-- The keyword form of a message: lower case, Latin accents and Arabic
+-- letter variants folded, diacritics, tatweel, punctuation and blanks removed.
+CREATE FUNCTION envoisms.inbound_keyword_form(body text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+RETURN regexp_replace(
+           translate(lower(body),
+                     'àâäáãåçéèêëíìîïñóòôöõúùûüýÿإأآٱىة',
+                     'aaaaaaceeeeiiiinooooouuuuyyاااايه'),
+           '[\s[:punct:]؟،؛ـً-ْ«»¡¿…]+', '', 'g');
+
+-- 'stop', 'start' or NULL: what a whole inbound message asks for.
+CREATE FUNCTION envoisms.inbound_keyword(body text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN envoisms.inbound_keyword_form(body) = ANY (ARRAY[
+        'stop', 'stopall', 'arret', 'unsubscribe', 'desabonner', 'desabonnement', 'cancel', 'end', 'quit',
+        -- Arabic (after folding: إ/أ/آ → ا, ة → ه)
+        'توقف', 'ايقاف', 'الغاء', 'الغاءالاشتراك', 'قف',
+        -- Darija, in Arabic letters and in Arabizi
+        'بركا', 'باراكا', 'حبس', 'وقف', 'baraka', 'barka', '7bes', 'hbes', 'w9ef', 'wa9ef'])
+        THEN 'stop'
+    WHEN envoisms.inbound_keyword_form(body) = ANY (ARRAY[
+        'start', 'unstop', 'yes', 'ابدا', 'ابدء', 'بدا'])
+        THEN 'start'
+END;
+
+-- Record an inbound message received by carrier_id from from_number on
+-- to_number (one of our numbers); returns the new message id, or NULL when
+-- no account owns to_number (then it is kept in inbound_unmatched). A
+-- carrier_ref seen before for this carrier returns the first message's id
+-- (carriers redeliver). STOP adds from_number to the account's opt-outs,
+-- START removes it.
+CREATE FUNCTION envoisms.inbound_receive(carrier_id text, from_number text, to_number text, body text,
+                                         carrier_ref text DEFAULT NULL, channel text DEFAULT 'sms')
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    acc text;
+    ours text;
+    sender text;
+    id text;
+    seg record;
+    keyword text;
+BEGIN
+    channel := coalesce(channel, 'sms');
+    IF channel NOT IN ('sms', 'whatsapp') THEN
+        RAISE EXCEPTION 'inbound channel must be "sms" or "whatsapp", not "%"', channel
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    body := coalesce(body, '');
+    -- Numbers as the carrier gave them, or their E.164 form (national Moroccan numbers).
+    sender := coalesce(envoisms.phone_e164(from_number, 'MA'), nullif(btrim(from_number), ''), 'unknown');
+    ours := btrim(coalesce(to_number, ''));
+    SELECT n.account_id, n.number INTO acc, ours
+      FROM envoisms.inbound_numbers n
+     WHERE n.channel = inbound_receive.channel
+       AND n.number IN (ours, ltrim(ours, '+'), '+' || ltrim(ours, '+'), coalesce(envoisms.phone_e164(ours, 'MA'), ours))
+     LIMIT 1;
+    IF acc IS NULL THEN
+        INSERT INTO envoisms.inbound_unmatched (carrier_id, from_number, to_number, body, carrier_ref, channel)
+        VALUES (inbound_receive.carrier_id, sender, to_number, body, carrier_ref, channel);
+        RETURN NULL;
+    END IF;
+
+    IF carrier_ref IS NOT NULL THEN
+        SELECT m.message_id INTO id FROM envoisms.messages m
+         WHERE m.account_id = acc AND m.direction = 'inbound'
+           AND m.carrier_id = inbound_receive.carrier_id AND m.carrier_ref = inbound_receive.carrier_ref
+         LIMIT 1;
+        IF id IS NOT NULL THEN
+            RETURN id;
+        END IF;
+    END IF;
+
+    id := envoisms.new_id('msg');
+    SELECT * INTO seg FROM envoisms.sms_segments(body);
+    INSERT INTO envoisms.messages (account_id, message_id, direction, to_number, from_number, sender_id, channel,
+                                   body, encoding, segments, status, carrier_id, carrier_ref)
+    VALUES (acc, id, 'inbound', ours, sender, left(sender, 32), channel,
+            body, seg.encoding, least(seg.segments, 100), 'received', inbound_receive.carrier_id, carrier_ref);
+
+    keyword := envoisms.inbound_keyword(body);
+    IF keyword = 'stop' AND sender ~ '^\+[1-9][0-9]{6,14}$' THEN
+        INSERT INTO envoisms.optouts (account_id, phone, source, reason)
+        VALUES (acc, sender, 'inbound', left(format('inbound "%s" (%s)', body, id), 200))
+        ON CONFLICT DO NOTHING;
+    ELSIF keyword = 'start' THEN
+        DELETE FROM envoisms.optouts o WHERE o.account_id = acc AND o.phone = sender;
+    END IF;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION envoisms.inbound_receive(text, text, text, text, text, text) IS
+'Record an inbound message (direction inbound, status received) for the account owning to_number; applies STOP/START';
+
+-- One part of a concatenated inbound SMS: kept until all `total` parts are
+-- here, then joined in order and received as one message (its id is
+-- returned; NULL while parts are missing or when no account owns the number).
+CREATE FUNCTION envoisms.inbound_receive_part(carrier_id text, from_number text, to_number text,
+                                              ref int, total int, seq int, body text)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    whole text;
+    n int;
+BEGIN
+    INSERT INTO envoisms.inbound_parts AS p (carrier_id, from_number, to_number, ref, total, seq, body)
+    VALUES (carrier_id, from_number, to_number, ref, total, seq, coalesce(body, ''))
+    ON CONFLICT ON CONSTRAINT inbound_parts_pkey DO UPDATE SET body = EXCLUDED.body, received_at = now();
+    -- Serialise the parts of one message so exactly one call sees them all.
+    PERFORM pg_advisory_xact_lock(hashtext(format('%s|%s|%s|%s|%s', carrier_id, from_number, to_number, ref, total)));
+    SELECT count(*), string_agg(p.body, '' ORDER BY p.seq) INTO n, whole
+      FROM envoisms.inbound_parts p
+     WHERE p.carrier_id = inbound_receive_part.carrier_id AND p.from_number = inbound_receive_part.from_number
+       AND p.to_number = inbound_receive_part.to_number AND p.ref = inbound_receive_part.ref
+       AND p.total = inbound_receive_part.total;
+    IF n < total THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM envoisms.inbound_parts p
+     WHERE p.carrier_id = inbound_receive_part.carrier_id AND p.from_number = inbound_receive_part.from_number
+       AND p.to_number = inbound_receive_part.to_number AND p.ref = inbound_receive_part.ref
+       AND p.total = inbound_receive_part.total;
+    RETURN envoisms.inbound_receive(carrier_id, from_number, to_number, whole, NULL, 'sms');
+END
+$$;
+
+REVOKE ALL ON FUNCTION envoisms.inbound_receive(text, text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.inbound_receive_part(text, text, text, int, int, int, text) FROM PUBLIC;
