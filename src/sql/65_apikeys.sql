@@ -1,0 +1,254 @@
+-- 65_apikeys.sql — API keys managed over HTTP: GET/POST /v1/api-keys,
+-- PATCH/DELETE /v1/api-keys/:id.
+--
+-- The operator creates keys with envoisms.api_key_create (20_accounts.sql);
+-- here a key manages its account's keys, with three rules on top:
+--   * no escalation: a key grants at most the permissions it has itself
+--     (a key with NULL permissions has them all); a new key defaults to the
+--     creating key's permissions;
+--   * a key is live or test like the key that creates it, unless the body
+--     says "key_prefix": "env_test" / "env_live"; a test key cannot create a
+--     live key;
+--   * revoking (DELETE, or PATCH active=false) is immediate — the dispatcher
+--     checks active and revoked_at on every request — and answers with a
+--     "warning" when the calling key revokes itself or when no active key is
+--     left in the account.
+-- Over HTTP rate_limit is 10..1000 requests per minute (default 100).
+
+-- The contract's API key shape (never the key itself: only its hash is kept).
+CREATE FUNCTION envoisms.api_key_json(k envoisms.api_keys) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', k.api_key_id, 'name', k.name, 'key_prefix', k.key_prefix, 'key_hint', '…' || k.key_hint,
+        'ip_whitelist', to_jsonb(ARRAY(SELECT CASE WHEN masklen(n) = CASE family(n) WHEN 4 THEN 32 ELSE 128 END
+                                                   THEN host(n) ELSE n::text END
+                                         FROM unnest(coalesce(k.ip_whitelist, '{}')) n)),
+        'rate_limit', k.rate_limit,
+        'permissions', to_jsonb(coalesce(k.permissions, envoisms.api_permissions())),
+        'active', k.active, 'last_used_at', envoisms.iso_time(k.last_used_at),
+        'created_at', envoisms.iso_time(k.created_at), 'revoked_at', envoisms.iso_time(k.revoked_at))
+$$;
+
+-- Every key of the account (active and revoked), newest first.
+CREATE FUNCTION envoisms.api_key_list(account_id text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.api_key_json(k) ORDER BY k.api_key_id DESC), '[]'))
+      FROM envoisms.api_keys k WHERE k.account_id = api_key_list.account_id
+$$;
+
+-- Raise FORBIDDEN unless every permission in `wanted` is held by `holder`
+-- (NULL holder = every permission).
+CREATE FUNCTION envoisms.check_no_escalation(holder text[], wanted text[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    extra text[];
+BEGIN
+    IF holder IS NULL OR wanted IS NULL THEN
+        IF holder IS NOT NULL AND wanted IS NULL THEN
+            extra := ARRAY(SELECT p FROM unnest(envoisms.api_permissions()) p WHERE NOT p = ANY (holder));
+        ELSE
+            RETURN;
+        END IF;
+    ELSE
+        extra := ARRAY(SELECT DISTINCT p FROM unnest(wanted) p WHERE NOT p = ANY (holder) ORDER BY 1);
+    END IF;
+    IF cardinality(extra) > 0 THEN
+        PERFORM envoisms.raise_error('FORBIDDEN',
+            format('this API key cannot grant permissions it does not have: %s', array_to_string(extra, ', ')),
+            'permissions');
+    END IF;
+END
+$$;
+
+-- Validate permission names (VALIDATION_ERROR) and an HTTP rate limit.
+CREATE FUNCTION envoisms.check_key_fields(permissions text[], rate_limit int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    bad text;
+BEGIN
+    SELECT p INTO bad FROM unnest(permissions) p WHERE p IS NULL OR NOT p = ANY (envoisms.api_permissions()) LIMIT 1;
+    IF FOUND THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('unknown permission "%s"; allowed: %s', left(bad, 50), array_to_string(envoisms.api_permissions(), ', ')),
+            'permissions');
+    END IF;
+    IF rate_limit IS NOT NULL AND rate_limit NOT BETWEEN 10 AND 1000 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'rate_limit must be an integer from 10 to 1000', 'rate_limit');
+    END IF;
+END
+$$;
+
+-- The calling key, or NOT_FOUND.
+CREATE FUNCTION envoisms.api_key_row(account_id text, api_key_id text) RETURNS envoisms.api_keys
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    k envoisms.api_keys;
+BEGIN
+    SELECT * INTO k FROM envoisms.api_keys x
+     WHERE x.account_id = api_key_row.account_id AND x.api_key_id = api_key_row.api_key_id;
+    IF NOT FOUND THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'API key not found', 'id');
+    END IF;
+    RETURN k;
+END
+$$;
+
+-- Create a key on behalf of the key `issuer_key_id` (no escalation, live or
+-- test like the issuer unless `live` says otherwise); returns the contract's
+-- POST /v1/api-keys response with the full key, shown once.
+CREATE FUNCTION envoisms.api_key_issue(account_id text, issuer_key_id text, name text DEFAULT NULL,
+                                       permissions text[] DEFAULT NULL, ip_whitelist text[] DEFAULT NULL,
+                                       rate_limit int DEFAULT 100, live boolean DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    issuer envoisms.api_keys := envoisms.api_key_row(account_id, issuer_key_id);
+BEGIN
+    rate_limit := coalesce(rate_limit, 100);
+    PERFORM envoisms.check_key_fields(permissions, rate_limit);
+    IF live AND issuer.key_prefix = 'env_test' THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', 'a test key cannot create a live key', 'key_prefix');
+    END IF;
+    permissions := coalesce(permissions, issuer.permissions);
+    PERFORM envoisms.check_no_escalation(issuer.permissions, permissions);
+    RETURN envoisms.api_key_create(account_id, coalesce(name, 'API key'),
+                                   coalesce(live, issuer.key_prefix = 'env_live'),
+                                   permissions, ip_whitelist, rate_limit);
+END
+$$;
+
+-- The warning that goes with a revocation, or NULL.
+CREATE FUNCTION envoisms.api_key_revoke_warning(account_id text, revoked_key_id text, caller_key_id text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT nullif(concat_ws(' ',
+        CASE WHEN revoked_key_id = caller_key_id
+             THEN 'This request revoked the API key it was made with: that key no longer authenticates.' END,
+        CASE WHEN NOT EXISTS (SELECT 1 FROM envoisms.api_keys k
+                               WHERE k.account_id = api_key_revoke_warning.account_id AND k.active)
+             THEN 'The account has no active API key left: create one from the console.' END), '')
+$$;
+
+-- Change a key's name, permissions, IP allowlist, rate limit or active flag
+-- (NULL = unchanged). The caller cannot grant permissions it lacks. A
+-- revoked key cannot be changed.
+CREATE FUNCTION envoisms.api_key_update(account_id text, caller_key_id text, api_key_id text,
+                                        name text DEFAULT NULL, permissions text[] DEFAULT NULL,
+                                        ip_whitelist text[] DEFAULT NULL, rate_limit int DEFAULT NULL,
+                                        active boolean DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    caller envoisms.api_keys;
+    k envoisms.api_keys;
+    nets cidr[];
+    warning text;
+BEGIN
+    SELECT * INTO k FROM envoisms.api_keys x
+     WHERE x.account_id = api_key_update.account_id AND x.api_key_id = api_key_update.api_key_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'API key not found', 'id');
+    END IF;
+    IF k.revoked_at IS NOT NULL THEN
+        PERFORM envoisms.raise_error('CONFLICT', 'the API key is revoked; create a new one', 'id');
+    END IF;
+    IF name IS NOT NULL AND length(btrim(name)) NOT BETWEEN 1 AND 100 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be 1 to 100 characters', 'name');
+    END IF;
+    PERFORM envoisms.check_key_fields(permissions, rate_limit);
+    IF caller_key_id IS NOT NULL AND permissions IS NOT NULL THEN
+        caller := envoisms.api_key_row(account_id, caller_key_id);
+        PERFORM envoisms.check_no_escalation(caller.permissions, permissions);
+    END IF;
+    nets := envoisms.parse_ip_list(ip_whitelist, 'ip_whitelist');
+    UPDATE envoisms.api_keys x
+       SET name = coalesce(btrim(api_key_update.name), x.name),
+           permissions = coalesce((SELECT array_agg(DISTINCT p ORDER BY p) FROM unnest(api_key_update.permissions) p),
+                                  x.permissions),
+           ip_whitelist = coalesce(nets, x.ip_whitelist),
+           rate_limit = coalesce(api_key_update.rate_limit, x.rate_limit),
+           active = coalesce(api_key_update.active, x.active)
+     WHERE x.account_id = k.account_id AND x.api_key_id = k.api_key_id;
+    IF active = false THEN
+        warning := envoisms.api_key_revoke_warning(account_id, api_key_id, caller_key_id);
+    END IF;
+    RETURN jsonb_strip_nulls(jsonb_build_object('updated', true, 'id', k.api_key_id, 'warning', warning));
+END
+$$;
+
+-- Revoke a key for good (revoked_at, inactive); revoking a revoked key
+-- changes nothing. Warns when the caller revokes itself or the account is
+-- left without an active key.
+CREATE FUNCTION envoisms.api_key_revoke(account_id text, api_key_id text, caller_key_id text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    UPDATE envoisms.api_keys x SET revoked_at = coalesce(x.revoked_at, now()), active = false
+     WHERE x.account_id = api_key_revoke.account_id AND x.api_key_id = api_key_revoke.api_key_id;
+    IF NOT FOUND THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'API key not found', 'id');
+    END IF;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'revoked', true, 'id', api_key_id,
+        'warning', envoisms.api_key_revoke_warning(account_id, api_key_id, caller_key_id)));
+END
+$$;
+
+-- ---- HTTP handlers
+
+CREATE FUNCTION envoisms.api_keys_list(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.api_key_list(req.account_id));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_keys_create(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    prefix text := envoisms.body_text(req.body, 'key_prefix');
+BEGIN
+    IF prefix IS NOT NULL AND prefix NOT IN ('env_live', 'env_test') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'key_prefix must be "env_live" or "env_test"', 'key_prefix');
+    END IF;
+    IF req.body ? 'name' AND envoisms.body_text(req.body, 'name') IS NULL THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be 1 to 100 characters', 'name');
+    END IF;
+    RETURN envoisms.reply(201, envoisms.api_key_issue(
+        req.account_id, req.api_key_id,
+        envoisms.body_text(req.body, 'name'),
+        envoisms.body_text_array(req.body, 'permissions'),
+        envoisms.body_text_array(req.body, 'ip_whitelist'),
+        envoisms.body_int(req.body, 'rate_limit', 100, 10, 1000),
+        CASE prefix WHEN 'env_live' THEN true WHEN 'env_test' THEN false END));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_keys_update(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF NOT (req.body ?| ARRAY['name', 'permissions', 'ip_whitelist', 'rate_limit', 'active']) THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'give at least one of name, permissions, ip_whitelist, rate_limit, active', 'name');
+    END IF;
+    RETURN envoisms.reply(200, envoisms.api_key_update(
+        req.account_id, req.api_key_id, req.id,
+        envoisms.body_text(req.body, 'name'),
+        envoisms.body_text_array(req.body, 'permissions'),
+        envoisms.body_text_array(req.body, 'ip_whitelist'),
+        envoisms.body_int(req.body, 'rate_limit', NULL, 10, 1000),
+        envoisms.body_bool(req.body, 'active', NULL)));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_keys_revoke(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.api_key_revoke(req.account_id, req.id, req.api_key_id));
+END
+$$;
+
+INSERT INTO envoisms.api_endpoints (method, template, handler, permission) VALUES
+    ('GET',    '/v1/api-keys',     'envoisms.api_keys_list(envoisms.api_request)',   'api_keys'),
+    ('POST',   '/v1/api-keys',     'envoisms.api_keys_create(envoisms.api_request)', 'api_keys'),
+    ('PATCH',  '/v1/api-keys/:id', 'envoisms.api_keys_update(envoisms.api_request)', 'api_keys'),
+    ('DELETE', '/v1/api-keys/:id', 'envoisms.api_keys_revoke(envoisms.api_request)', 'api_keys');

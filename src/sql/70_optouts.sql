@@ -1,0 +1,134 @@
+-- 70_optouts.sql — the opt-out list over HTTP: GET/POST /v1/optouts,
+-- DELETE /v1/optouts/:phone (permission "optouts").
+--
+-- The table and the send-side check are in 35_events.sql: message_send and
+-- bulk refuse an opted-out recipient (403 OPTED_OUT), campaigns leave them
+-- out of the run. OTP codes (verify/send) are exempt: the recipient asked
+-- for the code. Inbound STOP messages add rows with source 'inbound'.
+
+-- The contract-style opt-out shape.
+CREATE FUNCTION envoisms.optout_json(o envoisms.optouts) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('phone', o.phone, 'source', o.source, 'reason', o.reason,
+                              'created_at', envoisms.iso_time(o.created_at))
+$$;
+
+-- Add a number to the account's opt-out list; returns it with "created":
+-- false when it was already there (the existing entry is kept unchanged).
+CREATE FUNCTION envoisms.optout_add(account_id text, phone text, reason text DEFAULT NULL,
+                                    source text DEFAULT 'api')
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    e164 text := envoisms.check_phone(phone, 'phone');
+    o envoisms.optouts;
+    created boolean := true;
+BEGIN
+    IF reason IS NOT NULL AND length(reason) > 500 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'reason must be at most 500 characters', 'reason');
+    END IF;
+    IF source IS NULL OR source NOT IN ('api', 'inbound', 'import', 'operator') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'source must be api, inbound, import or operator', 'source');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM envoisms.accounts a WHERE a.account_id = optout_add.account_id) THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
+    END IF;
+    INSERT INTO envoisms.optouts AS x (account_id, phone, source, reason)
+    VALUES (account_id, e164, source, reason)
+    ON CONFLICT ON CONSTRAINT optouts_pkey DO NOTHING
+    RETURNING * INTO o;
+    IF o.phone IS NULL THEN
+        created := false;
+        SELECT * INTO o FROM envoisms.optouts x WHERE x.account_id = optout_add.account_id AND x.phone = e164;
+    END IF;
+    RETURN envoisms.optout_json(o) || jsonb_build_object('created', created);
+END
+$$;
+
+-- Remove a number from the opt-out list, or NOT_FOUND when it is not on it.
+CREATE FUNCTION envoisms.optout_remove(account_id text, phone text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    e164 text := envoisms.check_phone(phone, 'phone');
+BEGIN
+    DELETE FROM envoisms.optouts x WHERE x.account_id = optout_remove.account_id AND x.phone = e164;
+    IF NOT FOUND THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', format('%s is not on the opt-out list', e164), 'phone');
+    END IF;
+    RETURN jsonb_build_object('deleted', true, 'phone', e164);
+END
+$$;
+
+-- A page of the account's opt-outs, newest first (`phone` looks one number up).
+CREATE FUNCTION envoisms.optout_list(account_id text, "limit" int DEFAULT 100, "offset" int DEFAULT 0,
+                                     phone text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    e164 text;
+    rows jsonb;
+    n bigint;
+BEGIN
+    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND 500 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'limit must be an integer from 1 to 500', 'limit');
+    END IF;
+    IF "offset" IS NULL OR "offset" < 0 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
+    END IF;
+    IF phone IS NOT NULL THEN
+        e164 := envoisms.check_phone(phone, 'phone');
+    END IF;
+    SELECT coalesce(jsonb_agg(envoisms.optout_json(o) ORDER BY o.created_at DESC, o.phone), '[]') INTO rows
+      FROM (SELECT * FROM envoisms.optouts x
+             WHERE x.account_id = optout_list.account_id AND (e164 IS NULL OR x.phone = e164)
+             ORDER BY x.created_at DESC, x.phone LIMIT "limit" OFFSET "offset") o;
+    SELECT count(*) INTO n FROM envoisms.optouts x
+     WHERE x.account_id = optout_list.account_id AND (e164 IS NULL OR x.phone = e164);
+    RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
+END
+$$;
+
+-- The phone of DELETE /v1/optouts/:phone: an unencoded "+" in a URL path
+-- arrives as a space after URL decoding, and a bare 212… means +212….
+CREATE FUNCTION envoisms.optout_path_phone(segment text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN btrim(segment) ~ '^[0-9]' THEN '+' || btrim(segment) ELSE btrim(segment) END;
+
+-- ---- HTTP handlers
+
+CREATE FUNCTION envoisms.api_optouts_list(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.optout_list(
+        req.account_id,
+        envoisms.query_int(req.query, 'limit', 100, 1, 500),
+        envoisms.query_int(req.query, 'offset', 0, 0, 1000000000),
+        CASE WHEN req.query ? 'phone' THEN envoisms.optout_path_phone(req.query->>'phone') END));
+END
+$$;
+
+CREATE FUNCTION envoisms.api_optouts_create(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    o jsonb;
+BEGIN
+    IF jsonb_typeof(req.body->'phone') NOT IN ('string', 'null') THEN
+        PERFORM envoisms.raise_error('INVALID_PHONE', 'phone must be E.164 format, for example +212612345678', 'phone');
+    END IF;
+    o := envoisms.optout_add(req.account_id, envoisms.body_text(req.body, 'phone'),
+                             envoisms.body_text(req.body, 'reason'), 'api');
+    RETURN envoisms.reply(CASE WHEN (o->>'created')::boolean THEN 201 ELSE 200 END, o);
+END
+$$;
+
+CREATE FUNCTION envoisms.api_optouts_delete(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.optout_remove(req.account_id, envoisms.optout_path_phone(req.id)));
+END
+$$;
+
+INSERT INTO envoisms.api_endpoints (method, template, handler, permission) VALUES
+    ('GET',    '/v1/optouts',     'envoisms.api_optouts_list(envoisms.api_request)',   'optouts'),
+    ('POST',   '/v1/optouts',     'envoisms.api_optouts_create(envoisms.api_request)', 'optouts'),
+    ('DELETE', '/v1/optouts/:id', 'envoisms.api_optouts_delete(envoisms.api_request)', 'optouts');
