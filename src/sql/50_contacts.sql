@@ -143,9 +143,9 @@ BEGIN
     RETURNING * INTO c;
     IF c.contact_id IS NULL THEN
         SELECT x.contact_id INTO existing FROM envoisms.contacts x
-         WHERE x.account_id = contact_create.account_id AND x.phone = envoisms.phone_e164(phone);
+         WHERE x.account_id = contact_create.account_id AND x.phone = envoisms.phone_e164(contact_create.phone);
         PERFORM envoisms.raise_error('CONFLICT',
-            format('a contact with phone %s already exists (%s)', envoisms.phone_e164(phone), existing), 'phone');
+            format('a contact with phone %s already exists (%s)', envoisms.phone_e164(contact_create.phone), existing), 'phone');
     END IF;
     IF list_id IS NOT NULL THEN
         INSERT INTO envoisms.list_members (account_id, list_id, contact_id) VALUES (account_id, list_id, c.contact_id);
