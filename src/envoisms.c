@@ -20,6 +20,8 @@ _PG_init(void)
 	envoisms_preloaded = process_shared_preload_libraries_in_progress;
 
 	RateLimitInit();
+	WorkersInit();
+	SmppInit();
 
 	MarkGUCPrefixReserved("envoisms");
 }

@@ -205,6 +205,7 @@ BEGIN
     VALUES (account_id, id, api_key_id, campaign_id, e164, sender, channel, cascade, message, seg.encoding,
             n_segments, cost_mad, cost_eur, CASE WHEN sandbox THEN 0 ELSE cost_mad END, sandbox,
             metadata, btns, created, created, created);
+    PERFORM envoisms.wake_dispatcher();
     RETURN jsonb_build_object(
         'id', id, 'to', e164, 'channel', channel, 'cascade', cascade, 'status', 'queued',
         'cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),
@@ -322,6 +323,7 @@ BEGIN
     SELECT jsonb_agg(jsonb_build_object('id', u.id, 'to', u.to_number, 'status', 'queued') ORDER BY u.ord)
       INTO result FROM unnest(entries) u;
 
+    PERFORM envoisms.wake_dispatcher();
     RETURN jsonb_build_object(
         'batch_id', batch, 'total', total, 'channel', channel,
         'estimated_cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),

@@ -56,7 +56,7 @@ BEGIN
             OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events));
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
-        PERFORM pg_notify('envoisms_webhooks', '');
+        PERFORM envoisms.wake_webhooks();
     END IF;
     RETURN n;
 END

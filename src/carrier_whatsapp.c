@@ -1,0 +1,186 @@
+/*
+ * carrier_whatsapp.c — the WhatsApp Business Cloud API carrier (kind
+ * 'whatsapp_cloud').
+ *
+ * Submit: POST {config.base_url, default https://graph.facebook.com}/
+ * {config.version, default v19.0}/{config.phone_number_id}/messages with
+ * Authorization: Bearer config.token. The message becomes:
+ *   - a "copy" button: the authentication template config.auth_template
+ *     (default "otp_code", language config.language, default "fr") with
+ *     the code as body parameter and as the copy-code button's parameter
+ *     (Meta's shape: button sub_type "url", index "0");
+ *   - one "url" button: an interactive cta_url message;
+ *   - other buttons (call, several): an interactive "button" message whose
+ *     reply buttons carry the labels (the Cloud API has no free-form call
+ *     button outside templates);
+ *   - no button: a text message.
+ * The reply's messages[0].id (wamid…) is the reference that status
+ * callbacks (POST /v1/carriers/:id/whatsapp, X-Hub-Signature-256) name.
+ *
+ * Failures: HTTP 429/5xx and Meta's throttling or temporary error codes
+ * (1, 2, 4, 80007, 130429, 131000, 131048, 131056, 133004) are retried;
+ * any other 4xx is permanent — and a cascade message then goes on as SMS.
+ */
+#include "worker.h"
+
+#include "utils/memutils.h"
+
+static bool
+meta_transient(const char *code)
+{
+	static const char *codes[] = {"1", "2", "4", "80007", "130429", "131000", "131048", "131056", "133004"};
+
+	if (code == NULL)
+		return false;
+	for (int i = 0; i < (int) lengthof(codes); i++)
+		if (strcmp(code, codes[i]) == 0)
+			return true;
+	return false;
+}
+
+static char *
+cfg(DispatchItem *item, const char *key, const char *fallback)
+{
+	char	   *v = JsonGetPath(item->config, strlen(item->config), key);
+
+	return v ? v : (char *) fallback;
+}
+
+/* The JSON body of a message for the Cloud API. */
+static void
+build_body(DispatchItem *item, StringInfo b)
+{
+	const char *buttons = item->buttons;
+	size_t		blen = buttons ? strlen(buttons) : 0;
+	int			nbuttons = 0;
+	int			copy_at = -1;
+
+	for (int i = 0; i < 3 && buttons; i++)
+	{
+		char		path[32];
+		char	   *type;
+
+		snprintf(path, sizeof(path), "%d.type", i);
+		type = JsonGetPath(buttons, blen, path);
+		if (type == NULL)
+			break;
+		if (strcmp(type, "copy") == 0 && copy_at < 0)
+			copy_at = i;
+		nbuttons++;
+	}
+
+	appendStringInfoString(b, "{\"messaging_product\":\"whatsapp\",\"recipient_type\":\"individual\",\"to\":");
+	JsonAppendString(b, item->to_number[0] == '+' ? item->to_number + 1 : item->to_number);
+	if (copy_at >= 0)
+	{
+		char		path[32];
+		char	   *code;
+
+		snprintf(path, sizeof(path), "%d.value", copy_at);
+		code = JsonGetPath(buttons, blen, path);
+		appendStringInfoString(b, ",\"type\":\"template\",\"template\":{\"name\":");
+		JsonAppendString(b, cfg(item, "auth_template", "otp_code"));
+		appendStringInfoString(b, ",\"language\":{\"code\":");
+		JsonAppendString(b, cfg(item, "language", "fr"));
+		appendStringInfoString(b, "},\"components\":[{\"type\":\"body\",\"parameters\":[{\"type\":\"text\",\"text\":");
+		JsonAppendString(b, code);
+		appendStringInfoString(b, "}]},{\"type\":\"button\",\"sub_type\":\"url\",\"index\":\"0\",\"parameters\":[{\"type\":\"text\",\"text\":");
+		JsonAppendString(b, code);
+		appendStringInfoString(b, "}]}]}}");
+	}
+	else if (nbuttons == 1 && strcmp(JsonGetPath(buttons, blen, "0.type"), "url") == 0)
+	{
+		appendStringInfoString(b, ",\"type\":\"interactive\",\"interactive\":{\"type\":\"cta_url\",\"body\":{\"text\":");
+		JsonAppendString(b, item->body);
+		appendStringInfoString(b, "},\"action\":{\"name\":\"cta_url\",\"parameters\":{\"display_text\":");
+		JsonAppendString(b, JsonGetPath(buttons, blen, "0.text"));
+		appendStringInfoString(b, ",\"url\":");
+		JsonAppendString(b, JsonGetPath(buttons, blen, "0.value"));
+		appendStringInfoString(b, "}}}");
+	}
+	else if (nbuttons > 0)
+	{
+		appendStringInfoString(b, ",\"type\":\"interactive\",\"interactive\":{\"type\":\"button\",\"body\":{\"text\":");
+		JsonAppendString(b, item->body);
+		appendStringInfoString(b, "},\"action\":{\"buttons\":[");
+		for (int i = 0; i < nbuttons; i++)
+		{
+			char		path[32];
+
+			snprintf(path, sizeof(path), "%d.text", i);
+			appendStringInfo(b, "%s{\"type\":\"reply\",\"reply\":{\"id\":\"b%d\",\"title\":", i ? "," : "", i);
+			JsonAppendString(b, JsonGetPath(buttons, blen, path));
+			appendStringInfoString(b, "}}");
+		}
+		appendStringInfoString(b, "]}}");
+	}
+	else
+	{
+		appendStringInfoString(b, ",\"type\":\"text\",\"text\":{\"preview_url\":false,\"body\":");
+		JsonAppendString(b, item->body);
+		appendStringInfoChar(b, '}');
+	}
+	appendStringInfoChar(b, '}');
+}
+
+/* Build the Cloud API request of a message, or record its outcome and return NULL. */
+HttpTransfer *
+WhatsappPrepare(DispatchItem *item)
+{
+	char	   *phone_id = cfg(item, "phone_number_id", NULL);
+	char	   *token = cfg(item, "token", NULL);
+	StringInfoData body;
+	HttpTransfer *t;
+
+	if (phone_id == NULL || token == NULL)
+	{
+		DispatchOutcome(item, DISPATCH_RETRY, NULL, "CARRIER_MISCONFIGURED",
+						psprintf("carrier %s needs config.phone_number_id and config.token", item->carrier_id),
+						DispatchBackoff(item->attempts));
+		return NULL;
+	}
+	initStringInfo(&body);
+	build_body(item, &body);
+	t = HttpTransferNew(NULL, false);
+	curl_easy_setopt(t->easy, CURLOPT_URL,
+					 psprintf("%s/%s/%s/messages", cfg(item, "base_url", "https://graph.facebook.com"),
+							  cfg(item, "version", "v19.0"), phone_id));
+	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) carrier_timeout_ms);
+	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(carrier_timeout_ms, 5000));
+	HttpTransferAddHeader(t, "Content-Type: application/json");
+	HttpTransferAddHeader(t, psprintf("Authorization: Bearer %s", token));
+	HttpTransferSetBody(t, body.data, body.len);
+	return t;
+}
+
+/* Turn the Cloud API's answer into the message's outcome. */
+void
+WhatsappFinish(DispatchItem *item, HttpTransfer *t)
+{
+	char	   *code;
+	char	   *message;
+
+	if (t->result == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
+	{
+		char	   *ref = JsonGetPath(t->response, t->response_len, "messages.0.id");
+
+		if (ref)
+			DispatchOutcome(item, DISPATCH_SENT, ref, NULL, NULL, 0);
+		else
+			DispatchOutcome(item, DISPATCH_RETRY, NULL, "CARRIER_BAD_REPLY",
+							"the WhatsApp Cloud API reply has no messages[0].id", DispatchBackoff(item->attempts));
+		return;
+	}
+	if (t->result != CURLE_OK)
+	{
+		CarrierClassifyFailure(item, t, NULL, NULL);
+		return;
+	}
+	code = JsonGetPath(t->response, t->response_len, "error.code");
+	message = JsonGetPath(t->response, t->response_len, "error.message");
+	if (meta_transient(code))
+		DispatchOutcome(item, DISPATCH_RETRY, NULL, psprintf("WHATSAPP_%s", code),
+						message ? message : "WhatsApp throttled the request", DispatchBackoff(item->attempts));
+	else
+		CarrierClassifyFailure(item, t, code ? psprintf("WHATSAPP_%s", code) : NULL, message);
+}

@@ -1,0 +1,280 @@
+-- 87_workers.sql — what the background workers call besides the dispatcher
+-- interface of 85_carriers.sql: the commit wakes, the worker_stats view,
+-- the webhook worker's claim and outcome functions, and the scheduler's
+-- sweeps (expiry, retention, stale delivery reports).
+--
+-- Webhook deliveries follow the dispatcher's shape: claim with FOR UPDATE
+-- SKIP LOCKED and a lease, POST outside any transaction, record the
+-- outcome in a second short transaction. The payload and event id were
+-- fixed when the delivery was queued (35_events.sql), so every retry sends
+-- the same bytes. A 410 Gone, or failures without a single success for
+-- envoisms.webhook_disable_after, disable the webhook and cancel its
+-- pending deliveries.
+--
+-- Retention (docs/workers.md): past envoisms.retention_days, a final
+-- message keeps its row (so analytics totals and the ledger are untouched
+-- and envoisms.balance_check() still holds) but loses its body, and its
+-- delivery log (message_events) is deleted; old finished webhook
+-- deliveries and week-old unmatched delivery reports are deleted. Each
+-- call handles one small batch in its own transaction.
+
+CREATE FUNCTION envoisms.wake_dispatcher() RETURNS void
+AS 'MODULE_PATHNAME', 'wake_dispatcher' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION envoisms.wake_dispatcher() IS
+'Wake the dispatchers when the calling transaction commits (does nothing without the preload)';
+
+CREATE FUNCTION envoisms.wake_webhooks() RETURNS void
+AS 'MODULE_PATHNAME', 'wake_webhooks' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION envoisms.wake_webhooks() IS
+'Wake the webhook workers when the calling transaction commits (does nothing without the preload)';
+
+CREATE FUNCTION envoisms.worker_stats_raw()
+RETURNS TABLE (worker text, kind text, index int, pid int, started_at timestamptz, claimed bigint,
+               sent bigint, failed bigint, retried bigint, in_flight int, last_error text,
+               last_error_at timestamptz)
+AS 'MODULE_PATHNAME', 'worker_stats' LANGUAGE C VOLATILE;
+
+-- Per worker: messages (or webhook deliveries) claimed, sent (delivered to
+-- the receiver for webhooks), failed for good, retried, in flight now, and
+-- the last error. pid is NULL while a worker is not running.
+CREATE VIEW envoisms.worker_stats AS
+    SELECT worker, kind, index, pid, started_at, claimed, sent, failed, retried, in_flight,
+           last_error, last_error_at
+      FROM envoisms.worker_stats_raw();
+
+-- ---- webhook deliveries
+
+CREATE INDEX webhook_deliveries_webhook ON envoisms.webhook_deliveries (account_id, webhook_id)
+    WHERE status = 'pending';
+
+-- Claim up to `batch` due deliveries, at most `per_endpoint` per webhook
+-- minus what the worker already has in flight to it (`busy`:
+-- {"<account_id>/<webhook_id>": n}). Deliveries of deleted or disabled
+-- webhooks are cancelled (a message.test is delivered to a disabled one).
+CREATE FUNCTION envoisms.webhook_claim(batch int, lease interval, per_endpoint int, busy jsonb DEFAULT '{}')
+RETURNS TABLE (account_id text, delivery_id bigint, webhook_id text, event_id text, event_type text,
+               payload text, attempts int, url text, secret text)
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT d.account_id, d.delivery_id, d.webhook_id, d.event_type, d.next_attempt_at,
+               d.account_id || '/' || d.webhook_id AS endpoint
+          FROM envoisms.webhook_deliveries d
+         WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+           AND (d.locked_until IS NULL OR d.locked_until < now())
+           AND coalesce((busy->>(d.account_id || '/' || d.webhook_id))::int, 0) < per_endpoint
+         ORDER BY d.next_attempt_at
+         LIMIT batch * 2
+           FOR UPDATE OF d SKIP LOCKED
+    ), ranked AS (
+        SELECT c.*, w.url, w.secret,
+               w.deleted_at IS NULL AND (w.active OR c.event_type = 'message.test') AS live,
+               row_number() OVER (PARTITION BY c.endpoint ORDER BY c.next_attempt_at) AS rn
+          FROM candidates c
+          JOIN envoisms.webhooks w ON w.account_id = c.account_id AND w.webhook_id = c.webhook_id
+    ), cancelled AS (
+        UPDATE envoisms.webhook_deliveries d
+           SET status = 'cancelled', last_error = 'the webhook was disabled or deleted', locked_until = NULL
+          FROM ranked r
+         WHERE NOT r.live AND d.account_id = r.account_id AND d.delivery_id = r.delivery_id
+        RETURNING 1
+    ), chosen AS (
+        SELECT r.* FROM ranked r
+         WHERE r.live AND r.rn <= per_endpoint - coalesce((busy->>r.endpoint)::int, 0)
+         ORDER BY r.next_attempt_at
+         LIMIT batch
+    ), leased AS (
+        UPDATE envoisms.webhook_deliveries d
+           SET locked_until = now() + lease, attempts = d.attempts + 1
+          FROM chosen ch
+         WHERE d.account_id = ch.account_id AND d.delivery_id = ch.delivery_id
+        RETURNING d.account_id, d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts,
+                  ch.url, ch.secret
+    )
+    SELECT l.* FROM leased l;
+END
+$$;
+
+-- When the next webhook delivery is due (NULL when none pending).
+CREATE FUNCTION envoisms.webhook_next_due() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT d.next_attempt_at FROM envoisms.webhook_deliveries d
+     WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until < now())
+     ORDER BY d.next_attempt_at LIMIT 1
+$$;
+
+-- Stop a webhook: inactive, with the reason; its pending deliveries cancelled.
+CREATE FUNCTION envoisms.webhook_disable(account_id text, webhook_id text, reason text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog AS $$
+    UPDATE envoisms.webhooks w SET active = false, disabled_reason = left(reason, 200)
+     WHERE w.account_id = webhook_disable.account_id AND w.webhook_id = webhook_disable.webhook_id;
+    UPDATE envoisms.webhook_deliveries d
+       SET status = 'cancelled', locked_until = NULL, last_error = left('the webhook was disabled: ' || reason, 500)
+     WHERE d.account_id = webhook_disable.account_id AND d.webhook_id = webhook_disable.webhook_id
+       AND d.status = 'pending';
+$$;
+
+-- The outcome of one attempt: http_status (NULL without an HTTP answer),
+-- error (NULL on success), retry_in_ms (NULL when the schedule is over).
+-- Returns the delivery's new status. Only a leased pending delivery changes.
+CREATE FUNCTION envoisms.webhook_delivery_result(account_id text, delivery_id bigint, http_status int,
+                                                 error text, retry_in_ms bigint,
+                                                 disable_after interval DEFAULT interval '5 days')
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    d envoisms.webhook_deliveries;
+    since timestamptz;
+BEGIN
+    SELECT * INTO d FROM envoisms.webhook_deliveries x
+     WHERE x.account_id = webhook_delivery_result.account_id AND x.delivery_id = webhook_delivery_result.delivery_id
+       AND x.status = 'pending' FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF error IS NULL AND http_status BETWEEN 200 AND 299 THEN
+        UPDATE envoisms.webhook_deliveries x
+           SET status = 'delivered', delivered_at = now(), last_status = http_status, last_error = NULL,
+               locked_until = NULL
+         WHERE x.account_id = d.account_id AND x.delivery_id = d.delivery_id;
+        UPDATE envoisms.webhooks w
+           SET last_triggered_at = now(), last_status = http_status, failing_since = NULL
+         WHERE w.account_id = d.account_id AND w.webhook_id = d.webhook_id
+           AND (w.last_triggered_at IS DISTINCT FROM now() OR w.last_status IS DISTINCT FROM http_status
+                OR w.failing_since IS NOT NULL);
+        RETURN 'delivered';
+    END IF;
+
+    UPDATE envoisms.webhooks w
+       SET last_triggered_at = now(), last_status = http_status, failing_since = coalesce(w.failing_since, now())
+     WHERE w.account_id = d.account_id AND w.webhook_id = d.webhook_id
+    RETURNING w.failing_since INTO since;
+    UPDATE envoisms.webhook_deliveries x
+       SET last_status = http_status, last_error = left(coalesce(error, 'HTTP ' || http_status), 500),
+           locked_until = NULL,
+           status = CASE WHEN retry_in_ms IS NULL OR http_status = 410 THEN 'failed' ELSE 'pending' END,
+           next_attempt_at = CASE WHEN retry_in_ms IS NULL THEN x.next_attempt_at
+                                  ELSE now() + make_interval(secs => retry_in_ms / 1000.0) END
+     WHERE x.account_id = d.account_id AND x.delivery_id = d.delivery_id;
+    IF http_status = 410 THEN
+        PERFORM envoisms.webhook_disable(d.account_id, d.webhook_id, 'the endpoint answered 410 Gone');
+        RETURN 'failed';
+    END IF;
+    IF since < now() - disable_after THEN
+        PERFORM envoisms.webhook_disable(d.account_id, d.webhook_id,
+            format('deliveries failed without a success since %s', envoisms.iso_time(since)));
+        RETURN 'failed';
+    END IF;
+    RETURN CASE WHEN retry_in_ms IS NULL THEN 'failed' ELSE 'pending' END;
+END
+$$;
+
+-- Record a batch of webhook outcomes in one transaction:
+-- [{"a": account_id, "d": delivery_id, "s": http_status, "e": error, "r": retry_in_ms}].
+CREATE FUNCTION envoisms.webhook_record(outcomes jsonb, disable_after interval DEFAULT interval '5 days')
+RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    o jsonb;
+    n int := 0;
+BEGIN
+    FOR o IN SELECT value FROM jsonb_array_elements(outcomes) LOOP
+        IF envoisms.webhook_delivery_result(o->>'a', (o->>'d')::bigint, (o->>'s')::int, o->>'e',
+                                            (o->>'r')::bigint, disable_after) IS NOT NULL THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- Release webhook leases without an outcome (a worker stopping).
+CREATE FUNCTION envoisms.webhook_release(account_id text, delivery_id bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog AS $$
+    UPDATE envoisms.webhook_deliveries d SET locked_until = NULL, attempts = greatest(d.attempts - 1, 0)
+     WHERE d.account_id = webhook_release.account_id AND d.delivery_id = webhook_release.delivery_id
+       AND d.status = 'pending' AND d.locked_until IS NOT NULL
+$$;
+
+-- At a worker's start: release webhook leases taken before `since` (the
+-- previous server run; `lease` is the lease length they were taken with).
+CREATE FUNCTION envoisms.webhook_reclaim(since timestamptz, lease interval) RETURNS int
+LANGUAGE sql SET search_path = pg_catalog AS $$
+    WITH r AS (
+        UPDATE envoisms.webhook_deliveries d SET locked_until = NULL
+         WHERE d.status = 'pending' AND d.locked_until > now() AND d.locked_until - lease < since
+        RETURNING 1)
+    SELECT count(*)::int FROM r
+$$;
+
+-- ---- scheduler sweeps
+
+-- Sent messages waiting for a delivery report, by validity (the expiry sweep).
+CREATE INDEX messages_sent_expiry ON envoisms.messages (expires_at) WHERE status = 'sent';
+
+-- Expire up to `batch` queued or sent messages past their validity (refunded,
+-- webhook, NOTIFY through the status trigger). Returns how many.
+CREATE FUNCTION envoisms.expiry_sweep(batch int DEFAULT 1000) RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    m record;
+    n int := 0;
+BEGIN
+    FOR m IN SELECT x.account_id, x.message_id FROM envoisms.messages x
+              WHERE x.status = 'sent' AND x.expires_at <= now()
+              ORDER BY x.expires_at LIMIT batch FOR UPDATE SKIP LOCKED
+    LOOP
+        IF envoisms.message_expire(m.account_id, m.message_id) THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    FOR m IN SELECT x.account_id, x.message_id FROM envoisms.messages x
+              WHERE x.status = 'queued' AND x.expires_at <= now()
+                AND (x.locked_until IS NULL OR x.locked_until < now())
+              ORDER BY x.next_attempt_at LIMIT batch FOR UPDATE SKIP LOCKED
+    LOOP
+        IF envoisms.message_expire(m.account_id, m.message_id) THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- Purge one batch of what is older than `days`: message bodies and delivery
+-- logs of final messages, finished webhook deliveries, and unmatched
+-- delivery reports older than 7 days. Returns the number of messages purged.
+CREATE FUNCTION envoisms.retention_purge(days int DEFAULT 90, batch int DEFAULT 1000) RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    cutoff timestamptz := now() - make_interval(days => days);
+    n int;
+BEGIN
+    IF days IS NULL OR days <= 0 THEN
+        RETURN 0;
+    END IF;
+    WITH old AS (
+        SELECT x.account_id, x.message_id FROM envoisms.messages x
+         WHERE x.created_at < cutoff AND x.body IS NOT NULL
+           AND x.status IN ('delivered', 'failed', 'expired', 'received')
+         LIMIT batch FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM envoisms.message_events e USING old
+         WHERE e.account_id = old.account_id AND e.message_id = old.message_id
+        RETURNING 1
+    ), emptied AS (
+        UPDATE envoisms.messages x SET body = NULL
+          FROM old WHERE x.account_id = old.account_id AND x.message_id = old.message_id
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM emptied;
+    DELETE FROM envoisms.webhook_deliveries d
+     WHERE d.ctid = ANY (ARRAY(SELECT x.ctid FROM envoisms.webhook_deliveries x
+                                WHERE x.status <> 'pending' AND x.created_at < cutoff LIMIT batch));
+    DELETE FROM envoisms.pending_dlrs p
+     WHERE p.ctid = ANY (ARRAY(SELECT x.ctid FROM envoisms.pending_dlrs x
+                                WHERE x.received_at < now() - interval '7 days' LIMIT batch));
+    RETURN n;
+END
+$$;

@@ -1,0 +1,732 @@
+/*
+ * worker_common.c — what the background workers share: their settings, their
+ * shared-memory slots, their registration, and the helpers each loop is built
+ * from (attach, wait, transaction).
+ *
+ * Shared memory: one array of WORKER_MAX_SLOTS slots. A worker takes the
+ * slot of its (kind, index) at start and clears it at exit. Counters are
+ * atomics written by the owner and read by envoisms.worker_stats; the name,
+ * pid, latch and last error are guarded by the slot's spinlock.
+ *
+ * Waking on commit (pg_net's model): envoisms.wake_dispatcher() and
+ * envoisms.wake_webhooks() only set a backend-local flag; an XactCallback
+ * sets the workers' latches when that transaction commits, and forgets the
+ * flag when it aborts. A send therefore costs one function call and no lock,
+ * and a worker never wakes for work that was rolled back. Without the
+ * preload (no shared memory) they do nothing.
+ *
+ * Errors: a worker runs each short transaction through WorkerRunTransaction,
+ * which logs an error, keeps it as the slot's last_error, rolls back and
+ * lets the loop continue; only FATAL or postmaster death ends a worker
+ * abnormally (it is then restarted after envoisms.worker_restart_delay).
+ */
+#include "worker.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+/* ---- settings */
+char	   *worker_database = NULL;
+int			dispatch_workers = 1;
+int			webhook_workers = 1;
+bool		scheduler_enabled = true;
+int			worker_restart_delay = 5;
+int			worker_shutdown_grace_ms = 2000;
+int			dispatch_batch_size = 500;
+int			dispatch_max_in_flight = 1000;
+int			dispatch_lease_s = 60;
+int			dispatch_poll_ms = 1000;
+int			carrier_timeout_ms = 10000;
+int			carrier_max_connections = 64;
+int			dispatch_retry_base_ms = 5000;
+int			dispatch_retry_max_ms = 3600000;
+int			sandbox_delivery_delay_ms = 1000;
+int			webhook_batch_size = 200;
+int			webhook_max_in_flight = 512;
+int			webhook_max_per_endpoint = 16;
+int			webhook_timeout_ms = 10000;
+int			webhook_lease_s = 60;
+double		webhook_retry_scale = 1.0;
+int			webhook_disable_after_s = 5 * 86400;
+bool		webhook_allow_private = false;
+bool		webhook_allow_http = false;
+int			scheduler_interval_ms = 1000;
+int			retention_days = 90;
+int			retention_batch_size = 1000;
+
+static char *webhook_retry_schedule = NULL;
+int			webhook_schedule_len = 0;
+int			webhook_schedule_s[32];
+
+typedef struct WorkersShared
+{
+	TimestampTz boot_time;
+	WorkerSlot	slots[WORKER_MAX_SLOTS];
+} WorkersShared;
+
+static WorkersShared *workers_shared = NULL;
+WorkerSlot *MyWorkerSlot = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static volatile sig_atomic_t got_sigterm = false;
+static WaitEventSet *wait_set = NULL;
+static int	wait_socket_pos = -1;
+static pgsocket wait_socket = PGINVALID_SOCKET;
+
+/* commit-wake state of this backend */
+static bool wake_callback_registered = false;
+static bool wake_dispatch_pending = false;
+static bool wake_webhooks_pending = false;
+
+/* "0,5,300" or "0, 5s, 5min, 2h": seconds before each attempt. */
+static bool
+parse_schedule(const char *value, int *out, int *n)
+{
+	const char *p = value;
+
+	*n = 0;
+	while (*p)
+	{
+		char	   *end;
+		double		v;
+		double		unit = 1;
+
+		while (*p == ' ' || *p == ',')
+			p++;
+		if (!*p)
+			break;
+		v = strtod(p, &end);
+		if (end == p || v < 0 || *n >= 32)
+			return false;
+		p = end;
+		if (strncmp(p, "min", 3) == 0)
+			unit = 60, p += 3;
+		else if (*p == 's')
+			unit = 1, p++;
+		else if (*p == 'h')
+			unit = 3600, p++;
+		else if (*p == 'd')
+			unit = 86400, p++;
+		if (*p && *p != ',' && *p != ' ')
+			return false;
+		if (v * unit > 30 * 86400)
+			return false;
+		out[(*n)++] = (int) (v * unit);
+	}
+	return *n > 0;
+}
+
+static bool
+check_webhook_retry_schedule(char **newval, void **extra, GucSource source)
+{
+	int			tmp[32];
+	int			n;
+
+	if (*newval == NULL || !parse_schedule(*newval, tmp, &n))
+	{
+		GUC_check_errdetail("envoisms.webhook_retry_schedule is a comma-separated list of 1 to 32 delays such as \"0, 5s, 5min, 30min, 2h\", each at most 30 days.");
+		return false;
+	}
+	return true;
+}
+
+static void
+assign_webhook_retry_schedule(const char *newval, void *extra)
+{
+	if (newval && !parse_schedule(newval, webhook_schedule_s, &webhook_schedule_len))
+		webhook_schedule_len = 0;
+}
+
+static void
+workers_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkersShared)));
+}
+
+static void
+workers_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	workers_shared = ShmemInitStruct("envoisms workers", sizeof(WorkersShared), &found);
+	if (!found)
+	{
+		memset(workers_shared, 0, sizeof(WorkersShared));
+		workers_shared->boot_time = GetCurrentTimestamp();
+		for (int i = 0; i < WORKER_MAX_SLOTS; i++)
+		{
+			WorkerSlot *s = &workers_shared->slots[i];
+
+			SpinLockInit(&s->mutex);
+			pg_atomic_init_u64(&s->claimed, 0);
+			pg_atomic_init_u64(&s->sent, 0);
+			pg_atomic_init_u64(&s->failed, 0);
+			pg_atomic_init_u64(&s->retried, 0);
+			pg_atomic_init_u32(&s->in_flight, 0);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+register_worker(const char *type, const char *function, int index)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = worker_restart_delay;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "envoisms");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", type, index);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
+	worker.bgw_main_arg = Int32GetDatum(index);
+	RegisterBackgroundWorker(&worker);
+}
+
+/* Defines the workers' GUCs; with the preload, their shared memory and the workers. */
+void
+WorkersInit(void)
+{
+	DefineCustomStringVariable("envoisms.database",
+							   "Database whose envoisms extension the background workers serve.",
+							   NULL, &worker_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_workers",
+							"Number of dispatcher workers (sandbox, http and whatsapp_cloud carriers).",
+							NULL, &dispatch_workers, 1, 0, 16,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_workers",
+							"Number of webhook delivery workers.",
+							NULL, &webhook_workers, 1, 0, 16,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("envoisms.scheduler",
+							 "Runs the scheduler worker (campaigns, expiry, retention).",
+							 NULL, &scheduler_enabled, true,
+							 PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.worker_restart_delay",
+							"Seconds before a worker that stopped abnormally is restarted.",
+							NULL, &worker_restart_delay, 5, 1, 3600,
+							PGC_POSTMASTER, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.worker_shutdown_grace",
+							"On SIGTERM, how long transfers in flight may finish before their leases are released.",
+							NULL, &worker_shutdown_grace_ms, 2000, 0, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_batch_size",
+							"Messages a dispatcher claims per transaction.",
+							NULL, &dispatch_batch_size, 500, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_max_in_flight",
+							"Carrier requests a dispatcher keeps in flight at once.",
+							NULL, &dispatch_max_in_flight, 1000, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_lease",
+							"How long a claimed message stays reserved for its dispatcher.",
+							NULL, &dispatch_lease_s, 60, 5, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_poll_interval",
+							"Longest a dispatcher sleeps without a wake (messages queued without envoisms.wake_dispatcher()).",
+							NULL, &dispatch_poll_ms, 1000, 10, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.carrier_timeout",
+							"Timeout of one request to a carrier.",
+							NULL, &carrier_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.carrier_max_connections",
+							"Connections a dispatcher opens to one carrier host at most.",
+							NULL, &carrier_max_connections, 64, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_retry_base",
+							"First retry delay after a transient carrier failure; doubles with each attempt (with jitter).",
+							NULL, &dispatch_retry_base_ms, 5000, 1, 86400000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_retry_max",
+							"Longest retry delay after a transient carrier failure.",
+							NULL, &dispatch_retry_max_ms, 3600000, 1, 86400000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.sandbox_delivery_delay",
+							"Delay between sent and the delivery report of a sandbox message.",
+							NULL, &sandbox_delivery_delay_ms, 1000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_batch_size",
+							"Webhook deliveries a worker claims per transaction.",
+							NULL, &webhook_batch_size, 200, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_max_in_flight",
+							"Webhook requests a worker keeps in flight at once.",
+							NULL, &webhook_max_in_flight, 512, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_max_per_endpoint",
+							"Webhook requests a worker keeps in flight to one endpoint (a slow receiver cannot starve the others).",
+							NULL, &webhook_max_per_endpoint, 16, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_timeout",
+							"Timeout of one webhook request (connect to last byte).",
+							NULL, &webhook_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_lease",
+							"How long a claimed webhook delivery stays reserved for its worker.",
+							NULL, &webhook_lease_s, 60, 5, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomStringVariable("envoisms.webhook_retry_schedule",
+							   "Delay before each webhook attempt: the first is the initial attempt, then one per retry.",
+							   NULL, &webhook_retry_schedule, "0, 5s, 5min, 30min, 2h, 5h, 10h, 14h, 20h, 24h",
+							   PGC_SIGHUP, 0, check_webhook_retry_schedule, assign_webhook_retry_schedule, NULL);
+	DefineCustomRealVariable("envoisms.webhook_retry_scale",
+							 "Factor applied to the webhook retry schedule (tests use small values).",
+							 NULL, &webhook_retry_scale, 1.0, 0.0, 100.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_disable_after",
+							"A webhook whose deliveries fail for this long without one success is disabled.",
+							NULL, &webhook_disable_after_s, 5 * 86400, 1, 365 * 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomBoolVariable("envoisms.webhook_allow_private",
+							 "Lets webhook deliveries connect to loopback, private, link-local and other internal addresses (tests only).",
+							 NULL, &webhook_allow_private, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("envoisms.webhook_allow_http",
+							 "Lets POST /v1/webhooks accept http:// URLs (tests only; the contract asks for https).",
+							 NULL, &webhook_allow_http, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.scheduler_interval",
+							"How often the scheduler starts due campaigns and sweeps expired messages.",
+							NULL, &scheduler_interval_ms, 1000, 10, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.retention_days",
+							"Message bodies and delivery logs older than this are purged (0 = never).",
+							NULL, &retention_days, 90, 0, 36500,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.retention_batch_size",
+							"Messages purged per short transaction by the retention purge.",
+							NULL, &retention_batch_size, 1000, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = workers_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = workers_shmem_startup;
+
+	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+		ereport(ERROR, (errmsg("could not initialise libcurl")));
+
+	for (int i = 0; i < dispatch_workers; i++)
+		register_worker("envoisms dispatcher", "envoisms_dispatch_main", i);
+	for (int i = 0; i < webhook_workers; i++)
+		register_worker("envoisms webhooks", "envoisms_webhooks_main", i);
+	if (scheduler_enabled)
+		register_worker("envoisms scheduler", "envoisms_scheduler_main", 0);
+}
+
+TimestampTz
+WorkersBootTime(void)
+{
+	return workers_shared ? workers_shared->boot_time : 0;
+}
+
+static void
+handle_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+static void
+release_slot(int code, Datum arg)
+{
+	WorkerSlot *s = MyWorkerSlot;
+
+	if (s == NULL)
+		return;
+	SpinLockAcquire(&s->mutex);
+	s->pid = 0;
+	s->latch = NULL;
+	SpinLockRelease(&s->mutex);
+	pg_atomic_write_u32(&s->in_flight, 0);
+	MyWorkerSlot = NULL;
+}
+
+void
+WorkerAttach(WorkerKind kind, int index, const char *name)
+{
+	WorkerSlot *slot = NULL;
+
+	pqsignal(SIGTERM, handle_sigterm);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+
+	if (workers_shared == NULL)
+		elog(FATAL, "envoisms worker started without its shared memory");
+
+	/* the slot of (kind, index), else a free one */
+	for (int pass = 0; pass < 2 && slot == NULL; pass++)
+		for (int i = 0; i < WORKER_MAX_SLOTS; i++)
+		{
+			WorkerSlot *s = &workers_shared->slots[i];
+			bool		take;
+
+			SpinLockAcquire(&s->mutex);
+			take = s->pid == 0 &&
+				(pass == 1 ? s->name[0] == '\0' : (s->name[0] != '\0' && s->kind == (int) kind && s->index == index));
+			if (take)
+			{
+				s->pid = MyProcPid;
+				s->kind = kind;
+				s->index = index;
+				s->latch = MyLatch;
+				s->started_at = GetCurrentTimestamp();
+				strlcpy(s->name, name, sizeof(s->name));
+			}
+			SpinLockRelease(&s->mutex);
+			if (take)
+			{
+				slot = s;
+				break;
+			}
+		}
+	if (slot == NULL)
+		ereport(FATAL,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("no free envoisms worker slot for %s", name),
+				 errdetail("At most %d envoisms workers can run at once.", WORKER_MAX_SLOTS)));
+	MyWorkerSlot = slot;
+	pg_atomic_write_u32(&slot->in_flight, 0);
+	before_shmem_exit(release_slot, (Datum) 0);
+
+	BackgroundWorkerInitializeConnection(worker_database, NULL, 0);
+	pgstat_report_appname(name);
+
+	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+}
+
+void
+WorkerWatchSocket(pgsocket sock)
+{
+	if (wait_socket_pos >= 0)
+		elog(ERROR, "an envoisms worker watches one socket at most");
+	wait_socket = sock;
+	wait_socket_pos = AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, sock, NULL, NULL);
+}
+
+bool
+WorkerStopping(void)
+{
+	return got_sigterm;
+}
+
+int
+WorkerWait(long timeout_ms)
+{
+	WaitEvent	events[3];
+	int			n;
+	int			woke = 0;
+
+	n = WaitEventSetWait(wait_set, timeout_ms, events, lengthof(events), PG_WAIT_EXTENSION);
+	if (n == 0)
+		woke |= WORKER_WOKE_TIMEOUT;
+	for (int i = 0; i < n; i++)
+	{
+		if (events[i].events & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			woke |= WORKER_WOKE_LATCH;
+		}
+		if (events[i].events & WL_SOCKET_READABLE)
+			woke |= WORKER_WOKE_SOCKET;
+	}
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	return woke;
+}
+
+void
+WorkerNoteError(const char *fmt,...)
+{
+	char		buf[WORKER_ERROR_LEN];
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (MyWorkerSlot == NULL)
+		return;
+	SpinLockAcquire(&MyWorkerSlot->mutex);
+	strlcpy(MyWorkerSlot->last_error, buf, sizeof(MyWorkerSlot->last_error));
+	MyWorkerSlot->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&MyWorkerSlot->mutex);
+}
+
+bool
+WorkerRunTransaction(const char *activity, void (*fn) (void *arg), void *arg)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, activity);
+		fn(arg);
+		if (SPI_finish() != SPI_OK_FINISH)
+			elog(ERROR, "SPI_finish failed");
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("%s: %s failed: %s", MyWorkerSlot ? MyWorkerSlot->name : "envoisms worker",
+						activity, edata->message),
+				 edata->detail ? errdetail("%s", edata->detail) : 0));
+		WorkerNoteError("%s: %s", activity, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return ok;
+}
+
+static void
+check_extension(void *arg)
+{
+	bool	   *present = (bool *) arg;
+
+	*present = OidIsValid(get_namespace_oid("envoisms", true)) &&
+		SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'envoisms'", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1;
+}
+
+void
+WorkerAwaitExtension(void)
+{
+	bool		logged = false;
+
+	for (;;)
+	{
+		bool		present = false;
+
+		if (got_sigterm)
+			proc_exit(0);
+		if (WorkerRunTransaction("looking for the envoisms extension", check_extension, &present) && present)
+			return;
+		if (!logged)
+			ereport(LOG,
+					(errmsg("%s: waiting for CREATE EXTENSION envoisms in database \"%s\"",
+							MyWorkerSlot->name, worker_database)));
+		logged = true;
+		WorkerWait(1000);
+	}
+}
+
+void
+WakeWorkers(WorkerKind kind)
+{
+	if (workers_shared == NULL)
+		return;
+	for (int i = 0; i < WORKER_MAX_SLOTS; i++)
+	{
+		WorkerSlot *s = &workers_shared->slots[i];
+
+		/* unlocked peek first: the common case is an empty slot */
+		if (s->pid == 0 || s->kind != (int) kind)
+			continue;
+		SpinLockAcquire(&s->mutex);
+		if (s->pid != 0 && s->kind == (int) kind && s->latch != NULL)
+			SetLatch(s->latch);
+		SpinLockRelease(&s->mutex);
+	}
+}
+
+long
+WorkerMsUntil(TimestampTz t)
+{
+	TimestampTz now;
+
+	if (t == 0)
+		return -1;
+	now = GetCurrentTimestamp();
+	if (t <= now)
+		return 0;
+	return (long) Min((t - now + 999) / 1000, (TimestampTz) LONG_MAX);
+}
+
+long
+WorkerJitter(long ms)
+{
+	double		f = 0.8 + 0.4 * pg_prng_double(&pg_global_prng_state);
+
+	return (long) (ms * f);
+}
+
+/* ---- commit wake (SQL-callable) */
+
+static void
+wake_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_dispatch_pending)
+			{
+				WakeWorkers(WORKER_DISPATCH);
+				WakeWorkers(WORKER_SMPP);
+			}
+			if (wake_webhooks_pending)
+				WakeWorkers(WORKER_WEBHOOKS);
+			wake_dispatch_pending = wake_webhooks_pending = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			wake_dispatch_pending = wake_webhooks_pending = false;
+			break;
+		default:
+			break;
+	}
+}
+
+static inline void
+register_wake_callback(void)
+{
+	if (!wake_callback_registered)
+	{
+		RegisterXactCallback(wake_xact_callback, NULL);
+		wake_callback_registered = true;
+	}
+}
+
+PG_FUNCTION_INFO_V1(wake_dispatcher);
+
+/* Wake the dispatchers when the calling transaction commits. */
+Datum
+wake_dispatcher(PG_FUNCTION_ARGS)
+{
+	if (workers_shared != NULL)
+	{
+		register_wake_callback();
+		wake_dispatch_pending = true;
+	}
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(wake_webhooks);
+
+/* Wake the webhook workers when the calling transaction commits. */
+Datum
+wake_webhooks(PG_FUNCTION_ARGS)
+{
+	if (workers_shared != NULL)
+	{
+		register_wake_callback();
+		wake_webhooks_pending = true;
+	}
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(worker_stats);
+
+/* One row per running (or once running) worker: its counters and last error. */
+Datum
+worker_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	static const char *kinds[] = {"dispatcher", "webhooks", "scheduler", "smpp"};
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (workers_shared == NULL)
+		return (Datum) 0;
+	for (int i = 0; i < WORKER_MAX_SLOTS; i++)
+	{
+		WorkerSlot *s = &workers_shared->slots[i];
+		Datum		values[12];
+		bool		nulls[12] = {0};
+		char		name[64];
+		char		error[WORKER_ERROR_LEN];
+		pid_t		pid;
+		int			kind;
+		int			index;
+		TimestampTz started;
+		TimestampTz error_at;
+
+		SpinLockAcquire(&s->mutex);
+		strlcpy(name, s->name, sizeof(name));
+		strlcpy(error, s->last_error, sizeof(error));
+		pid = s->pid;
+		kind = s->kind;
+		index = s->index;
+		started = s->started_at;
+		error_at = s->last_error_at;
+		SpinLockRelease(&s->mutex);
+		if (name[0] == '\0')
+			continue;
+
+		values[0] = CStringGetTextDatum(name);
+		values[1] = CStringGetTextDatum(kind >= 0 && kind < (int) lengthof(kinds) ? kinds[kind] : "other");
+		values[2] = Int32GetDatum(index);
+		values[3] = Int32GetDatum(pid);
+		nulls[3] = pid == 0;
+		values[4] = TimestampTzGetDatum(started);
+		values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&s->claimed));
+		values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&s->sent));
+		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&s->failed));
+		values[8] = Int64GetDatum((int64) pg_atomic_read_u64(&s->retried));
+		values[9] = Int32GetDatum((int32) pg_atomic_read_u32(&s->in_flight));
+		values[10] = CStringGetTextDatum(error);
+		nulls[10] = error[0] == '\0';
+		values[11] = TimestampTzGetDatum(error_at);
+		nulls[11] = error_at == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,511 @@
+/*
+ * worker_dispatch.c — the dispatcher: queued messages to the sandbox, http
+ * and whatsapp_cloud carriers (the SMPP connector has its own worker).
+ *
+ * Phases of one pass, each transaction short and none around network I/O:
+ *   1. drive the curl pool; finished transfers become outcomes;
+ *   2. claim (transaction 1): envoisms.dispatch_claim() leases up to
+ *      min(batch, room) due messages; sandbox messages get their outcome at
+ *      once, the others become transfers in the pool;
+ *   3. record (transaction 2): envoisms.dispatch_record() applies the
+ *      batch of outcomes (sent / retry / failed); if the batch fails as a
+ *      whole, each outcome is recorded on its own so one bad row cannot
+ *      make the others be sent twice;
+ *   4. sandbox delivery reports that are due (envoisms.sandbox_deliver_due);
+ *   5. wait: latch (a commit called envoisms.wake_dispatcher(), or a
+ *      signal), the pool's sockets, curl's timer, the next due message
+ *      (retry or throttled carrier), the next sandbox report, or the poll
+ *      interval.
+ *
+ * Restart and crash: at start the leases taken before this server's shared
+ * memory began (workers killed by a crash) are released; leases of a
+ * worker that died alone run out after envoisms.dispatch_lease. On SIGTERM
+ * the dispatcher stops claiming, lets transfers in flight finish for
+ * envoisms.worker_shutdown_grace, releases the leases of the rest and
+ * exits. A message may thus reach a carrier twice only when its transfer
+ * was in flight at a crash; carriers get our message id (and an
+ * Idempotency-Key header) to recognise it.
+ *
+ * Memory: claimed items live in items_cxt until their outcome is built
+ * (one chunk each, freed then); everything else of a pass lives in
+ * pass_cxt, reset every pass, so a long-running dispatcher does not grow.
+ */
+#include "worker.h"
+
+#include "executor/spi.h"
+#include "lib/ilist.h"
+#include "nodes/pg_list.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+PGDLLEXPORT void envoisms_dispatch_main(Datum main_arg);
+
+#define DISPATCH_KINDS "'{sandbox,http,whatsapp_cloud}'"
+
+typedef struct InFlight
+{
+	dlist_node	node;
+	DispatchItem *item;
+} InFlight;
+
+static HttpPool *pool = NULL;
+static MemoryContext items_cxt = NULL;
+static MemoryContext pass_cxt = NULL;
+static MemoryContext outcome_cxt = NULL;
+static dlist_head in_flight = DLIST_STATIC_INIT(in_flight);
+static int	in_flight_count = 0;
+static List *outcomes = NIL;	/* JSON texts in outcome_cxt */
+static TimestampTz sandbox_next_at = 0;
+
+/* claim results, built inside the claim transaction */
+typedef struct ClaimResult
+{
+	int			wanted;
+	int			got;
+	DispatchItem *items;
+	TimestampTz next_due;
+} ClaimResult;
+
+long
+DispatchBackoff(int attempts)
+{
+	double		ms = dispatch_retry_base_ms;
+
+	for (int i = 1; i < attempts && ms < dispatch_retry_max_ms; i++)
+		ms *= 2;
+	return WorkerJitter((long) Min(ms, (double) dispatch_retry_max_ms));
+}
+
+void
+DispatchOutcome(DispatchItem *item, DispatchOp op, const char *carrier_ref,
+				const char *error_code, const char *error_message, long delay_ms)
+{
+	MemoryContext old = MemoryContextSwitchTo(outcome_cxt);
+	StringInfoData buf;
+	static const char *ops[] = {"sent", "retry", "failed", "release"};
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"op\":\"%s\",\"a\":", ops[op]);
+	JsonAppendString(&buf, item->account_id);
+	appendStringInfoString(&buf, ",\"m\":");
+	JsonAppendString(&buf, item->message_id);
+	appendStringInfoString(&buf, ",\"c\":");
+	JsonAppendString(&buf, item->carrier_id);
+	if (carrier_ref)
+	{
+		appendStringInfoString(&buf, ",\"r\":");
+		JsonAppendString(&buf, carrier_ref);
+	}
+	if (error_code)
+	{
+		appendStringInfoString(&buf, ",\"code\":");
+		JsonAppendString(&buf, error_code);
+	}
+	if (error_message)
+	{
+		appendStringInfoString(&buf, ",\"msg\":");
+		JsonAppendString(&buf, error_message);
+	}
+	appendStringInfo(&buf, ",\"delay_ms\":%ld}", Max(delay_ms, 0L));
+	outcomes = lappend(outcomes, buf.data);
+	MemoryContextSwitchTo(old);
+
+	switch (op)
+	{
+		case DISPATCH_SENT:
+			pg_atomic_fetch_add_u64(&MyWorkerSlot->sent, 1);
+			if (strcmp(item->carrier_kind, "sandbox") == 0)
+			{
+				TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sandbox_delivery_delay_ms);
+
+				if (sandbox_next_at == 0 || due < sandbox_next_at)
+					sandbox_next_at = due;
+			}
+			break;
+		case DISPATCH_RETRY:
+			pg_atomic_fetch_add_u64(&MyWorkerSlot->retried, 1);
+			WorkerNoteError("%s via %s: %s", item->message_id, item->carrier_id,
+							error_message ? error_message : "retry");
+			break;
+		case DISPATCH_FAILED:
+			pg_atomic_fetch_add_u64(&MyWorkerSlot->failed, 1);
+			break;
+		case DISPATCH_RELEASE:
+			break;
+	}
+}
+
+/* Copy a claimed row into one chunk of items_cxt. */
+static DispatchItem *
+item_from_row(HeapTuple row, TupleDesc desc)
+{
+	char	   *v[15];
+	size_t		total = MAXALIGN(sizeof(DispatchItem));
+	DispatchItem *item;
+	char	   *p;
+
+	for (int i = 0; i < 15; i++)
+	{
+		v[i] = SPI_getvalue(row, desc, i + 1);
+		if (v[i])
+			total += strlen(v[i]) + 1;
+	}
+	item = MemoryContextAllocZero(items_cxt, total);
+	p = (char *) item + MAXALIGN(sizeof(DispatchItem));
+#define TAKE(field, i) \
+	do { if (v[i]) { size_t l = strlen(v[i]) + 1; memcpy(p, v[i], l); item->field = p; p += l; } } while (0)
+	TAKE(account_id, 0);
+	TAKE(message_id, 1);
+	TAKE(carrier_id, 2);
+	TAKE(carrier_kind, 3);
+	TAKE(to_number, 4);
+	TAKE(sender_id, 5);
+	TAKE(channel, 6);
+	TAKE(body, 7);
+	TAKE(encoding, 8);
+	item->segments = v[9] ? atoi(v[9]) : 0;
+	TAKE(buttons, 10);
+	TAKE(metadata, 11);
+	item->attempts = v[12] ? atoi(v[12]) : 0;
+	TAKE(config, 14);
+#undef TAKE
+	return item;
+}
+
+static void
+claim_txn(void *arg)
+{
+	ClaimResult *res = (ClaimResult *) arg;
+	char		sql[512];
+	DispatchItem *tail = NULL;
+
+	snprintf(sql, sizeof(sql),
+			 "SELECT account_id, message_id, carrier_id, carrier_kind, to_number, sender_id, channel, body, "
+			 "encoding, segments, buttons::text, metadata::text, attempts, expires_at, carrier_config::text "
+			 "FROM envoisms.dispatch_claim(" DISPATCH_KINDS ", NULL, %d, make_interval(secs => %d))",
+			 res->wanted, dispatch_lease_s);
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dispatch_claim failed");
+	res->got = (int) SPI_processed;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		DispatchItem *item = item_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+
+		if (tail)
+			tail->next = item;
+		else
+			res->items = item;
+		tail = item;
+	}
+	res->next_due = 0;
+	if (res->got < res->wanted)
+	{
+		bool		isnull;
+
+		if (SPI_execute("SELECT envoisms.dispatch_next_due()", true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				res->next_due = DatumGetTimestampTz(d);
+		}
+	}
+}
+
+static void
+record_txn(void *arg)
+{
+	const char *json = (const char *) arg;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+
+	values[0] = CStringGetTextDatum(json);
+	if (SPI_execute_with_args("SELECT envoisms.dispatch_record($1::jsonb)", 1, argtypes, values, NULL,
+							  false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dispatch_record failed");
+}
+
+/* Record the outcomes gathered so far: in one transaction, else one by one. */
+static void
+flush_outcomes(void)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	if (outcomes == NIL)
+		return;
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	foreach(lc, outcomes)
+	{
+		if (foreach_current_index(lc) > 0)
+			appendStringInfoChar(&buf, ',');
+		appendStringInfoString(&buf, (char *) lfirst(lc));
+	}
+	appendStringInfoChar(&buf, ']');
+	if (!WorkerRunTransaction("recording dispatch outcomes", record_txn, buf.data))
+	{
+		foreach(lc, outcomes)
+		{
+			char	   *one = psprintf("[%s]", (char *) lfirst(lc));
+
+			WorkerRunTransaction("recording one dispatch outcome", record_txn, one);
+		}
+	}
+	pfree(buf.data);
+	outcomes = NIL;
+	MemoryContextReset(outcome_cxt);
+}
+
+static void
+start_item(DispatchItem *item)
+{
+	HttpTransfer *t = NULL;
+	InFlight   *f;
+
+	if (strcmp(item->carrier_kind, "sandbox") == 0)
+	{
+		SandboxSubmit(item);
+		pfree(item);
+		return;
+	}
+	if (strcmp(item->carrier_kind, "http") == 0)
+		t = HttpCarrierPrepare(item);
+	else if (strcmp(item->carrier_kind, "whatsapp_cloud") == 0)
+		t = WhatsappPrepare(item);
+	else
+		DispatchOutcome(item, DISPATCH_RELEASE, NULL, NULL, NULL, 0);
+	if (t == NULL)
+	{
+		/* the carrier recorded an outcome already (bad config) */
+		pfree(item);
+		return;
+	}
+	item->transfer = t;
+	HttpPoolStart(pool, t);
+	f = MemoryContextAlloc(items_cxt, sizeof(InFlight));
+	f->item = item;
+	t->owner = f;
+	dlist_push_tail(&in_flight, &f->node);
+	in_flight_count++;
+}
+
+static void
+finish_transfers(void)
+{
+	HttpTransfer *t;
+
+	HttpPoolPerform(pool);
+	while ((t = HttpPoolNextDone(pool)) != NULL)
+	{
+		InFlight   *f = (InFlight *) t->owner;
+		DispatchItem *item = f->item;
+
+		if (strcmp(item->carrier_kind, "http") == 0)
+			HttpCarrierFinish(item, t);
+		else
+			WhatsappFinish(item, t);
+		dlist_delete(&f->node);
+		in_flight_count--;
+		HttpTransferFree(t);
+		pfree(item);
+		pfree(f);
+	}
+	pg_atomic_write_u32(&MyWorkerSlot->in_flight, (uint32) in_flight_count);
+}
+
+static void
+reclaim_txn(void *arg)
+{
+	char		sql[256];
+	char	   *since = pstrdup(timestamptz_to_str(WorkersBootTime()));
+
+	snprintf(sql, sizeof(sql), "SELECT envoisms.dispatch_reclaim(" DISPATCH_KINDS ", %s)",
+			 quote_literal_cstr(since));
+	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dispatch_reclaim failed");
+	if (SPI_processed == 1)
+	{
+		char	   *n = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (n && strcmp(n, "0") != 0)
+			ereport(LOG, (errmsg("%s: released %s message leases left by the previous server run",
+								 MyWorkerSlot->name, n)));
+	}
+}
+
+static void
+sandbox_txn(void *arg)
+{
+	int		   *done = (int *) arg;
+	char		sql[256];
+	bool		isnull;
+
+	snprintf(sql, sizeof(sql), "SELECT envoisms.sandbox_deliver_due(make_interval(secs => %f), %d)",
+			 sandbox_delivery_delay_ms / 1000.0, dispatch_batch_size);
+	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "sandbox_deliver_due failed");
+	*done = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	sandbox_next_at = 0;
+	if (*done < dispatch_batch_size)
+	{
+		snprintf(sql, sizeof(sql), "SELECT envoisms.sandbox_next_due(make_interval(secs => %f))",
+				 sandbox_delivery_delay_ms / 1000.0);
+		if (SPI_execute(sql, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				sandbox_next_at = DatumGetTimestampTz(d);
+		}
+	}
+	else
+		sandbox_next_at = GetCurrentTimestamp();
+}
+
+/* SIGTERM: let transfers finish for the grace period, release the rest. */
+static void
+shutdown_dispatcher(void)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), worker_shutdown_grace_ms);
+	dlist_mutable_iter iter;
+	int			released = 0;
+
+	while (in_flight_count > 0 && GetCurrentTimestamp() < deadline)
+	{
+		long		timeout = WorkerMsUntil(deadline);
+		long		curl_timeout = HttpPoolTimeout(pool);
+
+		if (curl_timeout >= 0 && curl_timeout < timeout)
+			timeout = curl_timeout;
+		WorkerWait(timeout);
+		finish_transfers();
+	}
+	dlist_foreach_modify(iter, &in_flight)
+	{
+		InFlight   *f = dlist_container(InFlight, node, iter.cur);
+
+		HttpPoolAbort(pool, f->item->transfer);
+		HttpTransferFree(f->item->transfer);
+		DispatchOutcome(f->item, DISPATCH_RELEASE, NULL, NULL, NULL, 0);
+		dlist_delete(&f->node);
+		released++;
+	}
+	in_flight_count = 0;
+	flush_outcomes();
+	ereport(LOG, (errmsg("%s: stopping; %d unfinished leases released", MyWorkerSlot->name, released)));
+}
+
+void
+envoisms_dispatch_main(Datum main_arg)
+{
+	int			index = DatumGetInt32(main_arg);
+	char		name[64];
+	bool		claim_wanted = true;
+	TimestampTz next_claim_at = 0;
+	TimestampTz last_claim_at = 0;
+
+	snprintf(name, sizeof(name), "envoisms dispatcher %d", index);
+	WorkerAttach(WORKER_DISPATCH, index, name);
+	WorkerAwaitExtension();
+
+	items_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms dispatch items", ALLOCSET_DEFAULT_SIZES);
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms dispatch pass", ALLOCSET_DEFAULT_SIZES);
+	outcome_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms dispatch outcomes", ALLOCSET_DEFAULT_SIZES);
+	pool = HttpPoolCreate(carrier_max_connections, carrier_max_connections * 4L);
+	WorkerWatchSocket(HttpPoolSocket(pool));
+
+	WorkerRunTransaction("releasing leases of the previous run", reclaim_txn, NULL);
+	sandbox_next_at = GetCurrentTimestamp();
+
+	while (!WorkerStopping())
+	{
+		TimestampTz now;
+		long		timeout;
+		int			room;
+		int			woke;
+
+		MemoryContextSwitchTo(pass_cxt);
+		finish_transfers();
+
+		now = GetCurrentTimestamp();
+		if (next_claim_at != 0 && now >= next_claim_at)
+			claim_wanted = true;
+		if (TimestampDifferenceExceeds(last_claim_at, now, dispatch_poll_ms))
+			claim_wanted = true;
+		room = dispatch_max_in_flight - in_flight_count;
+		if (claim_wanted && room > 0)
+		{
+			ClaimResult res;
+
+			memset(&res, 0, sizeof(res));
+			res.wanted = Min(dispatch_batch_size, room);
+			last_claim_at = now;
+			if (WorkerRunTransaction("claiming messages", claim_txn, &res))
+			{
+				DispatchItem *item = res.items;
+
+				pg_atomic_fetch_add_u64(&MyWorkerSlot->claimed, res.got);
+				claim_wanted = res.got == res.wanted;
+				next_claim_at = 0;
+				if (!claim_wanted && res.next_due != 0)
+					/* due rows we could not take (other kinds, throttled, locked): look again soon */
+					next_claim_at = Max(res.next_due, TimestampTzPlusMilliseconds(now, 100));
+				while (item)
+				{
+					DispatchItem *next = item->next;
+
+					item->next = NULL;
+					start_item(item);
+					item = next;
+				}
+				pg_atomic_write_u32(&MyWorkerSlot->in_flight, (uint32) in_flight_count);
+				HttpPoolPerform(pool);
+			}
+			else
+			{
+				claim_wanted = false;
+				next_claim_at = TimestampTzPlusMilliseconds(now, 1000);
+			}
+		}
+		flush_outcomes();
+
+		if (sandbox_next_at != 0 && GetCurrentTimestamp() >= sandbox_next_at)
+		{
+			int			done = 0;
+
+			if (!WorkerRunTransaction("delivering sandbox reports", sandbox_txn, &done))
+				sandbox_next_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+		}
+		MemoryContextReset(pass_cxt);
+
+		/* how long to sleep */
+		if (claim_wanted && dispatch_max_in_flight - in_flight_count > 0)
+			timeout = 0;
+		else
+		{
+			long		t;
+
+			timeout = dispatch_poll_ms;
+			t = HttpPoolTimeout(pool);
+			if (t >= 0 && t < timeout)
+				timeout = t;
+			t = WorkerMsUntil(next_claim_at);
+			if (t >= 0 && t < timeout)
+				timeout = t;
+			t = WorkerMsUntil(sandbox_next_at);
+			if (t >= 0 && t < timeout)
+				timeout = t;
+		}
+		woke = WorkerWait(timeout);
+		if (woke & WORKER_WOKE_LATCH)
+			claim_wanted = true;
+	}
+	MemoryContextSwitchTo(pass_cxt);
+	shutdown_dispatcher();
+	proc_exit(1);
+}

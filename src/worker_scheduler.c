@@ -1,0 +1,137 @@
+/*
+ * worker_scheduler.c — the scheduler: time-driven work, one short
+ * transaction per task, every envoisms.scheduler_interval.
+ *
+ * Each pass:
+ *   - envoisms.campaigns_start_due() and envoisms.campaigns_complete_finished()
+ *     (the campaigns area, src/sql/55_campaigns.sql), then a wake of the
+ *     dispatchers so a started campaign's messages go at once;
+ *   - the expiry sweep, envoisms.expiry_sweep() (every 10 s): queued or sent
+ *     messages past their validity become expired and are refunded;
+ * and every minute:
+ *   - envoisms.idempotency_purge() (stored Idempotency-Key replies past 24 h);
+ *   - the retention purge, envoisms.retention_purge(envoisms.retention_days,
+ *     envoisms.retention_batch_size), repeated in small transactions until a
+ *     batch comes back short, so no lock is held for long.
+ * A function from another area is only called when it exists
+ * (to_regprocedure), so the scheduler works while that area is absent. A
+ * failing task is logged, shown in worker_stats, and tried again next pass.
+ *
+ * worker_stats for the scheduler: claimed = tasks run, sent = messages
+ * expired, retried = messages purged by retention, failed = tasks that
+ * failed.
+ */
+#include "worker.h"
+
+#include "executor/spi.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+PGDLLEXPORT void envoisms_scheduler_main(Datum main_arg);
+
+typedef struct Task
+{
+	const char *signature;		/* for to_regprocedure; NULL = always there */
+	const char *sql;
+	int64		result;
+} Task;
+
+static void
+task_txn(void *arg)
+{
+	Task	   *task = (Task *) arg;
+	bool		isnull;
+
+	task->result = -1;
+	if (task->signature)
+	{
+		char	   *check = psprintf("SELECT to_regprocedure(%s) IS NOT NULL", quote_literal_cstr(task->signature));
+
+		if (SPI_execute(check, true, 1) != SPI_OK_SELECT || SPI_processed != 1 ||
+			!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+			return;
+	}
+	if (SPI_execute(task->sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "%s failed", task->sql);
+	task->result = 0;
+	if (SPI_processed == 1 && SPI_tuptable->tupdesc->natts == 1)
+	{
+		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (v && v[0] >= '0' && v[0] <= '9')
+			task->result = strtoll(v, NULL, 10);
+	}
+}
+
+/* Run one task in its own transaction; its numeric result, or -1. */
+static int64
+run_task(const char *activity, const char *signature, const char *sql)
+{
+	Task		task = {signature, sql, -1};
+
+	pg_atomic_fetch_add_u64(&MyWorkerSlot->claimed, 1);
+	if (!WorkerRunTransaction(activity, task_txn, &task))
+	{
+		pg_atomic_fetch_add_u64(&MyWorkerSlot->failed, 1);
+		return -1;
+	}
+	return task.result;
+}
+
+void
+envoisms_scheduler_main(Datum main_arg)
+{
+	MemoryContext pass_cxt;
+	TimestampTz last_expiry = 0;
+	TimestampTz last_minute = 0;
+
+	WorkerAttach(WORKER_SCHEDULER, 0, "envoisms scheduler");
+	WorkerAwaitExtension();
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms scheduler pass", ALLOCSET_DEFAULT_SIZES);
+
+	while (!WorkerStopping())
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		int64		n;
+
+		MemoryContextSwitchTo(pass_cxt);
+		n = run_task("starting due campaigns", "envoisms.campaigns_start_due()",
+					 "SELECT envoisms.campaigns_start_due()");
+		if (n != -1)
+			WakeWorkers(WORKER_DISPATCH);
+		run_task("completing finished campaigns", "envoisms.campaigns_complete_finished()",
+				 "SELECT envoisms.campaigns_complete_finished()");
+
+		if (TimestampDifferenceExceeds(last_expiry, now, 10000))
+		{
+			last_expiry = now;
+			n = run_task("expiring messages past validity", NULL,
+						 psprintf("SELECT envoisms.expiry_sweep(%d)", retention_batch_size));
+			if (n > 0)
+				pg_atomic_fetch_add_u64(&MyWorkerSlot->sent, n);
+		}
+
+		if (TimestampDifferenceExceeds(last_minute, now, 60000))
+		{
+			last_minute = now;
+			run_task("purging idempotency keys", "envoisms.idempotency_purge()",
+					 "SELECT envoisms.idempotency_purge()");
+			do
+			{
+				n = run_task("purging messages past retention", NULL,
+							 psprintf("SELECT envoisms.retention_purge(%d, %d)", retention_days,
+									  retention_batch_size));
+				if (n > 0)
+					pg_atomic_fetch_add_u64(&MyWorkerSlot->retried, n);
+				CHECK_FOR_INTERRUPTS();
+			} while (n >= retention_batch_size && !WorkerStopping());
+		}
+		MemoryContextReset(pass_cxt);
+		WorkerWait(scheduler_interval_ms);
+	}
+	ereport(LOG, (errmsg("envoisms scheduler: stopping")));
+	proc_exit(1);
+}

@@ -1,0 +1,515 @@
+/*
+ * worker_webhooks.c — signed webhook deliveries to customers' endpoints.
+ *
+ * Same shape as the dispatcher: claim (envoisms.webhook_claim, a lease per
+ * delivery, at most envoisms.webhook_max_per_endpoint in flight per
+ * webhook so a slow receiver cannot starve the others), POST through the
+ * curl multi pool outside any transaction, record the outcomes in one
+ * short transaction (envoisms.webhook_record), wait on latch + sockets +
+ * timers. Woken on commit by envoisms.wake_webhooks() (webhook_enqueue).
+ *
+ * Each POST carries the exact payload queued with the event (same event id
+ * and bytes on every retry) and these headers, signed at send time:
+ *   X-EnvoiSMS.ma-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
+ *       the contract's scheme; the key is the whole secret string as shown
+ *       to the customer ("whsec_…"), as the contract's Node snippet uses it;
+ *   X-EnvoiSMS.ma-Timestamp: <unix seconds> (replay protection);
+ *   webhook-id: <event id>, webhook-timestamp: <unix seconds>,
+ *   webhook-signature: v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>
+ *       Standard Webhooks; as that specification says, the key is the
+ *       base64-decoded part after "whsec_" when it decodes, else the raw
+ *       secret bytes.
+ * Success is a 2xx; redirects are not followed (a 3xx is a failure); the
+ * address connected to passes the SSRF guard (worker_ssrf.c), whose
+ * refusal is final for that delivery. Failures retry on
+ * envoisms.webhook_retry_schedule x envoisms.webhook_retry_scale with
+ * jitter; the SQL side disables a webhook on 410 or after
+ * envoisms.webhook_disable_after of failures.
+ */
+#include "worker.h"
+
+#include "common/base64.h"
+#include "crypto.h"
+#include "executor/spi.h"
+#include "lib/ilist.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+PGDLLEXPORT void envoisms_webhooks_main(Datum main_arg);
+
+#define ENDPOINT_KEY_LEN 160
+
+typedef struct WebhookItem
+{
+	dlist_node	node;
+	char	   *account_id;
+	int64		delivery_id;
+	char	   *webhook_id;
+	char	   *event_id;
+	char	   *payload;
+	int			attempts;
+	char	   *url;
+	char	   *secret;
+	char		endpoint[ENDPOINT_KEY_LEN];
+	HttpTransfer *transfer;
+} WebhookItem;
+
+typedef struct EndpointCount
+{
+	char		key[ENDPOINT_KEY_LEN];
+	int			in_flight;
+} EndpointCount;
+
+static HttpPool *pool = NULL;
+static MemoryContext items_cxt = NULL;
+static MemoryContext pass_cxt = NULL;
+static dlist_head in_flight = DLIST_STATIC_INIT(in_flight);
+static int	in_flight_count = 0;
+static HTAB *endpoints = NULL;
+static StringInfoData outcomes;
+static int	outcome_count = 0;
+
+typedef struct ClaimResult
+{
+	int			wanted;
+	int			got;
+	char	   *busy;
+	List	   *items;
+	TimestampTz next_due;
+} ClaimResult;
+
+static void
+endpoint_adjust(const char *key, int delta)
+{
+	bool		found;
+	EndpointCount *e = hash_search(endpoints, key, delta > 0 ? HASH_ENTER : HASH_FIND, &found);
+
+	if (e == NULL)
+		return;
+	if (!found)
+		e->in_flight = 0;
+	e->in_flight += delta;
+	if (e->in_flight <= 0)
+		hash_search(endpoints, key, HASH_REMOVE, NULL);
+}
+
+static char *
+busy_json(void)
+{
+	StringInfoData buf;
+	HASH_SEQ_STATUS seq;
+	EndpointCount *e;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	hash_seq_init(&seq, endpoints);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (!first)
+			appendStringInfoChar(&buf, ',');
+		first = false;
+		JsonAppendString(&buf, e->key);
+		appendStringInfo(&buf, ":%d", e->in_flight);
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+static WebhookItem *
+item_from_row(HeapTuple row, TupleDesc desc)
+{
+	WebhookItem *item = MemoryContextAllocZero(items_cxt, sizeof(WebhookItem));
+	char	   *v;
+
+#define COPY(i) MemoryContextStrdup(items_cxt, (v = SPI_getvalue(row, desc, (i))) ? v : "")
+	item->account_id = COPY(1);
+	v = SPI_getvalue(row, desc, 2);
+	item->delivery_id = v ? strtoll(v, NULL, 10) : 0;
+	item->webhook_id = COPY(3);
+	item->event_id = COPY(4);
+	item->payload = COPY(6);
+	v = SPI_getvalue(row, desc, 7);
+	item->attempts = v ? atoi(v) : 1;
+	item->url = COPY(8);
+	item->secret = COPY(9);
+#undef COPY
+	snprintf(item->endpoint, sizeof(item->endpoint), "%s/%s", item->account_id, item->webhook_id);
+	return item;
+}
+
+static void
+claim_txn(void *arg)
+{
+	ClaimResult *res = (ClaimResult *) arg;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	char		sql[512];
+	MemoryContext old;
+
+	snprintf(sql, sizeof(sql),
+			 "SELECT account_id, delivery_id, webhook_id, event_id, event_type, payload, attempts, url, secret "
+			 "FROM envoisms.webhook_claim(%d, make_interval(secs => %d), %d, $1::jsonb)",
+			 res->wanted, webhook_lease_s, webhook_max_per_endpoint);
+	values[0] = CStringGetTextDatum(res->busy);
+	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "webhook_claim failed");
+	res->got = (int) SPI_processed;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		WebhookItem *item = item_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+
+		old = MemoryContextSwitchTo(pass_cxt);
+		res->items = lappend(res->items, item);
+		MemoryContextSwitchTo(old);
+	}
+	res->next_due = 0;
+	if (res->got < res->wanted &&
+		SPI_execute("SELECT envoisms.webhook_next_due()", true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			res->next_due = DatumGetTimestampTz(d);
+	}
+}
+
+/* The Standard Webhooks key of a secret (see the file comment). */
+static int
+standard_key(const char *secret, char *out, int outlen)
+{
+	if (strncmp(secret, "whsec_", 6) == 0)
+	{
+		const char *b64 = secret + 6;
+		int			len = strlen(b64);
+
+		if (len > 0 && pg_b64_dec_len(len) <= outlen)
+		{
+			int			n = pg_b64_decode(b64, len, out, outlen);
+
+			if (n > 0)
+				return n;
+		}
+	}
+	{
+		int			len = Min((int) strlen(secret), outlen);
+
+		memcpy(out, secret, len);
+		return len;
+	}
+}
+
+static void
+start_item(WebhookItem *item)
+{
+	HttpTransfer *t = HttpTransferNew(item, true);
+	size_t		body_len = strlen(item->payload);
+	char		hex[65];
+	unsigned char mac[32];
+	char		b64[64];
+	char		key[512];
+	int			keylen;
+	long		ts = (long) time(NULL);
+	StringInfoData signed_content;
+	int			b64len;
+
+	EnvoismsHmacSha256Hex(item->secret, strlen(item->secret), item->payload, body_len, hex);
+	keylen = standard_key(item->secret, key, sizeof(key));
+	initStringInfo(&signed_content);
+	appendStringInfo(&signed_content, "%s.%ld.", item->event_id, ts);
+	appendBinaryStringInfo(&signed_content, item->payload, body_len);
+	EnvoismsHmacSha256(key, keylen, signed_content.data, signed_content.len, mac);
+	b64len = pg_b64_encode((const char *) mac, 32, b64, sizeof(b64) - 1);
+	b64[Max(b64len, 0)] = '\0';
+
+	curl_easy_setopt(t->easy, CURLOPT_URL, item->url);
+	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) webhook_timeout_ms);
+	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(webhook_timeout_ms, 5000));
+	HttpTransferAddHeader(t, "Content-Type: application/json");
+	HttpTransferAddHeader(t, "User-Agent: EnvoiSMS.ma-Webhooks/1.0");
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Signature: sha256=%s", hex));
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Timestamp: %ld", ts));
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Event: %s", item->event_id));
+	HttpTransferAddHeader(t, psprintf("webhook-id: %s", item->event_id));
+	HttpTransferAddHeader(t, psprintf("webhook-timestamp: %ld", ts));
+	HttpTransferAddHeader(t, psprintf("webhook-signature: v1,%s", b64));
+	HttpTransferAddHeader(t, "Expect:");
+	HttpTransferSetBody(t, item->payload, body_len);
+	item->transfer = t;
+	HttpPoolStart(pool, t);
+	dlist_push_tail(&in_flight, &item->node);
+	in_flight_count++;
+	endpoint_adjust(item->endpoint, 1);
+}
+
+static void
+add_outcome(WebhookItem *item, long status, const char *error, long retry_ms)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	appendStringInfoString(&outcomes, outcome_count ? "," : "[");
+	appendStringInfoString(&outcomes, "{\"a\":");
+	JsonAppendString(&outcomes, item->account_id);
+	appendStringInfo(&outcomes, ",\"d\":" INT64_FORMAT, item->delivery_id);
+	if (status > 0)
+		appendStringInfo(&outcomes, ",\"s\":%ld", status);
+	if (error)
+	{
+		appendStringInfoString(&outcomes, ",\"e\":");
+		JsonAppendString(&outcomes, error);
+	}
+	if (retry_ms >= 0)
+		appendStringInfo(&outcomes, ",\"r\":%ld", retry_ms);
+	appendStringInfoChar(&outcomes, '}');
+	outcome_count++;
+	MemoryContextSwitchTo(old);
+}
+
+/* Milliseconds before the attempt after `attempts` failed ones; -1 = give up. */
+static long
+retry_delay(int attempts)
+{
+	double		s;
+
+	if (attempts >= webhook_schedule_len)
+		return -1;
+	s = webhook_schedule_s[attempts] * webhook_retry_scale;
+	return WorkerJitter((long) (s * 1000.0));
+}
+
+static void
+finish_item(WebhookItem *item, HttpTransfer *t)
+{
+	if (t->result == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
+	{
+		add_outcome(item, t->http_status, NULL, -1);
+		pg_atomic_fetch_add_u64(&MyWorkerSlot->sent, 1);
+		return;
+	}
+	{
+		long		delay = t->ssrf_refused || t->http_status == 410 ? -1 : retry_delay(item->attempts);
+		const char *error = HttpTransferError(t);
+
+		if (t->result == CURLE_OK && t->http_status >= 300 && t->http_status < 400)
+			error = psprintf("HTTP %ld (redirects are not followed)", t->http_status);
+		add_outcome(item, t->result == CURLE_OK ? t->http_status : 0, error, delay);
+		WorkerNoteError("%s to %s: %s", item->event_id, item->url, error);
+		if (delay < 0)
+			pg_atomic_fetch_add_u64(&MyWorkerSlot->failed, 1);
+		else
+			pg_atomic_fetch_add_u64(&MyWorkerSlot->retried, 1);
+	}
+}
+
+static void
+free_item(WebhookItem *item)
+{
+	endpoint_adjust(item->endpoint, -1);
+	dlist_delete(&item->node);
+	in_flight_count--;
+	HttpTransferFree(item->transfer);
+	pfree(item->account_id);
+	pfree(item->webhook_id);
+	pfree(item->event_id);
+	pfree(item->payload);
+	pfree(item->url);
+	pfree(item->secret);
+	pfree(item);
+}
+
+/* Returns how many transfers finished. */
+static int
+finish_transfers(void)
+{
+	HttpTransfer *t;
+	int			n = 0;
+
+	HttpPoolPerform(pool);
+	while ((t = HttpPoolNextDone(pool)) != NULL)
+	{
+		WebhookItem *item = (WebhookItem *) t->owner;
+
+		finish_item(item, t);
+		free_item(item);
+		n++;
+	}
+	pg_atomic_write_u32(&MyWorkerSlot->in_flight, (uint32) in_flight_count);
+	return n;
+}
+
+static void
+record_txn(void *arg)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	char		sql[256];
+
+	values[0] = CStringGetTextDatum((char *) arg);
+	snprintf(sql, sizeof(sql), "SELECT envoisms.webhook_record($1::jsonb, make_interval(secs => %d))",
+			 webhook_disable_after_s);
+	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "webhook_record failed");
+}
+
+static void
+flush_outcomes(void)
+{
+	if (outcome_count == 0)
+		return;
+	appendStringInfoChar(&outcomes, ']');
+	WorkerRunTransaction("recording webhook outcomes", record_txn, outcomes.data);
+	resetStringInfo(&outcomes);
+	outcome_count = 0;
+}
+
+static void
+release_txn(void *arg)
+{
+	dlist_iter	iter;
+
+	dlist_foreach(iter, &in_flight)
+	{
+		WebhookItem *item = dlist_container(WebhookItem, node, iter.cur);
+		char	   *sql = psprintf("SELECT envoisms.webhook_release(%s, " INT64_FORMAT ")",
+								   quote_literal_cstr(item->account_id), item->delivery_id);
+
+		SPI_execute(sql, false, 0);
+	}
+}
+
+static void
+reclaim_txn(void *arg)
+{
+	char	   *sql = psprintf("SELECT envoisms.webhook_reclaim(%s, make_interval(secs => %d))",
+							   quote_literal_cstr(timestamptz_to_str(WorkersBootTime())), webhook_lease_s);
+
+	SPI_execute(sql, false, 1);
+}
+
+static void
+shutdown_webhooks(void)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), worker_shutdown_grace_ms);
+	int			released = in_flight_count;
+
+	while (in_flight_count > 0 && GetCurrentTimestamp() < deadline)
+	{
+		long		timeout = WorkerMsUntil(deadline);
+		long		t = HttpPoolTimeout(pool);
+
+		if (t >= 0 && t < timeout)
+			timeout = t;
+		WorkerWait(timeout);
+		finish_transfers();
+	}
+	flush_outcomes();
+	released = in_flight_count;
+	if (in_flight_count > 0)
+		WorkerRunTransaction("releasing webhook leases", release_txn, NULL);
+	ereport(LOG, (errmsg("%s: stopping; %d unfinished leases released", MyWorkerSlot->name, released)));
+}
+
+void
+envoisms_webhooks_main(Datum main_arg)
+{
+	int			index = DatumGetInt32(main_arg);
+	char		name[64];
+	HASHCTL		info;
+	bool		claim_wanted = true;
+	TimestampTz next_claim_at = 0;
+	TimestampTz last_claim_at = 0;
+
+	snprintf(name, sizeof(name), "envoisms webhooks %d", index);
+	WorkerAttach(WORKER_WEBHOOKS, index, name);
+	WorkerAwaitExtension();
+
+	items_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms webhook items", ALLOCSET_DEFAULT_SIZES);
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms webhook pass", ALLOCSET_DEFAULT_SIZES);
+	memset(&info, 0, sizeof(info));
+	info.keysize = ENDPOINT_KEY_LEN;
+	info.entrysize = sizeof(EndpointCount);
+	endpoints = hash_create("envoisms webhook endpoints", 256, &info, HASH_ELEM | HASH_STRINGS);
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		initStringInfo(&outcomes);
+		MemoryContextSwitchTo(old);
+	}
+	pool = HttpPoolCreate(0, 1024);
+	WorkerWatchSocket(HttpPoolSocket(pool));
+	WorkerRunTransaction("releasing webhook leases of the previous run", reclaim_txn, NULL);
+
+	while (!WorkerStopping())
+	{
+		TimestampTz now;
+		int			room;
+		long		timeout;
+
+		MemoryContextSwitchTo(pass_cxt);
+		/* a finished transfer frees a slot of an endpoint that was at its cap */
+		if (finish_transfers() > 0 && next_claim_at != 0)
+			claim_wanted = true;
+		now = GetCurrentTimestamp();
+		if (next_claim_at != 0 && now >= next_claim_at)
+			claim_wanted = true;
+		if (TimestampDifferenceExceeds(last_claim_at, now, dispatch_poll_ms))
+			claim_wanted = true;
+		room = webhook_max_in_flight - in_flight_count;
+		if (claim_wanted && room > 0)
+		{
+			ClaimResult res;
+
+			memset(&res, 0, sizeof(res));
+			res.wanted = Min(webhook_batch_size, room);
+			res.busy = busy_json();
+			last_claim_at = now;
+			if (WorkerRunTransaction("claiming webhook deliveries", claim_txn, &res))
+			{
+				ListCell   *lc;
+
+				pg_atomic_fetch_add_u64(&MyWorkerSlot->claimed, res.got);
+				claim_wanted = res.got == res.wanted;
+				next_claim_at = 0;
+				if (!claim_wanted && res.next_due != 0)
+					next_claim_at = Max(res.next_due, TimestampTzPlusMilliseconds(now, 50));
+				foreach(lc, res.items)
+					start_item((WebhookItem *) lfirst(lc));
+				pg_atomic_write_u32(&MyWorkerSlot->in_flight, (uint32) in_flight_count);
+				HttpPoolPerform(pool);
+			}
+			else
+			{
+				claim_wanted = false;
+				next_claim_at = TimestampTzPlusMilliseconds(now, 1000);
+			}
+		}
+		finish_transfers();
+		flush_outcomes();
+		MemoryContextReset(pass_cxt);
+
+		if (claim_wanted && webhook_max_in_flight - in_flight_count > 0)
+			timeout = 0;
+		else
+		{
+			long		t;
+
+			timeout = dispatch_poll_ms;
+			t = HttpPoolTimeout(pool);
+			if (t >= 0 && t < timeout)
+				timeout = t;
+			t = WorkerMsUntil(next_claim_at);
+			if (t >= 0 && t < timeout)
+				timeout = t;
+		}
+		if (WorkerWait(timeout) & WORKER_WOKE_LATCH)
+			claim_wanted = true;
+	}
+	MemoryContextSwitchTo(pass_cxt);
+	shutdown_webhooks();
+	proc_exit(1);
+}
