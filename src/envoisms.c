@@ -21,7 +21,6 @@ _PG_init(void)
 
 	RateLimitInit();
 	WorkersInit();
-	SmppInit();
 
 	MarkGUCPrefixReserved("envoisms");
 }
