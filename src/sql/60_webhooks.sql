@@ -96,7 +96,7 @@ DECLARE
 BEGIN
     url := envoisms.check_webhook_url(url);
     events := envoisms.check_webhook_events(events);
-    IF secret IS NOT NULL AND (secret !~ '^[\x21-\x7e]{16,256}$') THEN
+    IF secret IS NOT NULL AND (secret !~ '^[\x21-\x7e]+$' OR length(secret) NOT BETWEEN 16 AND 256) THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR',
             'secret must be 16 to 256 printable characters without spaces', 'secret');
     END IF;
