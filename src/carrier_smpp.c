@@ -408,6 +408,18 @@ SmppReadHeader(const uint8_t *buf, SmppHeader *h)
 	h->sequence = ntohl(v[3]);
 }
 
+void
+SmppStatusName(uint32_t status, char *buf, int size)
+{
+	char		name[SMALL_BUFF];
+
+	str_command_status(status, name);
+	if (name[0])
+		snprintf(buf, size, "%s", name);
+	else
+		snprintf(buf, size, "SMPP_0x%08X", status);
+}
+
 /* Pack any libsmpp34 PDU structure; returns its length or -1 and *error. */
 static int
 pack_pdu(uint8_t *buf, int size, void *pdu, const char **error)

@@ -100,6 +100,9 @@ typedef struct SmppSegment
 	uint8_t		esm_class;
 } SmppSegment;
 
+/* The SMPP name of a command_status ("ESME_RTHROTTLED"), else "SMPP_0x…". */
+extern void SmppStatusName(uint32_t status, char *buf, int size);
+
 /* ---- framing and PDUs (all return the PDU length, or -1 and *error) */
 extern void SmppReadHeader(const uint8_t *buf, SmppHeader *header);
 extern int	SmppBuildBindTransceiver(uint8_t *buf, int size, uint32_t sequence,

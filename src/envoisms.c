@@ -21,6 +21,7 @@ _PG_init(void)
 
 	RateLimitInit();
 	WorkersInit();
+	SmppInit();
 
 	MarkGUCPrefixReserved("envoisms");
 }

@@ -23,5 +23,6 @@ extern void EnvoismsRequirePreload(const char *feature);
 /* Module initialisers, each defining its own GUCs and shared memory. */
 extern void RateLimitInit(void);
 extern void WorkersInit(void);
+extern void SmppInit(void);
 
 #endif							/* ENVOISMS_H */

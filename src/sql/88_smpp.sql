@@ -162,11 +162,12 @@ BEGIN
         RAISE EXCEPTION 'smpp_sent needs the SMSC message ids' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF n = 1 THEN
-        PERFORM envoisms.dispatch_sent(account_id, message_id, carrier_id, smsc_ids[1]);
+        PERFORM envoisms.dispatch_sent(account_id, message_id, carrier_id, nullif(smsc_ids[1], ''));
         RETURN;
     END IF;
     INSERT INTO envoisms.smpp_parts (account_id, message_id, part, parts, carrier_id, smsc_message_id)
-    SELECT smpp_sent.account_id, smpp_sent.message_id, i, n, smpp_sent.carrier_id, smsc_ids[i]
+    SELECT smpp_sent.account_id, smpp_sent.message_id, i, n, smpp_sent.carrier_id,
+           coalesce(nullif(smsc_ids[i], ''), smpp_sent.message_id || '#' || i)   -- an SMSC that gave no id
       FROM generate_series(1, n) i
     ON CONFLICT DO NOTHING;
     -- Receipts of any part that beat us here: take them out of pending_dlrs
@@ -193,34 +194,68 @@ CREATE FUNCTION envoisms.smpp_receipt(carrier_id text, smsc_message_id text, sta
 RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
-    status text := envoisms.smpp_receipt_status(stat);
+    mapped text := envoisms.smpp_receipt_status(stat);
     part record;
     code text := CASE WHEN stat IS NULL THEN NULL ELSE 'SMPP_' || upper(stat) END;
     detail text := CASE WHEN coalesce(err, '') IN ('', '000', '0') THEN NULL ELSE 'SMSC error ' || err END;
 BEGIN
-    IF status IS NULL THEN
+    IF mapped IS NULL THEN
         RAISE EXCEPTION 'unknown delivery receipt stat "%"', stat USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF status = 'delivered' THEN
+    IF mapped = 'delivered' THEN
         code := NULL;
     END IF;
     SELECT p.account_id, p.message_id INTO part
       FROM envoisms.smpp_parts p
      WHERE p.carrier_id = smpp_receipt.carrier_id AND p.smsc_message_id = smpp_receipt.smsc_message_id;
     IF NOT FOUND THEN
-        PERFORM envoisms.dlr_apply(carrier_id, smsc_message_id, status, code, detail);
-        RETURN status;
+        PERFORM envoisms.dlr_apply(carrier_id, smsc_message_id, mapped, code, detail);
+        RETURN mapped;
     END IF;
-    IF status = 'sent' THEN
-        RETURN status;
+    IF mapped = 'sent' THEN
+        RETURN mapped;
     END IF;
-    UPDATE envoisms.smpp_parts p SET status = smpp_receipt.status, error_code = code, updated_at = now()
+    UPDATE envoisms.smpp_parts p SET status = mapped, error_code = code, updated_at = now()
      WHERE p.carrier_id = smpp_receipt.carrier_id AND p.smsc_message_id = smpp_receipt.smsc_message_id;
     RETURN envoisms.smpp_parts_settle(part.account_id, part.message_id);
 END
 $$;
 
+-- ---- the workers
+
+-- Release the leases of this carrier's queued messages: called by a bind
+-- when it starts, since only the (single) bind of a carrier claims its
+-- messages, any lease still running belongs to a bind that died.
+CREATE FUNCTION envoisms.smpp_release_leases(carrier_id text) RETURNS int
+LANGUAGE sql SET search_path = pg_catalog AS $$
+    WITH r AS (
+        UPDATE envoisms.messages m SET locked_until = NULL, updated_at = now()
+         WHERE m.status = 'queued' AND m.carrier_id = smpp_release_leases.carrier_id
+           AND m.locked_until > now()
+        RETURNING 1)
+    SELECT count(*)::int FROM r
+$$;
+
+CREATE FUNCTION envoisms.smpp_binds()
+RETURNS TABLE(carrier_id text, pid int, state text, since timestamptz, submitted bigint, accepted bigint,
+              rejected bigint, throttled bigint, timeouts bigint, receipts bigint, inbound bigint,
+              in_flight int, reconnects bigint, last_error text)
+AS 'MODULE_PATHNAME', 'smpp_binds'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION envoisms.smpp_binds() IS
+'One row per running SMPP bind worker: its state (connecting, binding, bound, throttled, backoff, unbinding) and counters since it started';
+
+-- Wake the SMPP supervisor when the transaction commits, so a new, changed,
+-- disabled or deleted smpp carrier starts or stops its bind at once.
+CREATE FUNCTION envoisms.smpp_carriers_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'smpp_carriers_changed'
+LANGUAGE C;
+CREATE TRIGGER smpp_carriers_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.carriers
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.smpp_carriers_changed();
+
 REVOKE ALL ON FUNCTION envoisms.smpp_sent(text, text, text, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.smpp_receipt(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.smpp_parts_settle(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.smpp_carrier_settings(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.smpp_release_leases(text) FROM PUBLIC;
