@@ -5,20 +5,9 @@ EXTENSION   = envoisms
 EXTVERSION  = 0.1.0
 
 MODULE_big  = envoisms
-# One concern per file; see DESIGN.md for the layers.
-OBJS = \
-	src/envoisms.o \
-	src/segments.o \
-	src/phone.o \
-	src/phone_lib.o \
-	src/crypto.o \
-	src/ids.o \
-	src/ratelimit.o \
-	src/api.o \
-	$(WORKER_OBJS)
-
-# Background workers (issue 6/7) add their objects here.
-WORKER_OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/worker_*.c src/carrier_*.c)))
+# One concern per file (see DESIGN.md for the layers): every src/*.c, plus
+# the C++ wrapper around libphonenumber.
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c))) src/phone_lib.o
 
 # SQL parts are concatenated in name order (NN_area.sql) into the install script.
 SQL_PARTS   = $(sort $(wildcard src/sql/*.sql))

@@ -88,13 +88,15 @@ ratelimit_shmem_startup(void)
 void
 RateLimitInit(void)
 {
+	/* A PGC_POSTMASTER setting can only be defined while preloading. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
 	DefineCustomIntVariable("envoisms.ratelimit_max_keys",
 							"Number of API keys whose request rate is tracked in shared memory.",
 							NULL, &ratelimit_max_keys, 10000, 100, 10000000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
-	if (!process_shared_preload_libraries_in_progress)
-		return;
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = ratelimit_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
