@@ -86,7 +86,7 @@ build_body(DispatchItem *item, StringInfo b)
 		JsonAppendString(b, code);
 		appendStringInfoString(b, "}]},{\"type\":\"button\",\"sub_type\":\"url\",\"index\":\"0\",\"parameters\":[{\"type\":\"text\",\"text\":");
 		JsonAppendString(b, code);
-		appendStringInfoString(b, "}]}]}}");
+		appendStringInfoString(b, "}]}]}");
 	}
 	else if (nbuttons == 1 && strcmp(JsonGetPath(buttons, blen, "0.type"), "url") == 0)
 	{

@@ -6,7 +6,7 @@
 //   --kind whatsapp  the WhatsApp Cloud API: POST /<version>/<phone id>/messages
 //                    with Bearer --token; replies {"messages":[{"id":"wamid.<n>"}]}.
 // Behaviour, by recipient:
-//   numbers ending in 99 → 400 rejection (http: {"error":{"code":"INVALID_NUMBER"}},
+//   numbers ending in --reject-suffix (default 99) → 400 rejection (http: {"error":{"code":"INVALID_NUMBER"}},
 //                          whatsapp: Meta error 131026, undeliverable)
 //   --fail-first N       → the first N requests for each message answer
 //                          --fail-status (default 503) before success
@@ -28,6 +28,7 @@ const failFirst = parseInt(args['fail-first'] || '0', 10);
 const failStatus = parseInt(args['fail-status'] || '503', 10);
 const delay = parseInt(args.delay || '0', 10);
 const dlrDelay = parseInt(args['dlr-delay'] || '50', 10);
+const rejectSuffix = args['reject-suffix'] || '99';
 const log = args.log ? fs.openSync(args.log, 'a') : null;
 const seen = new Map();
 let n = 0;
@@ -64,7 +65,7 @@ const server = http.createServer((req, res) => {
     if (kind === 'whatsapp' && req.headers.authorization !== 'Bearer ' + (args.token || 'wa-token')) {
       status = 401;
       reply = { error: { code: 190, message: 'Invalid OAuth access token' } };
-    } else if (to.endsWith('99')) {
+    } else if (to.endsWith(rejectSuffix)) {
       status = 400;
       reply = kind === 'whatsapp'
         ? { error: { code: 131026, message: 'Message undeliverable' } }
