@@ -23,6 +23,7 @@
 #   throttle N        answer the next N submit_sm with ESME_RTHROTTLED (0x58)
 #   status CODE N     answer the next N submit_sm with CODE (decimal or 0x..)
 #   noresp N          swallow the next N submit_sm (no answer at all)
+#   nack CODE N       answer the next N submit_sm with generic_nack CODE
 #   receipts MODE     change the receipt mode; stat WORD the receipt stat
 #   mo FROM TO DC ESM HEX   send a deliver_sm (data_coding DC, esm_class ESM,
 #                     short_message HEX) to every bound session
@@ -80,7 +81,7 @@ $sel->add($control) if $control;
 my %sessions;    # fileno => { conn, buf, bound }
 my %controls;    # fileno => { sock, buf }
 my %count = map { $_ => 0 } qw(submits accepted throttled binds unbinds enquires deliver_resps);
-my ($throttle, $noresp, $status_n, $status_code) = (0, 0, 0, 0);
+my ($throttle, $noresp, $status_n, $status_code, $nack_n, $nack_code) = (0, 0, 0, 0, 0, 0);
 my $next_id = 0;
 my @scheduled;    # [time, conn, sub]
 my $json = JSON::PP->new->canonical;
@@ -153,6 +154,12 @@ sub submit
         $throttle--;
         $count{throttled}++;
         $conn->submit_sm_resp(seq => $pdu->{seq}, status => 0x58, message_id => '');
+        return;
+    }
+    if ($nack_n > 0)
+    {
+        $nack_n--;
+        $conn->generic_nack(seq => $pdu->{seq}, status => $nack_code);
         return;
     }
     if ($status_n > 0)
@@ -278,6 +285,7 @@ sub control_command
     if ($c eq 'throttle') { $throttle = $w[0] // 1; return 'ok' }
     if ($c eq 'noresp') { $noresp = $w[0] // 1; return 'ok' }
     if ($c eq 'status') { $status_code = $w[0] =~ /^0x/i ? hex($w[0]) : $w[0]; $status_n = $w[1] // 1; return 'ok' }
+    if ($c eq 'nack') { $nack_code = $w[0] =~ /^0x/i ? hex($w[0]) : $w[0]; $nack_n = $w[1] // 1; return 'ok' }
     if ($c eq 'receipts') { $opt{receipts} = $w[0]; return 'ok' }
     if ($c eq 'stat') { $stat = $w[0]; return 'ok' }
     if ($c eq 'counts') { return join(' ', map { "$_=$count{$_}" } sort keys %count) }
