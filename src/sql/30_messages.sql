@@ -76,15 +76,24 @@ BEGIN
 END
 $$;
 
--- Unit prices (MAD, EUR) of a channel for an account: its own row, else the default.
+-- Unit prices (MAD, EUR) of a channel for an account: its own row, else the
+-- default. PL/pgSQL rather than SQL so its plan is cached (hot path).
 CREATE FUNCTION envoisms.channel_prices(account_id text, channel text, OUT mad numeric, OUT eur numeric)
-LANGUAGE sql STABLE AS $$
-    SELECT (SELECT p.unit_price FROM envoisms.prices p
-             WHERE p.account_id IN (channel_prices.account_id, '*') AND p.channel = channel_prices.channel
-               AND p.currency = 'MAD' ORDER BY p.account_id = '*' LIMIT 1),
-           (SELECT p.unit_price FROM envoisms.prices p
-             WHERE p.account_id IN (channel_prices.account_id, '*') AND p.channel = channel_prices.channel
-               AND p.currency = 'EUR' ORDER BY p.account_id = '*' LIMIT 1)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    SELECT p.unit_price INTO mad FROM envoisms.prices p
+     WHERE p.account_id = channel_prices.account_id AND p.channel = channel_prices.channel AND p.currency = 'MAD';
+    IF NOT FOUND THEN
+        SELECT p.unit_price INTO mad FROM envoisms.prices p
+         WHERE p.account_id = '*' AND p.channel = channel_prices.channel AND p.currency = 'MAD';
+    END IF;
+    SELECT p.unit_price INTO eur FROM envoisms.prices p
+     WHERE p.account_id = channel_prices.account_id AND p.channel = channel_prices.channel AND p.currency = 'EUR';
+    IF NOT FOUND THEN
+        SELECT p.unit_price INTO eur FROM envoisms.prices p
+         WHERE p.account_id = '*' AND p.channel = channel_prices.channel AND p.currency = 'EUR';
+    END IF;
+END
 $$;
 
 -- Check the account may send on `channel` (active, channel enabled).
