@@ -346,7 +346,7 @@ LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'id', m.message_id, 'account_id', m.account_id, 'api_key_id', m.api_key_id,
         'campaign_id', m.campaign_id, 'batch_id', m.batch_id, 'direction', m.direction,
-        'to', m.to_number, 'from', m.from_number, 'channel', m.channel, 'cascade', m.cascade,
+        'to', m.to_number, 'channel', m.channel, 'cascade', m.cascade,
         'body', m.body, 'sender_id', m.sender_id,
         'unicode', CASE WHEN m.encoding = 'ucs2' THEN 1 ELSE 0 END, 'segments', m.segments,
         'status', m.status, 'cost_eur', envoisms.money(m.cost_eur), 'cost_mad', envoisms.money(m.cost_mad),
@@ -361,6 +361,7 @@ LANGUAGE sql STABLE AS $$
                        FROM envoisms.message_events e
                       WHERE e.account_id = m.account_id AND e.message_id = m.message_id), '[]'))
        ELSE '{}' END
+    || CASE WHEN m.direction = 'inbound' THEN jsonb_build_object('from', m.from_number) ELSE '{}' END
 $$;
 
 -- One message of an account, or NOT_FOUND (another account's id is not found either).
