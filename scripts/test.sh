@@ -20,5 +20,5 @@ else
     trap 'as_root rm -rf "$workdir"' EXIT
 fi
 
-as_server_user env ${ENVOISMS_TEST_ONLY:+ENVOISMS_TEST_ONLY="$ENVOISMS_TEST_ONLY"} \
+as_server_user env ${ENVOISMS_TEST_ONLY:+ENVOISMS_TEST_ONLY="$ENVOISMS_TEST_ONLY"} ${ENVOISMS_TAP:+ENVOISMS_TAP="$ENVOISMS_TAP"} \
     bash "$workdir/scripts/test-suites.sh"
