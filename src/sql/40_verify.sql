@@ -16,9 +16,11 @@
 --     number block (E.164 without its last 4 digits: 10,000 numbers) per day,
 --     to blunt SMS pumping. Both caps are per account in verify_limits.
 --
--- Locking: verify_check locks the session row (FOR UPDATE), so concurrent
--- checks of one session run one after the other: exactly one right code
--- verifies, and wrong attempts can never pass the cap. verify_send takes a
+-- Locking: verify_check changes the session with conditional UPDATEs (right
+-- code: sent → verified; wrong code: attempts + 1) whose conditions are
+-- re-checked on the latest row version when another check holds it, so
+-- concurrent checks of one session serialise on the row: exactly one right
+-- code verifies, and wrong attempts can never pass the cap. verify_send takes a
 -- transaction advisory lock on (account, number block) while it counts and
 -- inserts, so concurrent sends cannot overshoot either cap.
 --
@@ -56,29 +58,42 @@ CREATE TABLE envoisms.verify_sessions (
     code_hmac    text NOT NULL CHECK (code_hmac ~ '^[0-9a-f]{64}$'),
     status       text NOT NULL DEFAULT 'sent' CHECK (status IN ('sent', 'verified', 'failed')),
     attempts     int  NOT NULL DEFAULT 0 CHECK (attempts BETWEEN 0 AND 10),
+    max_attempts int  NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 10),   -- the account's limit at send time
     sandbox      boolean NOT NULL DEFAULT false,
     expires_at   timestamptz NOT NULL,
     verified_at  timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (account_id, session_id),
-    CHECK ((status = 'verified') = (verified_at IS NOT NULL))
-);
+    CHECK ((status = 'verified') = (verified_at IS NOT NULL)),
+    CHECK (attempts <= max_attempts)
+) WITH (fillfactor = 80);   -- room for HOT updates: every session is updated by its check
 CREATE INDEX verify_sessions_block ON envoisms.verify_sessions (account_id, number_block, created_at);
 SELECT pg_catalog.pg_extension_config_dump('envoisms.verify_sessions', '');
 
 -- HMAC of a code for a session, keyed by the per-install secret (the only
 -- reader of verify_secret).
+-- (PL/pgSQL rather than SQL: the plan of the secret's lookup is cached per session.)
 CREATE FUNCTION envoisms.verify_code_hmac(session_id text, code text) RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
-    SELECT envoisms.hmac_sha256_hex(s.secret, session_id || ':' || code) FROM envoisms.verify_secret s
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+    key text;
+BEGIN
+    SELECT s.secret INTO key FROM envoisms.verify_secret s;
+    RETURN envoisms.hmac_sha256_hex(key, session_id || ':' || code);
+END
 $$;
 
--- The limits that apply to an account.
+-- The limits that apply to an account (PL/pgSQL: its plan is cached).
 CREATE FUNCTION envoisms.verify_account_limits(account_id text) RETURNS envoisms.verify_limits
-LANGUAGE sql STABLE AS $$
-    SELECT l.* FROM envoisms.verify_limits l
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    lim envoisms.verify_limits;
+BEGIN
+    SELECT l.* INTO lim FROM envoisms.verify_limits l
      WHERE l.account_id IN (verify_account_limits.account_id, '*')
-     ORDER BY l.account_id = '*' LIMIT 1
+     ORDER BY l.account_id = '*' LIMIT 1;
+    RETURN lim;
+END
 $$;
 
 -- The contract's GET /v1/verify/:id shape (status: sent, verified, expired, failed).
@@ -169,9 +184,9 @@ BEGIN
                                  api_key_id, sandbox, NULL, true);
     expires := created + make_interval(secs => expiry);
     INSERT INTO envoisms.verify_sessions (account_id, session_id, api_key_id, to_number, number_block, channel,
-                                          message_id, code_hmac, sandbox, expires_at, created_at)
+                                          message_id, code_hmac, max_attempts, sandbox, expires_at, created_at)
     VALUES (account_id, id, api_key_id, e164, block, channel, msg->>'id',
-            envoisms.verify_code_hmac(id, code), sandbox, expires, created);
+            envoisms.verify_code_hmac(id, code), lim.max_check_attempts, sandbox, expires, created);
     RETURN jsonb_build_object('session_id', id, 'message_id', msg->>'id', 'to', e164, 'channel', channel,
                               'expires_at', envoisms.iso_time(expires), 'status', 'sent');
 END
@@ -186,7 +201,6 @@ RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     s envoisms.verify_sessions;
-    lim envoisms.verify_limits;
     given text;
     failed jsonb;
 BEGIN
@@ -199,33 +213,40 @@ BEGIN
     failed := jsonb_build_object('session_id', session_id, 'verified', false, 'verified_at', NULL);
     -- the HMAC is computed whatever happens next, so timing does not tell an unknown session
     given := envoisms.verify_code_hmac(session_id, btrim(code));
-    SELECT * INTO s FROM envoisms.verify_sessions x
+
+    -- the right code on a live session: verified (at most once: the condition
+    -- is re-checked on the newest row version if another check got there first)
+    UPDATE envoisms.verify_sessions x SET status = 'verified', verified_at = now()
      WHERE x.account_id = verify_check.account_id AND x.session_id = verify_check.session_id
-       FOR UPDATE;
+       AND x.status = 'sent' AND x.attempts < x.max_attempts AND x.expires_at > now()
+       AND envoisms.secure_equals(given, x.code_hmac)
+    RETURNING * INTO s;
+    IF FOUND THEN
+        PERFORM envoisms.webhook_enqueue(s.account_id, 'verify.success', envoisms.verify_json(s));
+        RETURN jsonb_build_object('session_id', s.session_id, 'verified', true,
+                                  'verified_at', envoisms.iso_time(s.verified_at));
+    END IF;
+    -- a wrong code on a live session: one more attempt, the last one kills it
+    UPDATE envoisms.verify_sessions x
+       SET attempts = x.attempts + 1,
+           status = CASE WHEN x.attempts + 1 >= x.max_attempts THEN 'failed' ELSE x.status END
+     WHERE x.account_id = verify_check.account_id AND x.session_id = verify_check.session_id
+       AND x.status = 'sent' AND x.attempts < x.max_attempts AND x.expires_at > now()
+       AND NOT envoisms.secure_equals(given, x.code_hmac);
+    IF FOUND THEN
+        RETURN failed;
+    END IF;
+    -- not live: say why where the contract needs it
+    SELECT * INTO s FROM envoisms.verify_sessions x
+     WHERE x.account_id = verify_check.account_id AND x.session_id = verify_check.session_id;
     IF NOT FOUND OR s.status = 'verified' THEN
         RETURN failed;
-    END IF;
-    lim := envoisms.verify_account_limits(account_id);
-    IF s.status = 'failed' OR s.attempts >= lim.max_check_attempts THEN
+    ELSIF s.status = 'failed' OR s.attempts >= s.max_attempts THEN
         PERFORM envoisms.raise_error('TOO_MANY_ATTEMPTS',
-            format('too many wrong codes for this session (%s); send a new code', lim.max_check_attempts), 'code');
+            format('too many wrong codes for this session (%s); send a new code', s.max_attempts), 'code');
     END IF;
-    IF s.expires_at <= now() THEN
-        PERFORM envoisms.raise_error('EXPIRED', 'the verification session expired; send a new code', 'session_id');
-    END IF;
-    IF NOT envoisms.secure_equals(given, s.code_hmac) THEN
-        UPDATE envoisms.verify_sessions x
-           SET attempts = x.attempts + 1,
-               status = CASE WHEN x.attempts + 1 >= lim.max_check_attempts THEN 'failed' ELSE x.status END
-         WHERE x.account_id = s.account_id AND x.session_id = s.session_id;
-        RETURN failed;
-    END IF;
-    UPDATE envoisms.verify_sessions x SET status = 'verified', verified_at = now()
-     WHERE x.account_id = s.account_id AND x.session_id = s.session_id
-    RETURNING * INTO s;
-    PERFORM envoisms.webhook_enqueue(s.account_id, 'verify.success', envoisms.verify_json(s));
-    RETURN jsonb_build_object('session_id', s.session_id, 'verified', true,
-                              'verified_at', envoisms.iso_time(s.verified_at));
+    PERFORM envoisms.raise_error('EXPIRED', 'the verification session expired; send a new code', 'session_id');
+    RETURN failed;      -- not reached
 END
 $$;
 

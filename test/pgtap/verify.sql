@@ -44,7 +44,7 @@ SELECT matches((SELECT secret FROM envoisms.verify_secret), '^[0-9a-f]{64}$', 't
 SELECT ok((SELECT prosrc LIKE '%envoisms.random_digits(code_length)%' FROM pg_proc
             WHERE oid = 'envoisms.verify_send(text,text,text,text,int,int,text,text,text,boolean)'::regprocedure),
           'codes come from envoisms.random_digits (CSPRNG)');
-SELECT ok((SELECT prosrc LIKE '%envoisms.secure_equals(given, s.code_hmac)%' FROM pg_proc
+SELECT ok((SELECT prosrc LIKE '%envoisms.secure_equals(given, x.code_hmac)%' FROM pg_proc
             WHERE oid = 'envoisms.verify_check(text,text,text)'::regprocedure),
           'check compares HMACs with secure_equals (constant time)');
 -- uniform digits: chi-square over 20,000 digits, 9 degrees of freedom, p = 0.001 → 27.88
