@@ -19,7 +19,7 @@ build_and_install
 
 as_root install -d -o "$ENVOISMS_USER" -g "$(id -gn "$ENVOISMS_USER")" -m 0755 "$STATE" "$SOCK" "$STATE/log"
 
-if [ ! -f "$DATA/PG_VERSION" ]; then
+if ! as_server_user test -f "$DATA/PG_VERSION"; then
     say "creating the cluster in $DATA"
     as_server_user initdb -D "$DATA" -E UTF8 --locale=C.UTF-8 \
         --auth-local=peer --auth-host=scram-sha-256 >/dev/null
