@@ -1,0 +1,15 @@
+-- 95_grants.sql — who may do what. Last of the install script, so it covers
+-- every object the areas above created.
+--
+-- Nothing is open to PUBLIC: the tables hold money and keys. The operator
+-- grants what is meant, for example to the role the gateway connects as:
+--     GRANT USAGE ON SCHEMA envoisms TO gateway;
+--     GRANT EXECUTE ON FUNCTION envoisms.api(text, text, text, jsonb, text, inet) TO gateway;
+-- envoisms.api is SECURITY DEFINER (with a fixed search_path), so that one
+-- grant is all an HTTP front needs. Applications that send in their own
+-- transactions are granted the domain functions and tables they use.
+
+REVOKE ALL ON ALL TABLES IN SCHEMA envoisms FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA envoisms FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA envoisms FROM PUBLIC;
+REVOKE ALL ON SCHEMA envoisms FROM PUBLIC;
