@@ -53,9 +53,11 @@ CREATE FUNCTION envoisms.iso_time(ts timestamptz) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
 
--- Money as a JSON number without trailing zeros (0.31, not 0.3100).
+-- Money as a JSON number without trailing zeros (0.31, not 0.3100). STABLE
+-- like to_jsonb, so the planner inlines it (an IMMUTABLE wrapper around a
+-- STABLE call would be called, and re-planned, on every use).
 CREATE FUNCTION envoisms.money(amount numeric) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN to_jsonb(trim_scale(amount));
 
 -- Parse an ISO 8601 time given by a user, or raise VALIDATION_ERROR naming the field.
