@@ -30,6 +30,7 @@ typedef struct Tracked
 	double		epoch;
 	bool		busy;
 	bool		dropped;
+	bool		served;			/* has finished at least one request */
 } Tracked;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -97,7 +98,10 @@ ConnTrackBusy(struct MHD_Connection *connection, bool busy)
 	pthread_mutex_lock(&lock);
 	t->busy = busy;
 	if (!busy)
+	{
 		t->epoch = NowSeconds();
+		t->served = true;
+	}
 	pthread_mutex_unlock(&lock);
 }
 
@@ -108,6 +112,19 @@ ConnTrackOpen(void)
 
 	pthread_mutex_lock(&lock);
 	n = open_count;
+	pthread_mutex_unlock(&lock);
+	return n;
+}
+
+int
+ConnTrackPending(void)
+{
+	int			n = 0;
+
+	pthread_mutex_lock(&lock);
+	for (Tracked *t = head; t; t = t->next)
+		if (!t->served && !t->dropped)
+			n++;
 	pthread_mutex_unlock(&lock);
 	return n;
 }

@@ -118,6 +118,8 @@ extern void ConnTrackBusy(struct MHD_Connection *connection, bool busy);
 extern bool ConnTrackStart(void);
 extern void ConnTrackStop(void);
 extern int	ConnTrackOpen(void);
+/* Connections accepted that have not finished a first request. */
+extern int	ConnTrackPending(void);
 
 /* ---- http.c */
 

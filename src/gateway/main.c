@@ -4,9 +4,10 @@
  * threads, each with its own epoll loop) and wait for SIGTERM or SIGINT.
  *
  * Shutdown: the listening socket is closed at once (MHD_quiesce_daemon), so
- * new connections are refused; requests already received are answered
- * (responses then carry "Connection: close"); after they are done, or after
- * a grace period, the daemon stops, the pool closes and the process exits 0.
+ * new connections are refused; requests already received, and first
+ * requests of connections already accepted, are answered (responses then
+ * carry "Connection: close"); after they are done, or after a grace period,
+ * the daemon stops, the pool closes and the process exits 0.
  *
  * Signals are blocked in every thread and taken synchronously here with
  * sigwait(), so no handler runs inside libpq or libmicrohttpd.
@@ -133,9 +134,22 @@ main(int argc, char **argv)
 	listen_fd = MHD_quiesce_daemon(daemon);
 	if (listen_fd != MHD_INVALID_SOCKET)
 		close(listen_fd);
+	/*
+	 * Done when no request is in flight and no accepted connection still
+	 * owes its first request (its bytes may sit unread behind a worker
+	 * busy with another request); both must hold for a moment, since a
+	 * worker picks up such a request only after finishing the one before.
+	 * Connections that never send are dropped by conntrack after --timeout.
+	 */
 	deadline = NowSeconds() + SHUTDOWN_GRACE;
-	while (HttpInFlight() > 0 && NowSeconds() < deadline)
+	for (int quiet = 0; quiet < 5 && NowSeconds() < deadline;)
+	{
+		if (HttpInFlight() > 0 || ConnTrackPending() > 0)
+			quiet = 0;
+		else
+			quiet++;
 		usleep(10 * 1000);
+	}
 	if (HttpInFlight() > 0)
 		ErrorLog("%d requests still in flight after %.0f s; stopping anyway",
 				 HttpInFlight(), SHUTDOWN_GRACE);

@@ -175,7 +175,8 @@ Prepare(PGconn *conn, const char *name, const char *sql, int nparams)
 static bool
 EnsureConnected(PoolConn *pc)
 {
-	static const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
+	/* keywords before dbname are defaults that the user's conninfo overrides */
+	static const char *const keys[] = {"connect_timeout", "application_name", "dbname", NULL};
 	const char *values[] = {"5", "envoisms-gateway", pool_conninfo, NULL};
 	double		now;
 	bool		paused;
