@@ -9,12 +9,14 @@
 -- the extension require another one). Every branch of the search is an index
 -- scan, OR-ed by the planner (BitmapOr):
 --   * words of the name and the email: a GIN index on a 'simple' tsvector,
---     queried with prefix terms (q "kar benn" finds "Karim Bennani");
+--     queried with prefix terms (q "kar benn" finds "Karim Bennani"); a q
+--     that is a phone fragment is not searched among words;
 --   * the email's beginning: btree on lower(email) text_pattern_ops;
 --   * the phone's beginning (+212 6…, 06…, 2126…) and its last digits:
 --     the unique btree on (account_id, phone) (phone is COLLATE "C", so LIKE
 --     'prefix%' is a range scan) and a btree on reverse(phone).
--- Substrings in the middle of a word are not searched.
+-- Substrings in the middle of a word are not searched. The total of a listing
+-- is an exact count: without q, at 1M contacts, that count costs ~0.3 s.
 
 CREATE TABLE envoisms.contact_lists (
     account_id   text NOT NULL REFERENCES envoisms.accounts,
@@ -38,8 +40,11 @@ CREATE TABLE envoisms.contacts (
     PRIMARY KEY (account_id, contact_id),
     UNIQUE (account_id, phone)
 );
+-- fastupdate off: a pending list would be scanned linearly by every search
+-- until the next vacuum (imports add thousands of rows at once).
 CREATE INDEX contacts_words ON envoisms.contacts
-    USING gin (to_tsvector('simple'::regconfig, coalesce(name, '') || ' ' || coalesce(email, '')));
+    USING gin (to_tsvector('simple'::regconfig, coalesce(name, '') || ' ' || coalesce(email, '')))
+    WITH (fastupdate = off);
 CREATE INDEX contacts_email ON envoisms.contacts (account_id, lower(email) text_pattern_ops);
 CREATE INDEX contacts_phone_reversed ON envoisms.contacts (account_id, reverse(phone) text_pattern_ops);
 
@@ -264,6 +269,26 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
       FROM (SELECT regexp_replace(btrim(q), '[\s().-]', '', 'g') AS d) x
 $$;
 
+-- The contacts matching a search, as an inlinable SQL function: the caller's
+-- plan sees the arguments as constants (force_custom_plan), drops the arms
+-- that are NULL and OR-s the index scans of the others (BitmapOr).
+CREATE FUNCTION envoisms.contact_search(account_id text, list_id text, searching boolean, words tsquery,
+                                        phone_prefix text, digits text, email_prefix text)
+RETURNS SETOF envoisms.contacts
+LANGUAGE sql STABLE AS $$
+    SELECT c.* FROM envoisms.contacts c
+     WHERE c.account_id = contact_search.account_id
+       AND (contact_search.list_id IS NULL OR EXISTS (
+               SELECT 1 FROM envoisms.list_members m
+                WHERE m.account_id = c.account_id AND m.list_id = contact_search.list_id
+                  AND m.contact_id = c.contact_id))
+       AND (NOT searching
+            OR to_tsvector('simple'::regconfig, coalesce(c.name, '') || ' ' || coalesce(c.email, '')) @@ words
+            OR c.phone LIKE phone_prefix || '%'
+            OR reverse(c.phone) LIKE reverse(digits) || '%'
+            OR lower(c.email) LIKE replace(replace(replace(email_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
+$$;
+
 -- A page of the account's contacts, newest first: q searches name, email and
 -- phone (see the file's head); list_id keeps the members of one list.
 -- Plans are made for each call's values (force_custom_plan): a generic plan
@@ -292,8 +317,9 @@ BEGIN
     PERFORM envoisms.check_list(account_id, list_id);
     q := nullif(btrim(q), '');
     IF q IS NOT NULL THEN
-        words := envoisms.contact_words_query(q);
         phone_prefix := envoisms.contact_phone_prefix(q);
+        -- a phone fragment (digits, +, spaces) is not searched among words
+        words := CASE WHEN phone_prefix IS NULL THEN envoisms.contact_words_query(q) END;
         digits := CASE WHEN phone_prefix IS NOT NULL AND length(phone_prefix) >= 5 THEN ltrim(phone_prefix, '+') END;
         email_prefix := CASE WHEN strpos(q, '@') > 0 THEN lower(q) END;
         IF words IS NULL AND phone_prefix IS NULL AND email_prefix IS NULL THEN
@@ -301,22 +327,11 @@ BEGIN
         END IF;
     END IF;
 
-    WITH hits AS (
-        SELECT c.* FROM envoisms.contacts c
-         WHERE c.account_id = contact_list.account_id
-           AND (contact_list.list_id IS NULL OR EXISTS (
-                   SELECT 1 FROM envoisms.list_members m
-                    WHERE m.account_id = c.account_id AND m.list_id = contact_list.list_id
-                      AND m.contact_id = c.contact_id))
-           AND (q IS NULL
-                OR to_tsvector('simple'::regconfig, coalesce(c.name, '') || ' ' || coalesce(c.email, '')) @@ words
-                OR c.phone LIKE phone_prefix || '%'
-                OR reverse(c.phone) LIKE reverse(digits) || '%'
-                OR lower(c.email) LIKE replace(replace(replace(email_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%'))
-    SELECT (SELECT count(*) FROM hits),
-           (SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]')
-              FROM (SELECT * FROM hits h ORDER BY h.contact_id DESC LIMIT "limit" OFFSET "offset") p)
-      INTO n, rows;
+    SELECT count(*) INTO n
+      FROM envoisms.contact_search(account_id, list_id, q IS NOT NULL, words, phone_prefix, digits, email_prefix);
+    SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]') INTO rows
+      FROM (SELECT * FROM envoisms.contact_search(account_id, list_id, q IS NOT NULL, words, phone_prefix, digits, email_prefix) c
+             ORDER BY c.contact_id DESC LIMIT "limit" OFFSET "offset") p;
     RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
 END
 $$;
