@@ -54,9 +54,9 @@ extern int	scheduler_interval_ms;
 extern int	retention_days;
 extern int	retention_batch_size;
 
-/* The webhook retry schedule: delay in seconds before attempt i + 1. */
+/* The webhook retry schedule: delay in milliseconds before attempt i + 1. */
 extern int	webhook_schedule_len;
-extern int	webhook_schedule_s[32];
+extern int	webhook_schedule_ms[32];
 
 /* ---- shared memory slots */
 typedef enum WorkerKind

@@ -73,7 +73,7 @@ int			retention_batch_size = 1000;
 
 static char *webhook_retry_schedule = NULL;
 int			webhook_schedule_len = 0;
-int			webhook_schedule_s[32];
+int			webhook_schedule_ms[32];
 
 typedef struct WorkersShared
 {
@@ -97,7 +97,8 @@ static bool wake_callback_registered = false;
 static bool wake_dispatch_pending = false;
 static bool wake_webhooks_pending = false;
 
-/* "0,5,300" or "0, 5s, 5min, 2h": seconds before each attempt. */
+/* "0,5,300" or "0, 100ms, 5s, 5min, 2h, 1d": milliseconds before each attempt
+ * (a bare number is seconds). */
 static bool
 parse_schedule(const char *value, int *out, int *n)
 {
@@ -108,7 +109,7 @@ parse_schedule(const char *value, int *out, int *n)
 	{
 		char	   *end;
 		double		v;
-		double		unit = 1;
+		double		unit = 1000;
 
 		while (*p == ' ' || *p == ',')
 			p++;
@@ -118,17 +119,19 @@ parse_schedule(const char *value, int *out, int *n)
 		if (end == p || v < 0 || *n >= 32)
 			return false;
 		p = end;
-		if (strncmp(p, "min", 3) == 0)
-			unit = 60, p += 3;
+		if (strncmp(p, "ms", 2) == 0)
+			unit = 1, p += 2;
+		else if (strncmp(p, "min", 3) == 0)
+			unit = 60000, p += 3;
 		else if (*p == 's')
-			unit = 1, p++;
+			unit = 1000, p++;
 		else if (*p == 'h')
-			unit = 3600, p++;
+			unit = 3600000, p++;
 		else if (*p == 'd')
-			unit = 86400, p++;
+			unit = 86400000, p++;
 		if (*p && *p != ',' && *p != ' ')
 			return false;
-		if (v * unit > 30 * 86400)
+		if (v * unit > 30.0 * 86400000)
 			return false;
 		out[(*n)++] = (int) (v * unit);
 	}
@@ -152,7 +155,7 @@ check_webhook_retry_schedule(char **newval, void **extra, GucSource source)
 static void
 assign_webhook_retry_schedule(const char *newval, void *extra)
 {
-	if (newval && !parse_schedule(newval, webhook_schedule_s, &webhook_schedule_len))
+	if (newval && !parse_schedule(newval, webhook_schedule_ms, &webhook_schedule_len))
 		webhook_schedule_len = 0;
 }
 

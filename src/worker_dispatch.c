@@ -60,6 +60,7 @@ static dlist_head in_flight = DLIST_STATIC_INIT(in_flight);
 static int	in_flight_count = 0;
 static List *outcomes = NIL;	/* JSON texts in outcome_cxt */
 static TimestampTz sandbox_next_at = 0;
+static TimestampTz soonest_retry = 0;	/* earliest retry recorded since the last claim */
 
 /* claim results, built inside the claim transaction */
 typedef struct ClaimResult
@@ -127,6 +128,12 @@ DispatchOutcome(DispatchItem *item, DispatchOp op, const char *carrier_ref,
 			}
 			break;
 		case DISPATCH_RETRY:
+			{
+				TimestampTz at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(delay_ms, 0L));
+
+				if (soonest_retry == 0 || at < soonest_retry)
+					soonest_retry = at;
+			}
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->retried, 1);
 			WorkerNoteError("%s via %s: %s", item->message_id, item->carrier_id,
 							error_message ? error_message : "retry");
@@ -473,6 +480,10 @@ envoisms_dispatch_main(Datum main_arg)
 			}
 		}
 		flush_outcomes();
+		/* a retry recorded just now is due before anything the claim saw */
+		if (soonest_retry != 0 && (next_claim_at == 0 || soonest_retry < next_claim_at))
+			next_claim_at = soonest_retry;
+		soonest_retry = 0;
 
 		if (sandbox_next_at != 0 && GetCurrentTimestamp() >= sandbox_next_at)
 		{

@@ -72,6 +72,7 @@ static int	in_flight_count = 0;
 static HTAB *endpoints = NULL;
 static StringInfoData outcomes;
 static int	outcome_count = 0;
+static TimestampTz soonest_retry = 0;	/* earliest retry recorded since the last claim */
 
 typedef struct ClaimResult
 {
@@ -274,12 +275,9 @@ add_outcome(WebhookItem *item, long status, const char *error, long retry_ms)
 static long
 retry_delay(int attempts)
 {
-	double		s;
-
 	if (attempts >= webhook_schedule_len)
 		return -1;
-	s = webhook_schedule_s[attempts] * webhook_retry_scale;
-	return WorkerJitter((long) (s * 1000.0));
+	return WorkerJitter((long) (webhook_schedule_ms[attempts] * webhook_retry_scale));
 }
 
 static void
@@ -298,6 +296,13 @@ finish_item(WebhookItem *item, HttpTransfer *t)
 		if (t->result == CURLE_OK && t->http_status >= 300 && t->http_status < 400)
 			error = psprintf("HTTP %ld (redirects are not followed)", t->http_status);
 		add_outcome(item, t->result == CURLE_OK ? t->http_status : 0, error, delay);
+		if (delay >= 0)
+		{
+			TimestampTz at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
+
+			if (soonest_retry == 0 || at < soonest_retry)
+				soonest_retry = at;
+		}
 		WorkerNoteError("%s to %s: %s", item->event_id, item->url, error);
 		if (delay < 0)
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->failed, 1);
@@ -490,6 +495,10 @@ envoisms_webhooks_main(Datum main_arg)
 		}
 		finish_transfers();
 		flush_outcomes();
+		/* a retry recorded just now is due before anything the claim saw */
+		if (soonest_retry != 0 && (next_claim_at == 0 || soonest_retry < next_claim_at))
+			next_claim_at = soonest_retry;
+		soonest_retry = 0;
 		MemoryContextReset(pass_cxt);
 
 		if (claim_wanted && webhook_max_in_flight - in_flight_count > 0)

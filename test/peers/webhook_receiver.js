@@ -12,7 +12,8 @@
 // line per request: {"path","event_id","type","status","sig_ok","std_ok",
 // "answered","at"}), --answer CODE (default 200), --fail-first N (answer
 // 500 to the first N attempts of each event), --redirect (answer 302 to
-// /redirected, which logs path "/redirected" if ever followed).
+// /redirected, which logs path "/redirected" if ever followed), --delay MS
+// (answer after MS: a slow receiver), --host H (default 127.0.0.1).
 // Prints "listening <port>" once ready.
 'use strict';
 const http = require('node:http');
@@ -53,6 +54,7 @@ for (let i = 2; i < process.argv.length; i++) {
 const secret = args.secret || '';
 const answer = parseInt(args.answer || '200', 10);
 const failFirst = parseInt(args['fail-first'] || '0', 10);
+const delay = parseInt(args.delay || '0', 10);
 const log = args.log ? fs.openSync(args.log, 'a') : null;
 const attempts = new Map();
 
@@ -82,8 +84,8 @@ const server = http.createServer((req, res) => {
         webhook_id: req.headers['webhook-id'] || null, answered: code, attempt: count, at: Date.now() / 1000,
       }) + '\n');
     }
-    res.writeHead(code, headers);
-    res.end(code === 200 ? 'ok' : 'no');
+    const send = () => { res.writeHead(code, headers); res.end(code === 200 ? 'ok' : 'no'); };
+    if (delay > 0) setTimeout(send, delay); else send();
   });
 });
 server.keepAliveTimeout = 60000;
