@@ -96,21 +96,31 @@ BEGIN
 END
 $$;
 
--- Check the account may send on `channel` (active, channel enabled).
-CREATE FUNCTION envoisms.check_account_channel(account_id text, channel text) RETURNS void
+-- Check the account may send on `channel` (active, channel enabled) and
+-- return the channel's unit prices for it, in one statement (hot path).
+CREATE FUNCTION envoisms.check_account_channel(account_id text, channel text, OUT mad numeric, OUT eur numeric)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
-    acc record;
+    acc_status text;
+    acc_channels text[];
 BEGIN
     IF channel IS NULL OR channel NOT IN ('sms', 'whatsapp') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
     END IF;
-    SELECT a.status, a.channels INTO acc FROM envoisms.accounts a WHERE a.account_id = check_account_channel.account_id;
+    SELECT a.status, a.channels,
+           (SELECT p.unit_price FROM envoisms.prices p
+             WHERE p.account_id IN (a.account_id, '*') AND p.channel = check_account_channel.channel AND p.currency = 'MAD'
+             ORDER BY p.account_id = '*' LIMIT 1),
+           (SELECT p.unit_price FROM envoisms.prices p
+             WHERE p.account_id IN (a.account_id, '*') AND p.channel = check_account_channel.channel AND p.currency = 'EUR'
+             ORDER BY p.account_id = '*' LIMIT 1)
+      INTO acc_status, acc_channels, mad, eur
+      FROM envoisms.accounts a WHERE a.account_id = check_account_channel.account_id;
     IF NOT FOUND THEN
         PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
-    ELSIF acc.status <> 'active' THEN
-        PERFORM envoisms.raise_error('FORBIDDEN', format('the account is %s', acc.status));
-    ELSIF NOT channel = ANY (acc.channels) THEN
+    ELSIF acc_status <> 'active' THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', format('the account is %s', acc_status));
+    ELSIF NOT channel = ANY (acc_channels) THEN
         PERFORM envoisms.raise_error('CHANNEL_NOT_ALLOWED',
             format('the %s channel is not enabled on this account', channel), 'channel');
     END IF;
@@ -175,14 +185,12 @@ DECLARE
 BEGIN
     channel := coalesce(channel, 'sms');
     cascade := coalesce(cascade, false);
-    PERFORM envoisms.check_account_channel(account_id, CASE WHEN cascade THEN 'whatsapp' ELSE channel END);
-    IF cascade AND channel <> 'whatsapp' THEN
+    IF cascade THEN
         -- cascade means WhatsApp first, SMS on failure, whatever channel says
+        PERFORM envoisms.check_account_channel(account_id, 'sms');
         channel := 'whatsapp';
     END IF;
-    IF cascade THEN
-        PERFORM envoisms.check_account_channel(account_id, 'sms');
-    END IF;
+    price := envoisms.check_account_channel(account_id, channel);
     e164 := envoisms.check_phone("to");
     PERFORM envoisms.check_body(message);
     sender := envoisms.check_sender_id("from");
@@ -201,7 +209,6 @@ BEGIN
     END IF;
 
     SELECT * INTO seg FROM envoisms.sms_segments(message);
-    SELECT * INTO price FROM envoisms.channel_prices(account_id, channel);
     n_segments := CASE WHEN channel = 'whatsapp' THEN 1 ELSE seg.segments END;
     cost_mad := price.mad * n_segments;
     cost_eur := price.eur * n_segments;
@@ -258,7 +265,7 @@ DECLARE
     result jsonb;
 BEGIN
     channel := coalesce(channel, 'sms');
-    PERFORM envoisms.check_account_channel(account_id, channel);
+    price := envoisms.check_account_channel(account_id, channel);
     sender := envoisms.check_sender_id("from");
     IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'messages must be an array', 'messages');
@@ -310,7 +317,6 @@ BEGIN
                                      format('messages[%s].%s', bad.ord - 1, bad.field));
     END IF;
 
-    SELECT * INTO price FROM envoisms.channel_prices(account_id, channel);
     SELECT sum(CASE WHEN channel = 'whatsapp' THEN 1 ELSE u.segments END) INTO total_units FROM unnest(entries) u;
     cost_mad := price.mad * total_units;
     cost_eur := price.eur * total_units;
