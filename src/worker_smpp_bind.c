@@ -311,6 +311,20 @@ text_or_null(const char *s, bool *isnull)
 	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
+/*
+ * Commit this transaction without waiting for its WAL flush. Used for the
+ * claim and for outcomes: a crash that loses them only makes a message
+ * claimable again when its lease ends (sent twice at worst, which a crash
+ * with submits in flight can do anyway). Never for receipts and inbound
+ * messages: the SMSC forgets those once answered, so they are flushed first.
+ */
+static void
+commit_without_wait(void)
+{
+	if (SPI_execute("SET LOCAL synchronous_commit = off", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not set synchronous_commit");
+}
+
 /* Execute sql with text arguments (NULL pointers are NULLs). */
 static void
 exec_text(const char *sql, int nargs, const char **args)
@@ -698,6 +712,7 @@ claim_tx(void *arg)
 	int			nparts = 0;
 	char	   *current = NULL;
 
+	commit_without_wait();
 	values[0] = CStringGetTextDatum(carrier_id);
 	values[1] = Int32GetDatum(cfg.batch);
 	values[2] = Int32GetDatum(smpp_lease_s);
@@ -740,16 +755,15 @@ claim_tx(void *arg)
 	}
 }
 
-/* Claim due messages when the bind has room for them. */
-static void
-maybe_claim(TimestampTz now, bool woken)
+/* Whether the bind has room for more messages (fewer waiting segments than its window). */
+static bool
+room_to_claim(void)
 {
-	ClaimArgs	c = {0, now};
 	int			waiting = 0;
 	dlist_iter	it;
 
-	if (link_state != LINK_BOUND || stopping || (!woken && now < next_claim))
-		return;
+	if (link_state != LINK_BOUND || stopping)
+		return false;
 	dlist_foreach(it, &messages)
 	{
 		OutMessage *m = dlist_container(OutMessage, node, it.cur);
@@ -757,7 +771,16 @@ maybe_claim(TimestampTz now, bool woken)
 		if (!m->done)
 			waiting += m->nsegs - m->accepted - m->in_flight;
 	}
-	if (waiting >= cfg.window)
+	return waiting < cfg.window;
+}
+
+/* Claim due messages when the bind has room for them. */
+static void
+maybe_claim(TimestampTz now, bool woken)
+{
+	ClaimArgs	c = {0, now};
+
+	if ((!woken && now < next_claim) || !room_to_claim())
 		return;
 	if (!run_transaction("claiming messages", claim_tx, &c))
 	{
@@ -1439,7 +1462,12 @@ static void
 record_tx(void *arg)
 {
 	ListCell   *lc;
+	bool		durable = false;
 
+	foreach(lc, outcomes)
+		durable |= ((Outcome *) lfirst(lc))->answer;
+	if (!durable)
+		commit_without_wait();
 	foreach(lc, outcomes)
 	{
 		Outcome    *o = (Outcome *) lfirst(lc);
@@ -1523,7 +1551,7 @@ next_timeout(TimestampTz now)
 				else
 					EARLIER(now);
 			}
-			if (!stopping)
+			if (room_to_claim())
 				EARLIER(next_claim);
 			break;
 	}
@@ -1632,6 +1660,9 @@ SmppBindMain(Datum arg)
 		check_deadlines(now);
 		maybe_claim(now, woken);
 		submit_more(now);
+		/* Submits leave before the outcomes are recorded: the SMSC works meanwhile. */
+		if (!flush_output())
+			continue;
 		record_outcomes();
 		if (!flush_output())
 			continue;

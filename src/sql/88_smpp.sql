@@ -80,7 +80,7 @@ BEGIN
     long_messages := coalesce(cfg->>'long_messages', 'udh');
     gsm_packing := coalesce((cfg->>'gsm_packing')::boolean, false);
     registered_delivery := coalesce((cfg->>'registered_delivery')::int, 1);
-    batch := coalesce((cfg->>'batch')::int, greatest(window_size * 2, 10));
+    batch := coalesce((cfg->>'batch')::int, greatest(window_size * 2, 50));
     IF host IS NULL OR system_id IS NULL THEN
         RAISE EXCEPTION 'smpp carrier "%" needs "host" and "system_id" in its config', carrier_id
             USING ERRCODE = 'invalid_parameter_value';
