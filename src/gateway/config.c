@@ -31,10 +31,11 @@ Usage(FILE *out)
 			"                          [::1]:8080 for IPv6)          env ENVOISMS_GATEWAY_LISTEN\n"
 			"  --db CONNINFO           libpq conninfo or URI (default \"dbname=envoisms\")\n"
 			"                                                        env ENVOISMS_GATEWAY_DB\n"
-			"  --threads N             HTTP worker threads (default 4 x CPUs, at least 8)\n"
+			"  --threads N             HTTP I/O threads (default: the CPU count, at least 2)\n"
 			"                                                        env ENVOISMS_GATEWAY_THREADS\n"
-			"  --pool N                database connections (default = --threads; never\n"
-			"                          fewer than --threads)         env ENVOISMS_GATEWAY_POOL\n"
+			"  --pool N                database connections, each with its worker thread:\n"
+			"                          requests in the database at once (default 4 x CPUs,\n"
+			"                          at least 16)                  env ENVOISMS_GATEWAY_POOL\n"
 			"  --max-body BYTES        largest request body (default 16777216); larger\n"
 			"                          bodies get 413 unread         env ENVOISMS_GATEWAY_MAX_BODY\n"
 			"  --max-url BYTES         longest request target (default 8192) -> 414\n"
@@ -181,16 +182,14 @@ ConfigLoad(int argc, char **argv)
 	bool		cors_given = false;
 	bool		cors_flag = false;
 	bool		trusted_given = false;
-	bool		pool_given = false;
 	int			opt;
 
 	memset(&config, 0, sizeof(config));
 	strcpy(config.listen_host, "127.0.0.1");
 	config.listen_port = 8080;
 	config.conninfo = "dbname=envoisms";
-	config.threads = cpus > 0 ? (int) (4 * cpus) : 8;
-	if (config.threads < 8)
-		config.threads = 8;
+	config.threads = cpus > 2 ? (int) cpus : 2;
+	config.pool_size = cpus > 4 ? (int) (4 * cpus) : 16;
 	config.max_body = 16 * 1024 * 1024;
 	config.max_url = 8192;
 	config.max_headers = 32768;
@@ -207,7 +206,6 @@ ConfigLoad(int argc, char **argv)
 	if ((env = getenv("ENVOISMS_GATEWAY_POOL")) && *env)
 	{
 		config.pool_size = (int) ParseInteger("ENVOISMS_GATEWAY_POOL", env, 1, 1024);
-		pool_given = true;
 	}
 	if ((env = getenv("ENVOISMS_GATEWAY_MAX_BODY")) && *env)
 		config.max_body = ParseInteger("ENVOISMS_GATEWAY_MAX_BODY", env, 1, 1LL << 32);
@@ -240,8 +238,7 @@ ConfigLoad(int argc, char **argv)
 				break;
 			case 'p':
 				config.pool_size = (int) ParseInteger("--pool", optarg, 1, 1024);
-				pool_given = true;
-				break;
+						break;
 			case 'b':
 				config.max_body = ParseInteger("--max-body", optarg, 1, 1LL << 32);
 				break;
@@ -288,6 +285,4 @@ ConfigLoad(int argc, char **argv)
 		Fail("argument", argv[optind], "unexpected; see --help");
 	if (!cors_given)
 		config.cors_any = true;
-	if (!pool_given || config.pool_size < config.threads)
-		config.pool_size = config.threads;
 }

@@ -4,7 +4,8 @@
  * The gateway is a thin HTTP front for envoisms.api(): main.c starts it and
  * waits for a signal, config.c reads flags and environment, http.c turns a
  * request into one call through pool.c (libpq connections, one prepared
- * statement each), clientip.c decides the client address, conntrack.c drops
+ * statement each) on the worker threads of dbwork.c, clientip.c decides the
+ * client address, conntrack.c drops
  * slow clients, metrics.c counts and renders /metrics, log.c writes the
  * access log. No business rule lives here: auth, limits, routing and error
  * codes are all answered by SQL.
@@ -95,6 +96,30 @@ extern void PoolCallApi(const char *method, const char *path, const char *query,
 extern bool PoolHealthCheck(void);
 
 extern void PoolStats(int *size, int *in_use, int *connected);
+
+/* ---- dbwork.c */
+
+typedef struct DbJob
+{
+	struct DbJob *next;
+	struct MHD_Connection *connection;	/* resumed when done */
+	bool		health;			/* SELECT 1 rather than envoisms.api() */
+	const char *method;
+	const char *path;
+	const char *query;
+	const char *headers_json;
+	const char *body;
+	const char *client_ip;
+	ApiResult	result;
+	bool		healthy;
+	bool		done;
+} DbJob;
+
+extern bool DbWorkStart(int count);
+/* Runs the job on a worker, then resumes job->connection. */
+extern void DbWorkSubmit(DbJob *job);
+/* Finishes the queued jobs and joins the workers. */
+extern void DbWorkStop(void);
 
 /* ---- metrics.c */
 

@@ -12,12 +12,14 @@
  *                   chunked body that outgrows it is discarded unstored and
  *                   answered 413 at its end (MHD cannot answer mid-upload),
  *                   or cut off DISCARD_LIMIT bytes past the limit.
- *   HttpHandle last the whole request is in: OPTIONS (CORS preflight) is
- *                   answered without auth and without the database;
- *                   /healthz, /metrics and
- *                   /v1/openapi.json are answered here; anything else is one
- *                   call of envoisms.api() through the pool, and its row
- *                   (status, headers, body) becomes the response.
+ *   HttpHandle last the whole request is in: OPTIONS (CORS preflight),
+ *                   /metrics and /v1/openapi.json are answered at once,
+ *                   without auth and without the database. /healthz and
+ *                   every other request become a DbJob: the connection is
+ *                   suspended and a dbwork.c worker runs SELECT 1 or the
+ *                   one call of envoisms.api() on its pool connection.
+ *   HttpHandle again  the worker resumed the connection: the row (status,
+ *                   headers, body) becomes the response.
  *   HttpCompleted   response done (or connection gone): metrics, access log,
  *                   memory freed.
  *
@@ -54,6 +56,9 @@ typedef struct Request
 	char		route[96];
 	char		client_ip[INET6_ADDRSTRLEN];
 	char		key_id[64];
+	StrBuf		headers_json;	/* request headers for SQL */
+	DbJob		job;			/* the database call, run by dbwork.c */
+	bool		job_pending;	/* connection suspended for the job */
 } Request;
 
 static int	in_flight;
@@ -134,6 +139,9 @@ HttpCompleted(void *cls, struct MHD_Connection *connection, void **req_cls,
 	ConnTrackBusy(connection, false);
 	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
 	StrBufFree(&req->body);
+	StrBufFree(&req->headers_json);
+	free(req->job.result.headers);
+	free(req->job.result.body);
 	free(req->target);
 	free(req);
 	*req_cls = NULL;
@@ -400,13 +408,22 @@ EachHeader(void *cls, enum MHD_ValueKind kind, const char *key, const char *valu
 	return w->ok ? MHD_YES : MHD_NO;
 }
 
+/* Hands the request to a database worker; the connection sleeps meanwhile. */
 static enum MHD_Result
-CallApi(Request *req, struct MHD_Connection *connection, const char *path, const char *query)
+StartJob(Request *req, struct MHD_Connection *connection)
 {
-	StrBuf		headers = {0};
-	HeaderWalk	walk = {&headers, 0, true};
-	ApiResult	result;
-	enum MHD_Result ret;
+	req->job.connection = connection;
+	req->job_pending = true;
+	ConnTrackBusy(connection, true);
+	MHD_suspend_connection(connection);
+	DbWorkSubmit(&req->job);
+	return MHD_YES;
+}
+
+static enum MHD_Result
+StartApi(Request *req, struct MHD_Connection *connection, const char *path, const char *query)
+{
+	HeaderWalk	walk = {&req->headers_json, 0, true};
 	const char *body = req->body.len > 0 ? req->body.data : NULL;
 
 	if (body != NULL && !Utf8Valid(body, req->body.len))
@@ -415,22 +432,45 @@ CallApi(Request *req, struct MHD_Connection *connection, const char *path, const
 	if (!Utf8Valid(path, strlen(path)) || !Utf8Valid(query, strlen(query)))
 		return RespondError(req, connection, 400, "INVALID_REQUEST",
 							"the request target must be UTF-8", false);
-	if (!StrBufAppend(&headers, "{", 1))
+	if (!StrBufAppend(&req->headers_json, "{", 1))
 		return MHD_NO;
 	MHD_get_connection_values(connection, MHD_HEADER_KIND, EachHeader, &walk);
-	if (!walk.ok || !StrBufAppend(&headers, "}", 1))
-	{
-		StrBufFree(&headers);
+	if (!walk.ok || !StrBufAppend(&req->headers_json, "}", 1))
 		return MHD_NO;
+	req->job.health = false;
+	req->job.method = req->method;
+	req->job.path = path;
+	req->job.query = query;
+	req->job.headers_json = req->headers_json.data;
+	req->job.body = body;
+	req->job.client_ip = req->client_ip;
+	return StartJob(req, connection);
+}
+
+/* The database answered (or not): write its row, or /healthz's verdict. */
+static enum MHD_Result
+FinishJob(Request *req, struct MHD_Connection *connection)
+{
+	ApiResult  *result = &req->job.result;
+	enum MHD_Result ret;
+
+	if (req->job.health)
+	{
+		static const char ok[] = "{\"status\": \"ok\"}";
+		static const char down[] = "{\"status\": \"unavailable\"}";
+
+		if (req->job.healthy)
+			return Respond(req, connection, 200, ok, strlen(ok), JSON_TYPE, NULL, false);
+		return Respond(req, connection, 503, down, strlen(down), JSON_TYPE,
+					   "{\"Retry-After\": \"1\"}", false);
 	}
-	PoolCallApi(req->method, path, query, headers.data, body, req->client_ip, &result);
-	StrBufFree(&headers);
-	if (result.body == NULL && result.status != 204 && result.status != 304)
-		result.body = strdup("null");
-	ret = Respond(req, connection, result.status, result.body,
-				  result.body ? strlen(result.body) : 0, JSON_TYPE, result.headers, false);
-	free(result.headers);
-	free(result.body);
+	if (result->body == NULL && result->status != 204 && result->status != 304)
+		result->body = strdup("null");
+	ret = Respond(req, connection, result->status, result->body,
+				  result->body ? strlen(result->body) : 0, JSON_TYPE, result->headers, false);
+	free(result->headers);
+	free(result->body);
+	result->headers = result->body = NULL;
 	return ret;
 }
 
@@ -449,13 +489,8 @@ Dispatch(Request *req, struct MHD_Connection *connection)
 	}
 	if (get && strcmp(path, "/healthz") == 0)
 	{
-		static const char ok[] = "{\"status\": \"ok\"}";
-		static const char down[] = "{\"status\": \"unavailable\"}";
-
-		if (PoolHealthCheck())
-			return Respond(req, connection, 200, ok, strlen(ok), JSON_TYPE, NULL, false);
-		return Respond(req, connection, 503, down, strlen(down), JSON_TYPE,
-					   "{\"Retry-After\": \"1\"}", false);
+		req->job.health = true;
+		return StartJob(req, connection);
 	}
 	if (get && strcmp(path, "/metrics") == 0)
 	{
@@ -476,7 +511,7 @@ Dispatch(Request *req, struct MHD_Connection *connection)
 								"the OpenAPI document is not installed", false);
 		return Respond(req, connection, 200, openapi_json, openapi_len, JSON_TYPE, NULL, false);
 	}
-	return CallApi(req, connection, path, query);
+	return StartApi(req, connection, path, query);
 }
 
 enum MHD_Result
@@ -563,6 +598,14 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 		return MHD_YES;
 	}
 
+	if (req->job_pending)
+	{
+		/* resumed by the worker; a wake-up before it is done is ignored */
+		if (!__atomic_load_n(&req->job.done, __ATOMIC_ACQUIRE))
+			return MHD_YES;
+		req->job_pending = false;
+		return FinishJob(req, connection);
+	}
 	if (req->responded)
 		return MHD_YES;
 	if (req->too_large)
@@ -575,6 +618,5 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 	}
 	if (strcmp(req->method, "OPTIONS") == 0)
 		return RespondPreflight(req, connection);
-	ConnTrackBusy(connection, true);
 	return Dispatch(req, connection);
 }

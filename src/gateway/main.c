@@ -1,7 +1,8 @@
 /*
  * main.c — envoisms-gateway's life: read the configuration, raise the
- * open-file limit, open the pool, start libmicrohttpd (a pool of worker
- * threads, each with its own epoll loop) and wait for SIGTERM or SIGINT.
+ * open-file limit, open the pool and its database workers (dbwork.c), start
+ * libmicrohttpd (--threads I/O threads, each with its own epoll loop) and
+ * wait for SIGTERM or SIGINT.
  *
  * Shutdown: the listening socket is closed at once (MHD_quiesce_daemon), so
  * new connections are refused; requests already received, and first
@@ -91,7 +92,8 @@ main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 
-	if (!PoolInit(config.conninfo, config.pool_size) || !HttpInit() || !ConnTrackStart())
+	if (!PoolInit(config.conninfo, config.pool_size) || !HttpInit() || !ConnTrackStart() ||
+		!DbWorkStart(config.pool_size))
 	{
 		fprintf(stderr, "envoisms-gateway: cannot start (out of memory or threads)\n");
 		return 1;
@@ -99,7 +101,7 @@ main(int argc, char **argv)
 
 	daemon = MHD_start_daemon(
 		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ITC |
-		MHD_USE_ERROR_LOG | MHD_USE_TURBO | (addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+		MHD_USE_ERROR_LOG | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME | (addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
 		0, NULL, NULL, HttpHandle, NULL,
 		MHD_OPTION_EXTERNAL_LOGGER, MhdLog, NULL,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
@@ -151,9 +153,14 @@ main(int argc, char **argv)
 		usleep(10 * 1000);
 	}
 	if (HttpInFlight() > 0)
-		ErrorLog("%d requests still in flight after %.0f s; stopping anyway",
+	{
+		/* a suspended connection cannot be stopped safely: leave at once */
+		ErrorLog("%d requests still in flight after %.0f s; exiting without them",
 				 HttpInFlight(), SHUTDOWN_GRACE);
+		_exit(1);
+	}
 	MHD_stop_daemon(daemon);
+	DbWorkStop();
 	ConnTrackStop();
 	PoolClose();
 	InfoLog("stopped");

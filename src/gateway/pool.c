@@ -1,10 +1,10 @@
 /*
  * pool.c — the gateway's database connections.
  *
- * A fixed array of libpq connections, at least one per HTTP worker thread,
- * so a request never waits for a connection that another request is using
- * (acquire only blocks if --pool were smaller than --threads, which config.c
- * prevents). Each connection has two prepared statements: "api" (the one
+ * A fixed array of libpq connections, one per database worker thread
+ * (dbwork.c), so a request never waits for a connection that another
+ * request is using (acquire cannot block: there are as many connections as
+ * workers). Each connection has two prepared statements: "api" (the one
  * call of envoisms.api per request) and "health" (SELECT 1).
  *
  * Connections are opened lazily and re-opened when broken. A connection is

@@ -91,7 +91,7 @@ for my $ex (@examples)
 	$cmd =~ s/env_live_xxx/$key/g;
 	$cmd =~ s/^curl /curl -sS -i /;
 	# The page's e-mail obfuscation ("[email protected]") is not an address.
-	$cmd =~ s/\[email&#160;protected\]|\[email protected\]/karim\@example.ma/g;
+	$cmd =~ s/\[email[^\]]{1,8}protected\]/karim\@example.ma/g;
 	# The campaign example's apostrophe ends the shell quote; escape it for sh.
 	$cmd =~ s/d'été/d'\\''été/g;
 	$cmd =~ s/"lst_f84b\.\.\."/"$ids{lst}"/g if $ids{lst};
