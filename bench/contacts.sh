@@ -32,7 +32,7 @@ CREATE FUNCTION bench_last(i int) RETURNS text IMMUTABLE LANGUAGE sql RETURN
     initcap((ARRAY['ben','el','al','ou','za','ka','ha','ri','mo','ta'])[1 + (i / 200) % 10]
             || (ARRAY['nani','idrissi','fassi','alami','tazi','berrada','chraibi','bennis','lahlou','sqalli'])[1 + (i / 2000) % 10]
             || ((i / 20000) % 50)::text);
-CREATE FUNCTION bench_phone(i int) RETURNS text IMMUTABLE LANGUAGE sql RETURN '+2126' || lpad((i * 7919 % 100000000)::text, 8, '0');
+CREATE FUNCTION bench_phone(i int) RETURNS text IMMUTABLE LANGUAGE sql RETURN '+2126' || lpad((i::bigint * 7919 % 100000000)::text, 8, '0');
 INSERT INTO envoisms.contacts (account_id, contact_id, phone, name, email)
 SELECT b.account_id, envoisms.new_id('ctc'), bench_phone(g), bench_first(g) || ' ' || bench_last(g),
        lower(bench_first(g) || '.' || bench_last(g) || g % 7 || '@example.ma')
@@ -43,28 +43,15 @@ echo "loaded $N contacts in $(( $(date +%s) - start )) s"
 acc=$(psql -qXAt -d "$DB" -c 'SELECT account_id FROM bench')
 
 echo
-echo "EXPLAIN of q='karim3 benidrissi' (the statement contact_list runs, custom plan):"
-psql -qXAt -d "$DB" <<SQL
-EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
-WITH hits AS (
-    SELECT c.* FROM envoisms.contacts c
-     WHERE c.account_id = '$acc'
-       AND (to_tsvector('simple'::regconfig, coalesce(c.name, '') || ' ' || coalesce(c.email, '')) @@ envoisms.contact_words_query('karim3 benidrissi')
-            OR c.phone LIKE NULL || '%' OR reverse(c.phone) LIKE reverse(NULL) || '%' OR lower(c.email) LIKE NULL || '%'))
-SELECT (SELECT count(*) FROM hits),
-       (SELECT jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC)
-          FROM (SELECT * FROM hits h ORDER BY h.contact_id DESC LIMIT 100) p);
-SQL
-echo
-echo "EXPLAIN of q='345678' (phone digits: prefix and suffix arms):"
-psql -qXAt -d "$DB" <<SQL
-EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
-SELECT count(*) FROM envoisms.contacts c
- WHERE c.account_id = '$acc'
-   AND (to_tsvector('simple'::regconfig, coalesce(c.name, '') || ' ' || coalesce(c.email, '')) @@ envoisms.contact_words_query('345678')
-        OR c.phone LIKE '+345678%' OR reverse(c.phone) LIKE reverse('345678') || '%');
-SQL
-
+explain() {   # explain TITLE ARGS… — the two statements contact_list runs for a q (custom plans)
+    echo "EXPLAIN ANALYZE, $1:"
+    psql -qXAt -d "$DB" -c "EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) SELECT count(*) FROM envoisms.contact_search('$acc', NULL, true, $2)"
+    psql -qXAt -d "$DB" -c "EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) SELECT * FROM envoisms.contact_search('$acc', NULL, true, $2) c ORDER BY c.contact_id DESC LIMIT 100"
+    echo
+}
+explain "q='fatima4 elfassi0' (words of the name)" "envoisms.contact_words_query('fatima4 elfassi0'), NULL, NULL, NULL"
+explain "q='592398' (phone digits: prefix +592398… and suffix …592398)" "NULL, '+592398', '592398', NULL"
+explain "q='fatima4.elfassi00@' (email prefix, and its words among names)" "envoisms.contact_words_query('fatima4.elfassi00@'), NULL, NULL, 'fatima4.elfassi00@'"
 qexpr() {   # qexpr KIND I → the SQL expression of a q of that kind for person I
     case $1 in
         fullname)    echo "lower(bench_first($2) || ' ' || bench_last($2))" ;;

@@ -4,7 +4,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(95);
+SELECT plan(96);
 
 SELECT pg_temp.new_account(10) AS acc \gset
 SELECT pg_temp.use_key(pg_temp.new_key(:'acc')) IS NOT NULL AS ok \gset
@@ -65,6 +65,7 @@ SELECT is((SELECT body->>'offset' || ' ' || jsonb_array_length(body->'data') FRO
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=benn')), :'ctc', 'q matches a word of the name');
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=KARIM%20b')), :'ctc', 'q: several word prefixes, any case');
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=karim%40exa')), :'ctc', 'q matches the email''s start');
+SELECT is((SELECT body->'total' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=example.ma')), '0'::jsonb, 'the middle of an email is not searched');
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=%2B2126123')), :'ctc', 'q matches +212… phone prefixes');
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=06%2012%2034')), :'ctc', 'q matches the local form 06 12 34');
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=345678')), :'ctc', 'q matches the last digits');
