@@ -563,7 +563,7 @@ $$;
 CREATE FUNCTION envoisms.api_campaigns_send(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
-    RETURN envoisms.reply(202, envoisms.campaign_launch(req.account_id, req.id, req.sandbox, req.api_key_id));
+    RETURN envoisms.reply(200, envoisms.campaign_launch(req.account_id, req.id, req.sandbox, req.api_key_id));
 END
 $$;
 

@@ -218,7 +218,7 @@ $$;
 CREATE FUNCTION envoisms.api_webhooks_test(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
-    RETURN envoisms.reply(202, envoisms.webhook_test(req.account_id, req.id));
+    RETURN envoisms.reply(200, envoisms.webhook_test(req.account_id, req.id));
 END
 $$;
 

@@ -80,7 +80,7 @@ SELECT * FROM pg_temp.fails('PATCH', '/v1/webhooks/whk_nope', '{"active": true}'
 
 -- test
 CREATE TEMP TABLE t AS SELECT * FROM pg_temp.call('POST', '/v1/webhooks/' || :'whk' || '/test', '{}');
-SELECT is((SELECT status FROM t), 202, 'POST /v1/webhooks/:id/test → 202');
+SELECT is((SELECT status FROM t), 200, 'POST /v1/webhooks/:id/test → 200');
 SELECT is((SELECT body FROM t), jsonb_build_object('queued', true, 'id', :'whk'), 'test → {"queued": true, "id"}');
 SELECT is((SELECT count(*)::int FROM envoisms.webhook_deliveries WHERE event_type = 'message.test'), 1, 'exactly one message.test queued');
 SELECT is((SELECT webhook_id FROM envoisms.webhook_deliveries WHERE event_type = 'message.test'), :'whk', '… for that webhook only');
