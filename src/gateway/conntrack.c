@@ -36,7 +36,6 @@ typedef struct Tracked
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static Tracked *head;
-static int	open_count;
 static bool stopping;
 static pthread_t reaper;
 static bool reaper_started;
@@ -61,7 +60,6 @@ ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 		if (head)
 			head->prev = t;
 		head = t;
-		open_count++;
 		pthread_mutex_unlock(&lock);
 		MetricsConnections(1);
 	}
@@ -78,7 +76,6 @@ ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 			head = t->next;
 		if (t->next)
 			t->next->prev = t->prev;
-		open_count--;
 		pthread_mutex_unlock(&lock);
 		free(t);
 		*socket_context = NULL;
@@ -103,17 +100,6 @@ ConnTrackBusy(struct MHD_Connection *connection, bool busy)
 		t->served = true;
 	}
 	pthread_mutex_unlock(&lock);
-}
-
-int
-ConnTrackOpen(void)
-{
-	int			n;
-
-	pthread_mutex_lock(&lock);
-	n = open_count;
-	pthread_mutex_unlock(&lock);
-	return n;
 }
 
 int

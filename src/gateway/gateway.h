@@ -5,9 +5,8 @@
  * waits for a signal, config.c reads flags and environment, http.c turns a
  * request into one call through pool.c (libpq connections, one prepared
  * statement each) on the worker threads of dbwork.c, clientip.c decides the
- * client address, conntrack.c drops
- * slow clients, metrics.c counts and renders /metrics, log.c writes the
- * access log. No business rule lives here: auth, limits, routing and error
+ * client address, conntrack.c drops slow clients, metrics.c counts and
+ * renders /metrics, log.c writes the access log. No business rule lives here: auth, limits, routing and error
  * codes are all answered by SQL.
  */
 #ifndef ENVOISMS_GATEWAY_H
@@ -142,7 +141,6 @@ extern void ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 extern void ConnTrackBusy(struct MHD_Connection *connection, bool busy);
 extern bool ConnTrackStart(void);
 extern void ConnTrackStop(void);
-extern int	ConnTrackOpen(void);
 /* Connections accepted that have not finished a first request. */
 extern int	ConnTrackPending(void);
 
