@@ -15,7 +15,7 @@
 //                          (X-Carrier-Token: --dlr-token; Authorization: Bearer --dlr-key),
 //                          after --dlr-delay MS; --dlr-first sends it before replying
 // Every request is appended as one JSON line to --log (if given):
-//   {"n", "id" (our message id), "to", "status", "auth", "idem", "body"}.
+//   {"n", "at" (unix seconds), "id" (our message id), "to", "status", "auth", "idem", "body"}.
 // Prints "listening <port>" once ready. --port 0 picks a free port.
 'use strict';
 const http = require('node:http');
@@ -80,7 +80,7 @@ const server = http.createServer((req, res) => {
         : { id: ref, status: 'accepted' };
     }
     if (log) {
-      fs.writeSync(log, JSON.stringify({ n: num, id: body.id || null, to, status, path: req.url,
+      fs.writeSync(log, JSON.stringify({ n: num, at: Date.now() / 1000, id: body.id || null, to, status, path: req.url,
         auth: req.headers.authorization || null, idem: req.headers['idempotency-key'] || null,
         body }) + '\n');
     }
