@@ -233,6 +233,16 @@ like($ph->{'access-control-allow-methods'} // '', qr/POST.*PATCH.*DELETE/, 'pref
 ($s, $h) = call('GET', '/v1/billing/balance', $key, undef, Origin => 'https://app.example.ma');
 is($h->{'access-control-allow-origin'}, '*', 'a response carries Access-Control-Allow-Origin');
 
+{
+	my $strict = EnvoismsTest::start_gateway($node, args => ['--cors-origin', 'https://app.example.ma']);
+	my (undef, $h1) = EnvoismsTest::http('OPTIONS', "$strict->{url}/v1/messages", { Origin => 'https://app.example.ma' });
+	is($h1->{'access-control-allow-origin'}, 'https://app.example.ma', '--cors-origin: a listed origin is echoed');
+	like($h1->{vary} // '', qr/Origin/, '--cors-origin: Vary: Origin');
+	my (undef, $h2) = EnvoismsTest::http('OPTIONS', "$strict->{url}/v1/messages", { Origin => 'https://evil.example' });
+	ok(!exists $h2->{'access-control-allow-origin'}, '--cors-origin: another origin gets no Access-Control-Allow-Origin');
+	EnvoismsTest::stop_gateway($strict);
+}
+
 # ---- the gateway's own endpoints
 ($s, $h, $j) = call('GET', '/healthz');
 is($s, 200, '/healthz: 200');
