@@ -58,6 +58,8 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/array.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -221,6 +223,7 @@ static bool stopping = false;
 static List *outcomes = NIL;
 
 static void link_down(const char *reason, bool quick);
+static void forget_wait_set(void);
 
 static long
 ms_until(TimestampTz t, TimestampTz now)
@@ -471,6 +474,7 @@ start_connect(TimestampTz now)
 		link_down(strerror(errno), false);
 		return;
 	}
+	forget_wait_set();
 	(void) fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) | O_NONBLOCK);
 	(void) setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	rc = connect(sock, res->ai_addr, res->ai_addrlen);
@@ -1209,6 +1213,7 @@ link_down(const char *reason, bool quick)
 	dlist_mutable_iter it;
 	int			i;
 
+	forget_wait_set();
 	if (sock != PGINVALID_SOCKET)
 	{
 		closesocket(sock);
@@ -1418,9 +1423,9 @@ apply_outcome(Outcome *o)
 	}
 }
 
-/* Apply one outcome in a subtransaction; false (logged) when it failed. */
+/* Run fn(arg) in a subtransaction; false (logged) when it failed. */
 static bool
-apply_in_subtransaction(Outcome *o)
+in_subtransaction(void (*fn) (void *), void *arg, const char *what)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -1430,7 +1435,7 @@ apply_in_subtransaction(Outcome *o)
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		apply_outcome(o);
+		fn(arg);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -1445,12 +1450,9 @@ apply_in_subtransaction(Outcome *o)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
-		SmppSlotSetError(slot, "recording an outcome: %s", edata->message);
+		SmppSlotSetError(slot, "recording %s: %s", what, edata->message);
 		ereport(WARNING,
-				(errmsg("envoisms smpp bind \"%s\": could not record %s %s: %s", carrier_id,
-						o->message_id ? "message" : "receipt or inbound",
-						o->message_id ? o->message_id : (o->receipt_id ? o->receipt_id : ""),
-						edata->message)));
+				(errmsg("envoisms smpp bind \"%s\": could not record %s: %s", carrier_id, what, edata->message)));
 		FreeErrorData(edata);
 		ok = false;
 	}
@@ -1459,21 +1461,101 @@ apply_in_subtransaction(Outcome *o)
 }
 
 static void
+apply_outcome_cb(void *arg)
+{
+	apply_outcome((Outcome *) arg);
+}
+
+/* A simple message outcome: dispatch_record takes a batch of them in one call. */
+static bool
+batchable(const Outcome *o)
+{
+	return (o->kind == OUT_SENT && o->nids == 1) || o->kind == OUT_RETRY ||
+		o->kind == OUT_FAILED || o->kind == OUT_RELEASE;
+}
+
+static void
+apply_batch_cb(void *arg)
+{
+	StringInfo	json = (StringInfo) arg;
+	Oid			types[1] = {JSONBOID};
+	Datum		values[1];
+	int			ret;
+
+	values[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(json->data));
+	ret = SPI_execute_with_args("SELECT envoisms.dispatch_record($1)", 1, types, values, NULL, false, 0);
+	if (ret < 0)
+		elog(ERROR, "dispatch_record failed: %s", SPI_result_code_string(ret));
+}
+
+static void
+json_member(StringInfo buf, const char *key, const char *value)
+{
+	if (value == NULL || value[0] == '\0')
+		return;
+	appendStringInfo(buf, ",\"%s\":", key);
+	JsonAppendString(buf, value);
+}
+
+/*
+ * Apply the pass's outcomes in order of dependence: message outcomes first
+ * (one dispatch_record call for the simple ones, then multi-part sends), so
+ * that receipts and inbound messages of the same pass find their messages.
+ * Each step in its own subtransaction; a failed batch is applied one by one.
+ */
+static void
 record_tx(void *arg)
 {
 	ListCell   *lc;
 	bool		durable = false;
+	StringInfoData json;
+	int			nbatch = 0;
+	int			pass;
 
 	foreach(lc, outcomes)
 		durable |= ((Outcome *) lfirst(lc))->answer;
 	if (!durable)
 		commit_without_wait();
+
+	initStringInfo(&json);
+	appendStringInfoChar(&json, '[');
 	foreach(lc, outcomes)
 	{
 		Outcome    *o = (Outcome *) lfirst(lc);
 
-		o->ok = apply_in_subtransaction(o);
+		if (!batchable(o))
+			continue;
+		appendStringInfoString(&json, nbatch++ ? ",{\"op\":" : "{\"op\":");
+		JsonAppendString(&json, o->kind == OUT_SENT ? "sent" : o->kind == OUT_RETRY ? "retry" :
+						 o->kind == OUT_FAILED ? "failed" : "release");
+		json_member(&json, "a", o->account_id);
+		json_member(&json, "m", o->message_id);
+		json_member(&json, "c", carrier_id);
+		if (o->kind == OUT_SENT)
+			json_member(&json, "r", o->ids[0]);
+		json_member(&json, "code", o->code);
+		json_member(&json, "msg", o->text);
+		appendStringInfo(&json, ",\"delay_ms\":%d}", o->delay_s * 1000);
 	}
+	appendStringInfoChar(&json, ']');
+	if (nbatch > 0 && in_subtransaction(apply_batch_cb, &json, "a batch of message outcomes"))
+	{
+		foreach(lc, outcomes)
+			if (batchable((Outcome *) lfirst(lc)))
+				((Outcome *) lfirst(lc))->ok = true;
+	}
+	/* pass 0: message outcomes left (multi-part, or a failed batch); pass 1: the rest */
+	for (pass = 0; pass < 2; pass++)
+		foreach(lc, outcomes)
+		{
+			Outcome    *o = (Outcome *) lfirst(lc);
+			bool		message = o->kind <= OUT_RELEASE;
+
+			if (o->ok || message != (pass == 0))
+				continue;
+			o->ok = in_subtransaction(apply_outcome_cb, o,
+									  o->message_id ? o->message_id : "a receipt or an inbound message");
+		}
 }
 
 /* Record this pass's outcomes, then answer the deliver_sm they came from. */
@@ -1504,6 +1586,48 @@ record_outcomes(void)
 	}
 	outcomes = NIL;
 	MemoryContextReset(pass_cxt);
+}
+
+/* ---- waiting */
+
+static WaitEventSet *wait_set = NULL;
+static int	wait_socket_pos = -1;
+
+/* The set is rebuilt when the socket changes: its descriptor number may be reused. */
+static void
+forget_wait_set(void)
+{
+	if (wait_set)
+		FreeWaitEventSet(wait_set);
+	wait_set = NULL;
+	wait_socket_pos = -1;
+}
+
+/* One wait on the latch, postmaster death and the socket; WL_* bits. */
+static int
+wait_for_events(int socket_events, long timeout_ms)
+{
+	WaitEvent	events[3];
+	int			n;
+	int			i;
+	int			rc = 0;
+
+	if (wait_set == NULL)
+	{
+		wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+		AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		if (sock != PGINVALID_SOCKET)
+			wait_socket_pos = AddWaitEventToSet(wait_set, socket_events, sock, NULL, NULL);
+	}
+	else if (wait_socket_pos >= 0)
+		ModifyWaitEvent(wait_set, wait_socket_pos, socket_events, NULL);
+	n = WaitEventSetWait(wait_set, timeout_ms, events, lengthof(events), PG_WAIT_EXTENSION);
+	if (n == 0)
+		rc |= WL_TIMEOUT;
+	for (i = 0; i < n; i++)
+		rc |= events[i].events;
+	return rc;
 }
 
 /* ---- the loop */
@@ -1667,15 +1791,10 @@ SmppBindMain(Datum arg)
 		if (!flush_output())
 			continue;
 
-		events = WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH;
-		if (sock != PGINVALID_SOCKET)
-		{
-			events |= WL_SOCKET_READABLE;
-			if (outbuf.len > 0 || link_state == LINK_CONNECTING)
-				events |= WL_SOCKET_WRITEABLE;
-		}
-		rc = WaitLatchOrSocket(MyLatch, events, sock, next_timeout(GetCurrentTimestamp()),
-							   PG_WAIT_EXTENSION);
+		events = WL_SOCKET_READABLE;
+		if (outbuf.len > 0 || link_state == LINK_CONNECTING)
+			events |= WL_SOCKET_WRITEABLE;
+		rc = wait_for_events(events, next_timeout(GetCurrentTimestamp()));
 		woken = (rc & WL_LATCH_SET) != 0;
 		if (woken)
 			ResetLatch(MyLatch);
