@@ -63,7 +63,7 @@ HttpCarrierPrepare(DispatchItem *item)
 	t = HttpTransferNew(NULL, false);
 	curl_easy_setopt(t->easy, CURLOPT_URL, url);
 	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) carrier_timeout_ms);
-	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(carrier_timeout_ms, 5000));
+	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) carrier_timeout_ms);
 	HttpTransferAddHeader(t, "Content-Type: application/json");
 	HttpTransferAddHeader(t, "Accept: application/json");
 	HttpTransferAddHeader(t, psprintf("Idempotency-Key: %s", item->message_id));

@@ -146,7 +146,7 @@ WhatsappPrepare(DispatchItem *item)
 					 psprintf("%s/%s/%s/messages", cfg(item, "base_url", "https://graph.facebook.com"),
 							  cfg(item, "version", "v19.0"), phone_id));
 	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) carrier_timeout_ms);
-	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(carrier_timeout_ms, 5000));
+	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) carrier_timeout_ms);
 	HttpTransferAddHeader(t, "Content-Type: application/json");
 	HttpTransferAddHeader(t, psprintf("Authorization: Bearer %s", token));
 	HttpTransferSetBody(t, body.data, body.len);

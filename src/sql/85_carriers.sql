@@ -101,64 +101,73 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
 $$;
 
 -- Claim up to `batch` due messages for carriers of `carrier_kinds` (and only
--- `only_carrier` when given): lock, route, lease. Messages routed to other
--- kinds are left for their workers; messages no carrier can take wait 30 s
--- (NO_ROUTE) and expire if that lasts past their validity. Carriers with
--- max_per_second get at most what their token bucket holds.
+-- `only_carrier` when given): route, lock, lease. The route is computed in
+-- the scan itself (sandbox messages → 'sandbox'; others by the longest
+-- prefix, then priority, over enabled carriers that are not down), so rows
+-- routed to other kinds are passed over without being locked, and a backlog
+-- for one kind never hides another's messages. Carriers with max_per_second
+-- get at most what their token bucket holds. When the claim comes back
+-- short, due messages that no carrier can take wait 30 s (NO_ROUTE); they
+-- expire if that lasts past their validity.
 CREATE FUNCTION envoisms.dispatch_claim(carrier_kinds text[], only_carrier text, batch int, lease interval)
 RETURNS TABLE (account_id text, message_id text, carrier_id text, carrier_kind text, to_number text,
                sender_id text, channel text, body text, encoding text, segments int, buttons jsonb,
                metadata jsonb, attempts int, expires_at timestamptz, carrier_config jsonb)
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
-    allowance jsonb;
+    allowance jsonb := '{}';
+    claimed int;
 BEGIN
     IF batch IS NULL OR batch < 1 OR lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'dispatch_claim needs a positive batch and lease'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- Refill the token buckets of rate-capped carriers this claim may use.
-    INSERT INTO envoisms.carrier_rate_state AS s (carrier_id, tokens, updated_at)
-    SELECT c.carrier_id, c.max_per_second, now() FROM envoisms.carriers c
-     WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
-       AND (only_carrier IS NULL OR c.carrier_id = only_carrier)
-    ON CONFLICT ON CONSTRAINT carrier_rate_state_pkey DO UPDATE
-       SET tokens = least(EXCLUDED.tokens,
-                          s.tokens + EXCLUDED.tokens * extract(epoch FROM now() - s.updated_at)),
-           updated_at = now();
-    SELECT coalesce(jsonb_object_agg(s.carrier_id, floor(s.tokens)::int), '{}') INTO allowance
-      FROM envoisms.carrier_rate_state s JOIN envoisms.carriers c ON c.carrier_id = s.carrier_id
-     WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
-       AND (only_carrier IS NULL OR c.carrier_id = only_carrier);
+    IF EXISTS (SELECT 1 FROM envoisms.carriers c WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)) THEN
+        INSERT INTO envoisms.carrier_rate_state AS s (carrier_id, tokens, updated_at)
+        SELECT c.carrier_id, c.max_per_second, now() FROM envoisms.carriers c
+         WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
+           AND (only_carrier IS NULL OR c.carrier_id = only_carrier)
+        ON CONFLICT ON CONSTRAINT carrier_rate_state_pkey DO UPDATE
+           SET tokens = least(EXCLUDED.tokens,
+                              s.tokens + EXCLUDED.tokens * extract(epoch FROM now() - s.updated_at)),
+               updated_at = now();
+        SELECT coalesce(jsonb_object_agg(s.carrier_id, floor(s.tokens)::int), '{}') INTO allowance
+          FROM envoisms.carrier_rate_state s JOIN envoisms.carriers c ON c.carrier_id = s.carrier_id
+         WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
+           AND (only_carrier IS NULL OR c.carrier_id = only_carrier);
+    END IF;
 
     RETURN QUERY
-    WITH candidates AS (
-        SELECT m.account_id, m.message_id, m.next_attempt_at,
-               envoisms.route_carrier(m.channel, m.to_number, m.sandbox) AS routed
+    WITH usable AS MATERIALIZED (
+        SELECT r.channel, r.prefix, r.priority, c.carrier_id, c.kind, c.config
+          FROM envoisms.routes r JOIN envoisms.carriers c ON c.carrier_id = r.carrier_id
+         WHERE c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
+    ), sandbox_carrier AS MATERIALIZED (
+        SELECT c.carrier_id, c.kind, c.config FROM envoisms.carriers c WHERE c.carrier_id = 'sandbox'
+    ), locked AS (
+        SELECT m.account_id, m.message_id, m.next_attempt_at, rt.carrier_id AS routed, rt.kind, rt.config
           FROM envoisms.messages m
+         CROSS JOIN LATERAL (
+                SELECT sc.carrier_id, sc.kind, sc.config FROM sandbox_carrier sc WHERE m.sandbox
+                UNION ALL
+                (SELECT u.carrier_id, u.kind, u.config FROM usable u
+                  WHERE NOT m.sandbox AND u.channel = m.channel AND starts_with(ltrim(m.to_number, '+'), u.prefix)
+                  ORDER BY length(u.prefix) DESC, u.priority
+                  LIMIT 1)
+                LIMIT 1) rt
          WHERE m.status = 'queued' AND m.next_attempt_at <= now()
            AND (m.locked_until IS NULL OR m.locked_until < now())
            AND m.expires_at > now()
+           AND rt.kind = ANY (carrier_kinds) AND (only_carrier IS NULL OR rt.carrier_id = only_carrier)
+           AND coalesce((allowance->>rt.carrier_id)::int, 1) > 0
          ORDER BY m.next_attempt_at
-         LIMIT batch * 4
-           FOR UPDATE SKIP LOCKED
-    ), ranked AS (
-        SELECT cd.*, c.kind, c.config,
-               row_number() OVER (PARTITION BY cd.routed ORDER BY cd.next_attempt_at) AS rn
-          FROM candidates cd JOIN envoisms.carriers c ON c.carrier_id = cd.routed
-         WHERE c.kind = ANY (carrier_kinds) AND (only_carrier IS NULL OR cd.routed = only_carrier)
-    ), chosen AS (
-        SELECT r.* FROM ranked r
-         WHERE r.rn <= coalesce((allowance->>r.routed)::int, 2147483647)
-         ORDER BY r.next_attempt_at
          LIMIT batch
-    ), unroutable AS (
-        UPDATE envoisms.messages m
-           SET next_attempt_at = now() + interval '30 seconds', error_code = 'NO_ROUTE',
-               error_message = 'no enabled carrier routes this number on this channel'
-          FROM candidates cd
-         WHERE cd.routed IS NULL AND m.account_id = cd.account_id AND m.message_id = cd.message_id
-        RETURNING 1
+           FOR UPDATE OF m SKIP LOCKED
+    ), chosen AS (
+        SELECT l.* FROM (SELECT lk.*, row_number() OVER (PARTITION BY lk.routed ORDER BY lk.next_attempt_at) AS rn
+                           FROM locked lk) l
+         WHERE l.rn <= coalesce((allowance->>l.routed)::int, 2147483647)
     ), leased AS (
         UPDATE envoisms.messages m
            SET carrier_id = ch.routed, locked_until = now() + lease, attempts = m.attempts + 1,
@@ -174,6 +183,24 @@ BEGIN
         RETURNING 1
     )
     SELECT l.* FROM leased l;
+    GET DIAGNOSTICS claimed = ROW_COUNT;
+
+    IF claimed < batch THEN
+        -- what no carrier takes (no route, or only disabled / down carriers) waits
+        UPDATE envoisms.messages m
+           SET next_attempt_at = now() + interval '30 seconds', error_code = 'NO_ROUTE',
+               error_message = 'no enabled carrier routes this number on this channel'
+         WHERE m.ctid = ANY (ARRAY(
+                SELECT x.ctid FROM envoisms.messages x
+                 WHERE x.status = 'queued' AND x.next_attempt_at <= now() AND NOT x.sandbox
+                   AND (x.locked_until IS NULL OR x.locked_until < now())
+                   AND NOT EXISTS (SELECT 1 FROM envoisms.routes r JOIN envoisms.carriers c ON c.carrier_id = r.carrier_id
+                                    WHERE c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
+                                      AND r.channel = x.channel AND starts_with(ltrim(x.to_number, '+'), r.prefix))
+                 ORDER BY x.next_attempt_at
+                 LIMIT batch
+                   FOR UPDATE SKIP LOCKED));
+    END IF;
 END
 $$;
 
@@ -449,27 +476,56 @@ RETURN envoisms.message_fail(account_id, message_id, left(error_code, 100), left
 -- Record a batch of outcomes in one transaction (the dispatcher's second
 -- transaction): [{"op":"sent"|"retry"|"failed"|"release", "a": account_id,
 -- "m": message_id, "c": carrier_id, "r": carrier_ref, "code", "msg",
--- "delay_ms"}]. Returns how many were applied.
+-- "delay_ms"}]. The 'sent' outcomes, nearly all of them, are applied in one
+-- statement (then any early report); the others one by one. Returns how
+-- many were applied.
 CREATE FUNCTION envoisms.dispatch_record(outcomes jsonb) RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
-    o jsonb;
+    o record;
+    d record;
     n int := 0;
     ok boolean;
 BEGIN
-    FOR o IN SELECT value FROM jsonb_array_elements(outcomes) LOOP
-        CASE o->>'op'
-        WHEN 'sent' THEN
-            ok := envoisms.dispatch_sent(o->>'a', o->>'m', o->>'c', o->>'r');
+    WITH s AS (
+        SELECT x.a, x.m, x.c, x.r FROM jsonb_to_recordset(outcomes) AS x(op text, a text, m text, c text, r text)
+         WHERE x.op = 'sent'
+    ), upd AS (
+        UPDATE envoisms.messages m
+           SET status = 'sent', sent_at = now(), carrier_id = s.c, carrier_ref = s.r, locked_until = NULL,
+               updated_at = now(), error_code = NULL, error_message = NULL
+          FROM s
+         WHERE m.account_id = s.a AND m.message_id = s.m AND m.status = 'queued'
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM upd;
+    -- delivery reports that came before the submit answer
+    IF EXISTS (SELECT 1 FROM envoisms.pending_dlrs) THEN
+        FOR d IN DELETE FROM envoisms.pending_dlrs p
+                  USING jsonb_to_recordset(outcomes) AS x(op text, a text, m text, c text, r text)
+                  WHERE x.op = 'sent' AND p.carrier_id = x.c AND p.carrier_ref = x.r
+                 RETURNING x.a, x.m, p.status, p.error_code, p.error_message
+        LOOP
+            IF d.status <> 'sent' THEN
+                PERFORM envoisms.dlr_apply_message(d.a, d.m, d.status, d.error_code, d.error_message);
+            END IF;
+        END LOOP;
+    END IF;
+
+    FOR o IN SELECT * FROM jsonb_to_recordset(outcomes)
+                    AS x(op text, a text, m text, c text, r text, code text, msg text, delay_ms double precision)
+              WHERE x.op <> 'sent'
+    LOOP
+        CASE o.op
         WHEN 'retry' THEN
-            ok := envoisms.dispatch_retry(o->>'a', o->>'m', o->>'code', o->>'msg',
-                                          make_interval(secs => (o->>'delay_ms')::double precision / 1000)) IS NOT NULL;
+            ok := envoisms.dispatch_retry(o.a, o.m, o.code, o.msg,
+                                          make_interval(secs => coalesce(o.delay_ms, 0) / 1000)) IS NOT NULL;
         WHEN 'failed' THEN
-            ok := envoisms.dispatch_failed(o->>'a', o->>'m', o->>'code', o->>'msg') IS NOT NULL;
+            ok := envoisms.dispatch_failed(o.a, o.m, o.code, o.msg) IS NOT NULL;
         WHEN 'release' THEN
-            ok := coalesce(envoisms.dispatch_release(o->>'a', o->>'m'), false);
+            ok := coalesce(envoisms.dispatch_release(o.a, o.m), false);
         ELSE
-            RAISE EXCEPTION 'unknown dispatch outcome "%"', o->>'op' USING ERRCODE = 'invalid_parameter_value';
+            RAISE EXCEPTION 'unknown dispatch outcome "%"', o.op USING ERRCODE = 'invalid_parameter_value';
         END CASE;
         IF ok THEN
             n := n + 1;
@@ -480,25 +536,39 @@ END
 $$;
 
 -- The sandbox carrier's delivery reports: messages it sent at least `delay`
--- ago become delivered (or failed / expired for the magic numbers). Returns
--- how many were applied (at most `batch`).
+-- ago become delivered (in one statement), or failed / expired for the
+-- magic numbers. Returns how many were applied (at most `batch`).
 CREATE FUNCTION envoisms.sandbox_deliver_due(delay interval, batch int) RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     m record;
     n int := 0;
 BEGIN
-    FOR m IN SELECT x.account_id, x.message_id, x.to_number FROM envoisms.messages x
-              WHERE x.status = 'sent' AND left(x.carrier_ref, 4) = 'sbx_' AND x.sent_at <= now() - delay
-              ORDER BY x.sent_at LIMIT batch FOR UPDATE SKIP LOCKED
+    FOR m IN WITH due AS (
+                 SELECT x.account_id, x.message_id, x.to_number FROM envoisms.messages x
+                  WHERE x.status = 'sent' AND left(x.carrier_ref, 4) = 'sbx_' AND x.sent_at <= now() - delay
+                  ORDER BY x.sent_at LIMIT batch FOR UPDATE SKIP LOCKED
+             ), delivered AS (
+                 UPDATE envoisms.messages x SET status = 'delivered', delivered_at = now(), updated_at = now()
+                   FROM due
+                  WHERE x.account_id = due.account_id AND x.message_id = due.message_id
+                    AND due.to_number NOT IN ('+212600000001', '+212600000002')
+                 RETURNING 1
+             )
+             SELECT due.*, (SELECT count(*) FROM delivered) AS n_delivered FROM due
+              WHERE due.to_number IN ('+212600000001', '+212600000002')
+             UNION ALL
+             SELECT NULL, NULL, NULL, (SELECT count(*) FROM delivered)
     LOOP
+        IF m.account_id IS NULL THEN
+            n := n + m.n_delivered;
+            CONTINUE;
+        END IF;
         PERFORM envoisms.dlr_apply_message(m.account_id, m.message_id,
-            CASE m.to_number WHEN '+212600000001' THEN 'failed' WHEN '+212600000002' THEN 'expired'
-                             ELSE 'delivered' END,
-            CASE m.to_number WHEN '+212600000001' THEN 'SANDBOX_UNDELIVERABLE'
-                             WHEN '+212600000002' THEN 'SANDBOX_EXPIRED' END,
+            CASE m.to_number WHEN '+212600000001' THEN 'failed' ELSE 'expired' END,
+            CASE m.to_number WHEN '+212600000001' THEN 'SANDBOX_UNDELIVERABLE' ELSE 'SANDBOX_EXPIRED' END,
             CASE m.to_number WHEN '+212600000001' THEN 'sandbox magic number: the handset never acknowledged'
-                             WHEN '+212600000002' THEN 'sandbox magic number: the validity ran out at the carrier' END);
+                             ELSE 'sandbox magic number: the validity ran out at the carrier' END);
         n := n + 1;
     END LOOP;
     RETURN n;
