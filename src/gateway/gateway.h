@@ -23,6 +23,7 @@
 #define GATEWAY_VERSION "0.1.0"
 #define MAX_CIDRS 64
 #define MAX_ORIGINS 64
+#define DOCS_URL "https://envoisms.ma/docs#errors"
 
 /* ---- config.c */
 
@@ -180,6 +181,8 @@ extern void StrBufFree(StrBuf *sb);
 /* Appends s as a JSON string literal; invalid UTF-8 bytes become U+FFFD. */
 extern bool JsonQuote(StrBuf *sb, const char *s);
 extern bool Utf8Valid(const char *s, size_t len);
+/* {"error": {"code", "message", "docs"}} (malloc'd; NULL when out of memory). */
+extern char *ErrorEnvelope(const char *code, const char *message);
 extern double NowSeconds(void);
 
 #endif							/* ENVOISMS_GATEWAY_H */

@@ -37,7 +37,6 @@
 
 #include "gateway.h"
 
-#define DOCS_URL "https://envoisms.ma/docs#errors"
 #define KEY_ID_HEADER "X-Envoisms-Key-Id"
 #define DISCARD_LIMIT (1024 * 1024)
 #define JSON_TYPE "application/json; charset=utf-8"
@@ -337,22 +336,18 @@ Respond(Request *req, struct MHD_Connection *connection, int status,
 }
 
 /* The contract's error envelope, for errors the gateway answers itself. */
+/* The contract's error envelope, for errors the gateway answers itself. */
 static enum MHD_Result
 RespondError(Request *req, struct MHD_Connection *connection, int status,
 			 const char *code, const char *message, bool close)
 {
-	StrBuf		sb = {0};
+	char	   *body = ErrorEnvelope(code, message);
 	enum MHD_Result ret;
 
-	if (!StrBufAppend(&sb, "{\"error\": {\"code\": ", 19) || !JsonQuote(&sb, code) ||
-		!StrBufAppend(&sb, ", \"message\": ", 13) || !JsonQuote(&sb, message) ||
-		!StrBufAppend(&sb, ", \"docs\": \"" DOCS_URL "\"}}", strlen(", \"docs\": \"" DOCS_URL "\"}}")))
-	{
-		StrBufFree(&sb);
+	if (body == NULL)
 		return MHD_NO;
-	}
-	ret = Respond(req, connection, status, sb.data, sb.len, JSON_TYPE, NULL, close);
-	StrBufFree(&sb);
+	ret = Respond(req, connection, status, body, strlen(body), JSON_TYPE, NULL, close);
+	free(body);
 	return ret;
 }
 

@@ -31,7 +31,6 @@
 #define TEXTOID 25
 #define RECONNECT_PAUSE 1.0
 #define RETRY_AFTER "1"
-#define DOCS_URL "https://envoisms.ma/docs#errors"
 
 struct PoolConn
 {
@@ -238,13 +237,8 @@ static void
 Envelope(ApiResult *result, int status, const char *code, const char *message,
 		 const char *headers)
 {
-	char		buf[512];
-
-	snprintf(buf, sizeof(buf),
-			 "{\"error\": {\"code\": \"%s\", \"message\": \"%s\", \"docs\": \"" DOCS_URL "\"}}",
-			 code, message);
 	result->status = status;
-	result->body = strdup(buf);
+	result->body = ErrorEnvelope(code, message);
 	result->headers = headers ? strdup(headers) : NULL;
 }
 

@@ -1,7 +1,8 @@
 /*
  * util.c — small string helpers of the gateway: a growable buffer, JSON
- * string quoting (the request headers are sent to SQL as a JSON object) and
- * UTF-8 validation (a body that is not UTF-8 cannot be a text parameter).
+ * string quoting (the request headers are sent to SQL as a JSON object),
+ * UTF-8 validation (a body that is not UTF-8 cannot be a text parameter) and
+ * the contract's error envelope for the errors the gateway answers itself.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +158,19 @@ JsonQuote(StrBuf *sb, const char *s)
 		i++;
 	}
 	return StrBufAppend(sb, "\"", 1);
+}
+
+char *
+ErrorEnvelope(const char *code, const char *message)
+{
+	StrBuf		sb = {0};
+
+	if (StrBufAppend(&sb, "{\"error\": {\"code\": ", 19) && JsonQuote(&sb, code) &&
+		StrBufAppend(&sb, ", \"message\": ", 13) && JsonQuote(&sb, message) &&
+		StrBufAppend(&sb, ", \"docs\": \"" DOCS_URL "\"}}", strlen(", \"docs\": \"" DOCS_URL "\"}}")))
+		return sb.data;
+	StrBufFree(&sb);
+	return NULL;
 }
 
 double
