@@ -17,8 +17,13 @@ N=${BENCH_CONTACTS:-1000000}
 SECONDS_=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_CLIENTS:-8}
 work=$(mktemp -d)
-trap 'rm -rf "$work"; dropdb --if-exists "$DB" >/dev/null 2>&1 || true' EXIT
+# BENCH_KEEP=1 keeps the database, and a later run with BENCH_KEEP=1 reuses its contacts.
+if [ -n "${BENCH_KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT
+else trap 'rm -rf "$work"; dropdb --if-exists "$DB" >/dev/null 2>&1 || true' EXIT; fi
 
+if [ -n "${BENCH_KEEP:-}" ] && psql -qXAt -d "$DB" -c 'SELECT 1 FROM bench' >/dev/null 2>&1; then
+    echo "reusing the contacts of $DB"
+else
 dropdb --if-exists "$DB" >/dev/null 2>&1
 createdb "$DB"
 start=$(date +%s)
@@ -40,6 +45,7 @@ SELECT b.account_id, envoisms.new_id('ctc'), bench_phone(g), bench_first(g) || '
 VACUUM ANALYZE envoisms.contacts;
 SQL
 echo "loaded $N contacts in $(( $(date +%s) - start )) s"
+fi
 acc=$(psql -qXAt -d "$DB" -c 'SELECT account_id FROM bench')
 
 echo
@@ -75,7 +81,12 @@ pgbench -n -M prepared -c "$CLIENTS" -j 2 -T "$SECONDS_" -l \
 cd - >/dev/null
 awk '{ print $3 / 1000.0 }' "$work"/log/pgbench_log.* | sort -n |
     awk '{ v[NR] = $1 } END { printf "n=%d p50=%.2f ms p90=%.2f ms p99=%.2f ms max=%.2f ms\n", NR, v[int(NR*.5)], v[int(NR*.9)], v[int(NR*.99)], v[NR] }'
-awk '{ n[$4]++ } END { for (k in n) printf "  script %d: %d lookups\n", k, n[k] }' "$work"/log/pgbench_log.* | sort
+set -- $kinds
+for k in 0 1 2 3 4; do
+    eval "name=\${$((k + 1))}"
+    awk -v k=$k '$4 == k { print $3 / 1000.0 }' "$work"/log/pgbench_log.* | sort -n |
+        awk -v name="$name" '{ v[NR] = $1 } END { printf "  %-12s n=%d p50=%.2f ms p99=%.2f ms\n", name, NR, v[int(NR*.5)], v[int(NR*.99)] }'
+done
 grep -o 'tps = [0-9.]*' "$work/search.out" | head -1
 for kind in $kinds; do
     printf '  hits of one %-12s q (%s): %s\n' "$kind" \

@@ -330,11 +330,23 @@ BEGIN
         END IF;
     END IF;
 
-    SELECT count(*) INTO n
-      FROM envoisms.contact_search(account_id, list_id, q IS NOT NULL, words, phone_prefix, digits, email_prefix);
-    SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]') INTO rows
-      FROM (SELECT * FROM envoisms.contact_search(account_id, list_id, q IS NOT NULL, words, phone_prefix, digits, email_prefix) c
-             ORDER BY c.contact_id DESC LIMIT "limit" OFFSET "offset") p;
+    IF q IS NULL THEN
+        -- a listing: the page walks the primary key backwards, the total counts
+        SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]') INTO rows
+          FROM (SELECT * FROM envoisms.contact_search(account_id, list_id, false, NULL, NULL, NULL, NULL) c
+                 ORDER BY c.contact_id DESC LIMIT "limit" OFFSET "offset") p;
+        SELECT count(*) INTO n FROM envoisms.contact_search(account_id, list_id, false, NULL, NULL, NULL, NULL);
+    ELSE
+        -- a search: the hits come from the indexes (BitmapOr) once, then are
+        -- counted and sorted; never a walk of the primary key that filters
+        -- every contact (the planner cannot estimate prefix matches)
+        WITH hits AS MATERIALIZED (
+            SELECT * FROM envoisms.contact_search(account_id, list_id, true, words, phone_prefix, digits, email_prefix))
+        SELECT (SELECT count(*) FROM hits),
+               (SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]')
+                  FROM (SELECT * FROM hits h ORDER BY h.contact_id DESC LIMIT "limit" OFFSET "offset") p)
+          INTO n, rows;
+    END IF;
     RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
 END
 $$;

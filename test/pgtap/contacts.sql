@@ -4,7 +4,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(96);
+SELECT plan(97);
 
 SELECT pg_temp.new_account(10) AS acc \gset
 SELECT pg_temp.use_key(pg_temp.new_key(:'acc')) IS NOT NULL AS ok \gset
@@ -62,6 +62,8 @@ SELECT * FROM pg_temp.fails('GET', '/v1/contacts', NULL, 400, 'VALIDATION_ERROR'
 SELECT * FROM pg_temp.fails('GET', '/v1/contacts', NULL, 400, 'VALIDATION_ERROR', 'offset=-1', query => 'offset=-1');
 SELECT is((SELECT body->>'offset' || ' ' || jsonb_array_length(body->'data') FROM pg_temp.call('GET', '/v1/contacts', query => 'offset=3')),
           '3 1', 'offset=3 skips three');
+SELECT is((SELECT body->>'total' || ' ' || jsonb_array_length(body->'data') FROM pg_temp.call('GET', '/v1/contacts', query => 'offset=100')),
+          '4 0', 'an offset past the end: no data, the total still counted');
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=benn')), :'ctc', 'q matches a word of the name');
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=KARIM%20b')), :'ctc', 'q: several word prefixes, any case');
 SELECT is((SELECT body->'data'->0->>'id' FROM pg_temp.call('GET', '/v1/contacts', query => 'q=karim%40exa')), :'ctc', 'q matches the email''s start');
