@@ -66,6 +66,7 @@
 #define THROTTLE_PAUSE_MAX_MS 30000
 #define UNBIND_WAIT_MS 2000
 #define WAIT_MAX_MS 10000
+#define BUSY_CLAIM_RETRY_MS 20
 
 /* ---- the window */
 
@@ -110,6 +111,7 @@ static int	throttle_streak;
 static double tokens;
 static TimestampTz tokens_at;
 static TimestampTz next_claim;
+static TimestampTz last_claimed_at;	/* when a claim last returned messages */
 static bool stopping = false;
 
 
@@ -496,8 +498,20 @@ maybe_claim(TimestampTz now, bool woken)
 		return;
 	}
 	pg_atomic_fetch_add_u64(&MyWorkerSlot->claimed, claimed);
-	/* A full batch means more may be due: claim again as soon as there is room. */
-	next_claim = (claimed >= smpp_cfg.batch) ? now : now + (int64) smpp_poll_ms * 1000;
+	if (claimed > 0)
+		last_claimed_at = now;
+	/*
+	 * A full batch means more may be due: claim again as soon as there is
+	 * room. An empty claim right after busy ones may only mean that another
+	 * claimer (the dispatcher's SKIP LOCKED scan) holds the queue's head for
+	 * a moment: look again shortly rather than after a whole poll interval.
+	 */
+	if (claimed >= smpp_cfg.batch)
+		next_claim = now;
+	else if (now - last_claimed_at < USECS_PER_SEC)
+		next_claim = now + Min(smpp_poll_ms, BUSY_CLAIM_RETRY_MS) * 1000;
+	else
+		next_claim = now + (int64) smpp_poll_ms * 1000;
 }
 
 /* ---- submitting */
