@@ -303,6 +303,23 @@ is($mp[0]{sm_hex}, '', 'message_payload: short_message empty');
 is(pack('H*', $mp[0]{tlv}{'0x0424'}), $long, 'message_payload TLV holds the whole text');
 is(sql("SELECT segments FROM envoisms.messages WHERE message_id = '$mp'"), '3', 'still billed as 3 segments');
 
+# ---- per-bind rate cap, and GSM packed 7-bit as a carrier setting
+sql(q{INSERT INTO envoisms.carriers (carrier_id, kind, max_per_second, config) VALUES
+    ('simslow', 'smpp', 5, jsonb_build_object('host', '127.0.0.1', 'port', } . $port . q{,
+     'system_id', 'esme', 'password', 'secret', 'gsm_packing', true))});
+sql("INSERT INTO envoisms.routes (channel, prefix, carrier_id) VALUES ('sms', '2126998', 'simslow')");
+wait_for("SELECT state FROM envoisms.smpp_binds() WHERE carrier_id = 'simslow'", 'bound', 'rate-capped carrier bound');
+$n_before = scalar(pdus('submit_sm'));
+my @slow = map { send_sms($account, sprintf('+2126998%05d', $_), 'Hello') } 1 .. 12;
+$list = join(',', map { "'$_'" } @slow);
+wait_for("SELECT count(*) FROM envoisms.messages WHERE message_id IN ($list) AND status = 'delivered'", '12',
+	'rate-capped carrier: all 12 delivered');
+@all = pdus('submit_sm');
+my @slow_pdus = @all[ $n_before .. $#all ];
+my $span = $slow_pdus[-1]{t} - $slow_pdus[0]{t};
+cmp_ok($span, '>=', 1.0, sprintf('max_per_second 5: 12 submits spread over %.2f s (a burst of 5, then 5 a second)', $span));
+is($slow_pdus[0]{sm_hex}, 'c8329bfd06', 'gsm_packing: "Hello" sent as packed septets C8 32 9B FD 06');
+
 # ---- clean unbind when the carrier goes away
 my $unbinds = () = pdus('unbind');
 sql("DELETE FROM envoisms.routes WHERE carrier_id = 'simpayload'");
