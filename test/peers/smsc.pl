@@ -24,6 +24,7 @@
 #   status CODE N     answer the next N submit_sm with CODE (decimal or 0x..)
 #   noresp N          swallow the next N submit_sm (no answer at all)
 #   nack CODE N       answer the next N submit_sm with generic_nack CODE
+#   crash N           exit at once (no answer, no unbind) on the Nth next submit_sm
 #   receipts MODE     change the receipt mode; stat WORD the receipt stat
 #   mo FROM TO DC ESM HEX   send a deliver_sm (data_coding DC, esm_class ESM,
 #                     short_message HEX) to every bound session
@@ -81,7 +82,7 @@ $sel->add($control) if $control;
 my %sessions;    # fileno => { conn, buf, bound }
 my %controls;    # fileno => { sock, buf }
 my %count = map { $_ => 0 } qw(submits accepted throttled binds unbinds enquires deliver_resps);
-my ($throttle, $noresp, $status_n, $status_code, $nack_n, $nack_code) = (0, 0, 0, 0, 0, 0);
+my ($throttle, $noresp, $status_n, $status_code, $nack_n, $nack_code, $crash) = (0, 0, 0, 0, 0, 0, 0);
 my $next_id = 0;
 my @scheduled;    # [time, conn, sub]
 my $json = JSON::PP->new->canonical;
@@ -144,6 +145,7 @@ sub submit
 {
     my ($conn, $pdu) = @_;
     $count{submits}++;
+    POSIX::_exit(3) if $crash > 0 && --$crash == 0;    # a crash: this one is never answered
     if ($noresp > 0)
     {
         $noresp--;
@@ -285,6 +287,7 @@ sub control_command
     if ($c eq 'throttle') { $throttle = $w[0] // 1; return 'ok' }
     if ($c eq 'noresp') { $noresp = $w[0] // 1; return 'ok' }
     if ($c eq 'status') { $status_code = $w[0] =~ /^0x/i ? hex($w[0]) : $w[0]; $status_n = $w[1] // 1; return 'ok' }
+    if ($c eq 'crash') { $crash = $w[0] // 1; return 'ok' }
     if ($c eq 'nack') { $nack_code = $w[0] =~ /^0x/i ? hex($w[0]) : $w[0]; $nack_n = $w[1] // 1; return 'ok' }
     if ($c eq 'receipts') { $opt{receipts} = $w[0]; return 'ok' }
     if ($c eq 'stat') { $stat = $w[0]; return 'ok' }
