@@ -47,8 +47,11 @@ CREATE TABLE envoisms.verify_limits (
 INSERT INTO envoisms.verify_limits (account_id) VALUES ('*');
 SELECT pg_catalog.pg_extension_config_dump('envoisms.verify_limits', 'WHERE account_id <> ''*''');
 
+-- No foreign key to accounts, as for messages (00_schema.sql): the check
+-- would KEY SHARE-lock the account row on every OTP sent; verify_send has
+-- already checked the account (check_account_channel), which is never deleted.
 CREATE TABLE envoisms.verify_sessions (
-    account_id   text NOT NULL REFERENCES envoisms.accounts,
+    account_id   text NOT NULL,
     session_id   text NOT NULL CHECK (session_id ~ '^vrf_[0-9a-f]{28}$'),
     api_key_id   text,
     to_number    text NOT NULL,

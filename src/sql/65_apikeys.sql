@@ -43,15 +43,11 @@ LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
 DECLARE
     extra text[];
 BEGIN
-    IF holder IS NULL OR wanted IS NULL THEN
-        IF holder IS NOT NULL AND wanted IS NULL THEN
-            extra := ARRAY(SELECT p FROM unnest(envoisms.api_permissions()) p WHERE NOT p = ANY (holder));
-        ELSE
-            RETURN;
-        END IF;
-    ELSE
-        extra := ARRAY(SELECT DISTINCT p FROM unnest(wanted) p WHERE NOT p = ANY (holder) ORDER BY 1);
+    IF holder IS NULL THEN
+        RETURN;                         -- a key with every permission may grant any
     END IF;
+    extra := ARRAY(SELECT DISTINCT p FROM unnest(coalesce(wanted, envoisms.api_permissions())) p
+                    WHERE NOT p = ANY (holder) ORDER BY 1);
     IF cardinality(extra) > 0 THEN
         PERFORM envoisms.raise_error('FORBIDDEN',
             format('this API key cannot grant permissions it does not have: %s', array_to_string(extra, ', ')),

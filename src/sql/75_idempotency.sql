@@ -13,8 +13,10 @@
 -- and a retry runs the request again (only replies that were committed are
 -- replayed). Keys belong to one API key and live 24 hours.
 
+-- No foreign key to accounts, as for messages (00_schema.sql): the check
+-- would KEY SHARE-lock the account row on every request with a key.
 CREATE TABLE envoisms.idempotency_keys (
-    account_id    text NOT NULL REFERENCES envoisms.accounts,
+    account_id    text NOT NULL,
     api_key_id    text NOT NULL,
     idempotency_key text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 255),
     request_hash  text NOT NULL CHECK (request_hash ~ '^[0-9a-f]{64}$'),
