@@ -41,6 +41,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "worker.h"
 #include "worker_smpp.h"
 
 typedef struct SmppShared
@@ -137,14 +138,6 @@ SmppInit(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-const char *
-SmppDatabaseName(void)
-{
-	const char *db = GetConfigOption("envoisms.database", true, false);
-
-	return (db && db[0]) ? db : "envoisms";
-}
-
 /* ---- slots */
 
 
@@ -156,7 +149,6 @@ slot_detach(int code, Datum arg)
 
 	SpinLockAcquire(&slot->mutex);
 	slot->pid = 0;
-	slot->latch = NULL;
 	SpinLockRelease(&slot->mutex);
 }
 
@@ -170,7 +162,6 @@ SmppSlotAttach(int index, const char *carrier_id)
 	slot = &smpp_shared->slots[index];
 	SpinLockAcquire(&slot->mutex);
 	slot->pid = MyProcPid;
-	slot->latch = MyLatch;
 	strlcpy(slot->carrier_id, carrier_id, sizeof(slot->carrier_id));
 	slot->last_error[0] = '\0';
 	slot->since = GetCurrentTimestamp();
@@ -212,26 +203,6 @@ SmppSlotSetError(SmppBindSlot *slot, const char *fmt,...)
 	SpinLockAcquire(&slot->mutex);
 	strlcpy(slot->last_error, buf, sizeof(slot->last_error));
 	SpinLockRelease(&slot->mutex);
-}
-
-void
-SmppWakeBinds(void)
-{
-	int			i;
-
-	if (smpp_shared == NULL)
-		return;
-	for (i = 0; i < SMPP_MAX_BINDS; i++)
-	{
-		SmppBindSlot *s = &smpp_shared->slots[i];
-		Latch	   *latch;
-
-		SpinLockAcquire(&s->mutex);
-		latch = s->pid ? s->latch : NULL;
-		SpinLockRelease(&s->mutex);
-		if (latch)
-			SetLatch(latch);
-	}
 }
 
 /* ---- the supervisor */
@@ -404,7 +375,7 @@ SmppSupervisorMain(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(SmppDatabaseName(), NULL, 0);
+	BackgroundWorkerInitializeConnection(worker_database, NULL, 0);
 	pgstat_report_appname("envoisms smpp supervisor");
 
 	SpinLockAcquire(&smpp_shared->mutex);

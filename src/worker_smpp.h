@@ -11,7 +11,6 @@
 
 #include "datatype/timestamp.h"
 #include "port/atomics.h"
-#include "storage/latch.h"
 #include "storage/spin.h"
 
 #define SMPP_MAX_BINDS 32
@@ -33,10 +32,9 @@ typedef enum SmppBindState
 /* One bind's public state; counters are written by the bind only. */
 typedef struct SmppBindSlot
 {
-	slock_t		mutex;			/* protects pid, carrier_id, last_error */
+	slock_t		mutex;			/* protects pid, carrier_id, since, last_error */
 	pid_t		pid;			/* 0 = free */
 	char		carrier_id[SMPP_CARRIER_ID_LEN];
-	Latch	   *latch;
 	pg_atomic_uint32 state;
 	TimestampTz since;			/* when the state last changed */
 	pg_atomic_uint64 submitted;
@@ -56,16 +54,10 @@ extern int	smpp_supervisor_naptime_ms;
 extern int	smpp_poll_ms;
 extern int	smpp_lease_s;
 
-/* The database the workers connect to (envoisms.database, else "envoisms"). */
-extern const char *SmppDatabaseName(void);
-
 /* Claim slot `index` for this process (a bind worker) until it exits. */
 extern SmppBindSlot *SmppSlotAttach(int index, const char *carrier_id);
 extern void SmppSlotSetState(SmppBindSlot *slot, SmppBindState state);
 extern void SmppSlotSetError(SmppBindSlot *slot, const char *fmt,...) pg_attribute_printf(2, 3);
-
-/* Set the latch of every bind (new messages may be due). */
-extern void SmppWakeBinds(void);
 
 /* Entry points (bgw_function_name). */
 extern PGDLLEXPORT void SmppSupervisorMain(Datum arg);
