@@ -28,9 +28,10 @@ as_server_user initdb -D "$dir/data" -A trust -E UTF8 --locale=C.UTF-8 >/dev/nul
 as_server_user bash -c "cat >> '$dir/data/postgresql.conf'" <<CONF
 shared_preload_libraries = 'envoisms'
 envoisms.database = 'postgres'
+envoisms.dispatch_workers = ${BENCH_DISPATCHERS:-2}
 envoisms.dispatch_batch_size = 1000
 envoisms.dispatch_max_in_flight = 2000
-envoisms.carrier_max_connections = 64
+envoisms.carrier_max_connections = 512
 envoisms.sandbox_delivery_delay = 0
 envoisms.webhook_workers = 0
 port = $PORT

@@ -159,6 +159,8 @@ typedef struct HttpTransfer
 typedef struct HttpPool HttpPool;
 
 extern HttpPool *HttpPoolCreate(long max_host_connections, long max_total_connections);
+/* Change the connection limits (after a reload). */
+extern void HttpPoolSetLimits(HttpPool *pool, long max_host_connections, long max_total_connections);
 /* A transfer ready for its URL, headers and body; the pool owns it from
  * HttpPoolStart until it comes back from HttpPoolNextDone. */
 extern HttpTransfer *HttpTransferNew(void *owner, bool ssrf_guard);

@@ -54,7 +54,7 @@ int			dispatch_max_in_flight = 1000;
 int			dispatch_lease_s = 60;
 int			dispatch_poll_ms = 1000;
 int			carrier_timeout_ms = 10000;
-int			carrier_max_connections = 64;
+int			carrier_max_connections = 128;
 int			dispatch_retry_base_ms = 5000;
 int			dispatch_retry_max_ms = 3600000;
 int			sandbox_delivery_delay_ms = 1000;
@@ -262,7 +262,7 @@ WorkersInit(void)
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("envoisms.carrier_max_connections",
 							"Connections a dispatcher opens to one carrier host at most.",
-							NULL, &carrier_max_connections, 64, 1, 10000,
+							NULL, &carrier_max_connections, 128, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("envoisms.dispatch_retry_base",
 							"First retry delay after a transient carrier failure; doubles with each attempt (with jitter).",

@@ -415,6 +415,7 @@ envoisms_dispatch_main(Datum main_arg)
 	bool		claim_wanted = true;
 	TimestampTz next_claim_at = 0;
 	TimestampTz last_claim_at = 0;
+	int			connections;
 
 	snprintf(name, sizeof(name), "envoisms dispatcher %d", index);
 	WorkerAttach(WORKER_DISPATCH, index, name);
@@ -423,7 +424,8 @@ envoisms_dispatch_main(Datum main_arg)
 	items_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms dispatch items", ALLOCSET_DEFAULT_SIZES);
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms dispatch pass", ALLOCSET_DEFAULT_SIZES);
 	outcome_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms dispatch outcomes", ALLOCSET_DEFAULT_SIZES);
-	pool = HttpPoolCreate(carrier_max_connections, carrier_max_connections * 4L);
+	connections = carrier_max_connections;
+	pool = HttpPoolCreate(connections, connections * 4L);
 	WorkerWatchSocket(HttpPoolSocket(pool));
 
 	WorkerRunTransaction("releasing leases of the previous run", reclaim_txn, NULL);
@@ -437,6 +439,11 @@ envoisms_dispatch_main(Datum main_arg)
 		int			woke;
 
 		MemoryContextSwitchTo(pass_cxt);
+		if (connections != carrier_max_connections)
+		{
+			connections = carrier_max_connections;
+			HttpPoolSetLimits(pool, connections, connections * 4L);
+		}
 		finish_transfers();
 
 		now = GetCurrentTimestamp();
@@ -480,6 +487,7 @@ envoisms_dispatch_main(Datum main_arg)
 			}
 		}
 		flush_outcomes();
+		HttpPoolPerform(pool);
 		/* a retry recorded just now is due before anything the claim saw */
 		if (soonest_retry != 0 && (next_claim_at == 0 || soonest_retry < next_claim_at))
 			next_claim_at = soonest_retry;

@@ -127,6 +127,13 @@ HttpPoolCreate(long max_host_connections, long max_total_connections)
 	return pool;
 }
 
+void
+HttpPoolSetLimits(HttpPool *pool, long max_host_connections, long max_total_connections)
+{
+	CURL_CHECK_MULTI(curl_multi_setopt(pool->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections));
+	CURL_CHECK_MULTI(curl_multi_setopt(pool->multi, CURLMOPT_MAXCONNECTS, max_total_connections));
+}
+
 pgsocket
 HttpPoolSocket(HttpPool *pool)
 {
