@@ -163,8 +163,8 @@ like($w1, qr/^msg_/, 'inbound_receive returns the new message id');
 is($w2, $w1, 'the same carrier_ref received twice is one message');
 is(sql("SELECT channel FROM envoisms.messages WHERE message_id = '$w1'"), 'whatsapp', 'on its channel');
 
-is(sql("SELECT count(*) FROM envoisms.smpp_binds() WHERE carrier_id = 'sim' AND inbound >= 12"), '1',
-	'smpp_binds() counts the inbound PDUs');
+cmp_ok(sql("SELECT inbound FROM envoisms.smpp_binds() WHERE carrier_id = 'sim'"), '>=', 15,
+	'smpp_binds() counted the 15 inbound PDUs');
 is(sql("SELECT bool_and(ok) FROM envoisms.balance_check()"), 't', 'balance_check holds');
 
 kill 'TERM', $smsc;
