@@ -28,7 +28,15 @@ dir=$(mktemp -d /tmp/envoisms-bench.XXXXXX)
 chown "$ENVOISMS_USER" "$dir" 2>/dev/null || true
 chmod 0777 "$dir"
 gwpid=
+# the pid of this run's gateway (not the runuser/bash around it; other gateways may run)
+find_gateway() {
+    local p
+    for p in $(pgrep -f -- "--listen 127.0.0.1:$HTTP_PORT --db host=$dir "); do
+        [ "$(cat "/proc/$p/comm" 2>/dev/null)" = envoisms-gatewa ] && echo "$p"
+    done
+}
 cleanup() {
+    gwpid=$(find_gateway | head -1)
     if [ -n "$gwpid" ]; then kill -TERM "$gwpid" 2>/dev/null || true; sleep 0.5; fi
     as_server_user pg_ctl -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$dir"
@@ -118,9 +126,10 @@ cpu_of() {   # cpu_of PID...: user+system clock ticks of these processes
     echo "$total"
 }
 # "pid ticks" of every live postgres process of the scratch cluster
-pg_ticks() {
-    local p
-    for p in $(pgrep -u "$ENVOISMS_USER" -x postgres); do
+pg_ticks() {   # this cluster only: its postmaster and the postmaster's children
+    local p pm
+    pm=$(head -1 "$dir/data/postmaster.pid")
+    for p in $pm $(pgrep -P "$pm"); do
         [ -r "/proc/$p/stat" ] && tr -d '()' < "/proc/$p/stat" | awk -v p="$p" '$2 == "postgres" { print p, $14 + $15 }'
     done
 }
@@ -137,12 +146,17 @@ read -r api_tps api_p99 < <(pgbench_run api "$dir/api.sql")
 say "starting the gateway ($(nproc) I/O threads, pool of $CLIENTS)"
 as_server_user bash -c "ulimit -n 65536 2>/dev/null || true; exec '$GATEWAY' --listen 127.0.0.1:$HTTP_PORT \
     --db 'host=$dir port=$PORT dbname=envoisms' --threads $(nproc) --pool $CLIENTS" 2> "$dir/gateway.log" &
-gwpid=$!
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-gwpid=$(pgrep -u "$ENVOISMS_USER" -x envoisms-gatewa | head -1)   # comm is cut to 15 characters
-msg=$(curl -fsS -X POST "http://127.0.0.1:$HTTP_PORT/v1/messages" -H "Authorization: Bearer $key" \
-      -H 'Content-Type: application/json' -d "$body" | sed -nE 's/.*"id": "(msg_[^"]+)".*/\1/p')
-[ -n "$msg" ] || die "the gateway did not send a message; see $dir/gateway.log"
+gwpid=$(find_gateway | head -1)
+[ -n "$gwpid" ] || die "the gateway did not start: $(tail -2 "$dir/gateway.log")"
+msg=
+for _ in $(seq 1 20); do
+    msg=$(curl -sS -X POST "http://127.0.0.1:$HTTP_PORT/v1/messages" -H "Authorization: Bearer $key" \
+          -H 'Content-Type: application/json' -d "$body" | sed -nE 's/.*"id": "(msg_[^"]+)".*/\1/p')
+    [ -n "$msg" ] && break
+    sleep 0.5
+done
+[ -n "$msg" ] || { grep -v '"method"' "$dir/gateway.log" | tail -5; die "the gateway did not send a message"; }
 
 say "wrk: POST /v1/messages, $CLIENTS connections"
 gw0=$(cpu_of "$gwpid"); pg_ticks > "$dir/pg0"; all0=$(busy_ticks); t0=$(date +%s.%N)
@@ -177,6 +191,24 @@ awk -v g=$((gw1 - gw0)) -v p="$(pg_delta "$dir/pg0" "$dir/pg1")" -v all=$((all1 
     printf "  everything else (wrk, kernel, other users of the machine): %6.1f CPU-s (%4.1f%%)\n", (all - g - p) / hz, 100 * (all - g - p) / hz / cap
 }'
 echo
+echo "latency distributions (wrk):"
+for n in http get health; do
+    printf '  %-7s %s\n' "$n" "$(awk '/Latency Distribution/ { on = 1; next } on && NF == 2 { printf "%s=%s  ", $1, $2 } on && NF != 2 { on = 0 }' "$dir/$n.out")"
+done
+echo
+echo "time inside the gateway (access log: request line read -> response sent), p50 / p99 / max ms:"
+sed -nE 's/.*"method":"([A-Z]+)","route":"([^"]+)","status":([0-9]+),"duration_ms":([0-9.]+).*/\1 \2 \4/p' "$dir/gateway.log" |
+    sort -k1,2 -k3,3n | awk '
+        function flush() { if (n) printf "  %-6s %-22s n=%-7d %8.2f %8.2f %8.2f\n", m, r, n, v[int(n * 0.5) + 1], v[int(n * 0.99) + 1], v[n] }
+        $1 != m || $2 != r { flush(); m = $1; r = $2; n = 0 }
+        { v[++n] = $3 }
+        END { flush() }'
+echo
+if grep -q '"level":"error"' "$dir/gateway.log"; then
+    echo "gateway errors (count, message):"
+    grep '"level":"error"' "$dir/gateway.log" | sed -E 's/.*"message":"(.{0,110}).*/\1/' | sort | uniq -c | sort -rn | head -5 | sed 's/^/  /'
+    echo
+fi
 echo "gateway metrics after the runs:"
 curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" |
     grep -E '^envoisms_gateway_(requests_total|request_duration_seconds_(sum|count)|db_errors_total|db_connects_total|pool_)' |

@@ -110,7 +110,6 @@ main(int argc, char **argv)
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) config.timeout,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) (config.max_url + config.max_headers + 16384),
 		MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 4096,
-		MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int) 1,
 		MHD_OPTION_URI_LOG_CALLBACK, HttpUriLog, NULL,
 		MHD_OPTION_NOTIFY_COMPLETED, HttpCompleted, NULL,
 		MHD_OPTION_NOTIFY_CONNECTION, ConnTrackNotify, NULL,
