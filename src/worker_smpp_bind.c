@@ -726,16 +726,24 @@ deliver_received(const uint8_t *pdu, int len, const SmppHeader *h)
 		static const char *const states[] = {NULL, "ENROUTE", "DELIVRD", "EXPIRED", "DELETED",
 		"UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD"};
 
+		int			k;
+		bool		known = false;
+
 		if (d.message_state >= 1 && d.message_state <= 8)
 			stat = states[d.message_state];
 		else if (parsed)
 			stat = r.stat;
+		/* A stat word we cannot map would fail forever: answered, not recorded. */
+		for (k = 1; k <= 8 && stat; k++)
+			known |= strcmp(stat, states[k]) == 0;
 		pg_atomic_fetch_add_u64(&smpp_slot->receipts, 1);
-		if (id == NULL || stat == NULL)
+		if (id == NULL || !known)
 		{
 			ereport(WARNING,
-					(errmsg("envoisms smpp bind \"%s\": delivery receipt without id or state ignored", smpp_carrier_id),
-					 errdetail("%s", parsed ? "no receipted_message_id or message_state" : error)));
+					(errmsg("envoisms smpp bind \"%s\": delivery receipt without id or known state ignored",
+							smpp_carrier_id),
+					 errdetail("%s", !parsed && d.message_state < 0 ? error :
+							   stat ? psprintf("Unknown stat \"%s\".", stat) : "No receipted_message_id or message_state.")));
 			o = add_outcome(OUT_RECEIPT);	/* no receipt_id: only answered */
 		}
 		else

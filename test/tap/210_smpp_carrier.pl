@@ -216,6 +216,17 @@ for my $case ([ 'UNDELIV', 'failed' ], [ 'EXPIRED', 'expired' ], [ 'UNKNOWN', 'f
 	is(sql("SELECT refunded_mad = charged_mad AND charged_mad > 0 FROM envoisms.messages WHERE message_id = '$id'"),
 		't', "$case->[0]: refunded");
 }
+# A stat word nobody knows: answered ESME_ROK (else the SMSC resends it forever), message left sent.
+my $resps_before = () = pdus('deliver_sm_resp');
+ctl('receipts text');    # (with TLVs the simulator would say message_state UNKNOWN)
+ctl('stat BOGUS');
+my $bogus = send_sms($account, '+212612345678', 'stat BOGUS');
+my $deadline = time + 20;
+usleep(100_000) while time < $deadline && scalar(pdus('deliver_sm_resp')) <= $resps_before;
+my @resps = pdus('deliver_sm_resp');
+is($resps[-1]{status}, 0, 'a receipt with an unknown stat is still answered ESME_ROK');
+is(status_of($bogus), 'sent', 'and changes nothing');
+ctl('receipts both');
 ctl('stat DELIVRD');
 books_ok($account, 'after receipts');
 
