@@ -172,16 +172,37 @@ $$;
 
 -- Record a batch of webhook outcomes in one transaction:
 -- [{"a": account_id, "d": delivery_id, "s": http_status, "e": error, "r": retry_in_ms}].
+-- Successes (no error, 2xx) are applied in one statement, with one update
+-- per webhook; failures one by one. Returns how many were applied.
 CREATE FUNCTION envoisms.webhook_record(outcomes jsonb, disable_after interval DEFAULT interval '5 days')
 RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
-    o jsonb;
+    o record;
     n int := 0;
 BEGIN
-    FOR o IN SELECT value FROM jsonb_array_elements(outcomes) LOOP
-        IF envoisms.webhook_delivery_result(o->>'a', (o->>'d')::bigint, (o->>'s')::int, o->>'e',
-                                            (o->>'r')::bigint, disable_after) IS NOT NULL THEN
+    WITH ok AS (
+        SELECT x.a, x.d, x.s FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text)
+         WHERE x.e IS NULL AND x.s BETWEEN 200 AND 299
+    ), done AS (
+        UPDATE envoisms.webhook_deliveries w
+           SET status = 'delivered', delivered_at = now(), last_status = ok.s, last_error = NULL, locked_until = NULL
+          FROM ok
+         WHERE w.account_id = ok.a AND w.delivery_id = ok.d AND w.status = 'pending'
+        RETURNING w.account_id, w.webhook_id, w.last_status
+    ), hooks AS (
+        UPDATE envoisms.webhooks h
+           SET last_triggered_at = now(), last_status = x.last_status, failing_since = NULL
+          FROM (SELECT DISTINCT ON (account_id, webhook_id) account_id, webhook_id, last_status FROM done) x
+         WHERE h.account_id = x.account_id AND h.webhook_id = x.webhook_id
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM done;
+
+    FOR o IN SELECT * FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text, r bigint)
+              WHERE NOT (x.e IS NULL AND x.s BETWEEN 200 AND 299)
+    LOOP
+        IF envoisms.webhook_delivery_result(o.a, o.d, o.s, o.e, o.r, disable_after) IS NOT NULL THEN
             n := n + 1;
         END IF;
     END LOOP;
