@@ -220,3 +220,21 @@ CREATE TABLE envoisms.webhook_deliveries (
     FOREIGN KEY (account_id, webhook_id) REFERENCES envoisms.webhooks
 );
 CREATE INDEX webhook_deliveries_queue ON envoisms.webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+
+-- The tables above are the users' data: pg_dump must dump their rows (an
+-- extension's own tables are otherwise left out of a dump). The default
+-- prices ('*') are made by this script, so only overrides are dumped.
+SELECT pg_catalog.pg_extension_config_dump('envoisms.accounts', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.balance_buckets', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.ledger', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.ledger_entry_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.prices', 'WHERE account_id <> ''*''');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.api_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.batches', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.messages', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.message_events', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.message_events_event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.message_rollups', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.webhooks', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.webhook_deliveries', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.webhook_deliveries_delivery_id_seq', '');

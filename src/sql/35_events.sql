@@ -97,3 +97,5 @@ CREATE TRIGGER messages_received
     AFTER INSERT ON envoisms.messages
     FOR EACH ROW WHEN (NEW.direction = 'inbound')
     EXECUTE FUNCTION envoisms.messages_status_changed();
+
+SELECT pg_catalog.pg_extension_config_dump('envoisms.optouts', '');

@@ -32,9 +32,10 @@ CREATE TABLE envoisms.verify_secret (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     secret     text NOT NULL CHECK (secret ~ '^[0-9a-f]{64}$')
 );
-INSERT INTO envoisms.verify_secret (secret) VALUES (envoisms.random_bytes_hex(32));
 REVOKE ALL ON envoisms.verify_secret FROM PUBLIC;
--- pg_dump keeps the secret: sessions stay checkable after a restore.
+-- pg_dump keeps the secret: sessions stay checkable after a restore. It is
+-- made on first use, not by this script, so a restore does not collide with
+-- a fresh one.
 SELECT pg_catalog.pg_extension_config_dump('envoisms.verify_secret', '');
 
 -- Anti-abuse limits; account_id '*' holds the defaults, a row for an account overrides.
@@ -77,11 +78,16 @@ SELECT pg_catalog.pg_extension_config_dump('envoisms.verify_sessions', '');
 -- reader of verify_secret).
 -- (PL/pgSQL rather than SQL: the plan of the secret's lookup is cached per session.)
 CREATE FUNCTION envoisms.verify_code_hmac(session_id text, code text) RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
     key text;
 BEGIN
     SELECT s.secret INTO key FROM envoisms.verify_secret s;
+    IF key IS NULL THEN
+        INSERT INTO envoisms.verify_secret (secret) VALUES (envoisms.random_bytes_hex(32))
+            ON CONFLICT (singleton) DO NOTHING;
+        SELECT s.secret INTO key FROM envoisms.verify_secret s;
+    END IF;
     RETURN envoisms.hmac_sha256_hex(key, session_id || ':' || code);
 END
 $$;

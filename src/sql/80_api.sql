@@ -222,20 +222,27 @@ BEGIN
                 'invalid or missing API key: send Authorization: Bearer env_live_... or env_test_... from an allowed address');
         END IF;
 
-        -- 2. rate limit (shared memory, no row per request)
-        SELECT * INTO rl FROM envoisms.ratelimit_take(key_id, key_limit);
+        -- 2. rate limit (shared memory, no row per request). X-Envoisms-Key-Id
+        -- names the key for the gateway's access log (which strips it).
+        rl := envoisms.ratelimit_take(key_id, key_limit);
+        out_headers := jsonb_build_object('X-Envoisms-Key-Id', key_id);
         IF key_limit IS NOT NULL THEN
-            out_headers := jsonb_build_object('X-RateLimit-Limit', key_limit::text,
-                                              'X-RateLimit-Remaining', rl.remaining::text);
+            out_headers := out_headers || jsonb_build_object('X-RateLimit-Limit', key_limit::text,
+                                                             'X-RateLimit-Remaining', rl.remaining::text);
         END IF;
         IF NOT rl.allowed THEN
             out_headers := out_headers || jsonb_build_object('Retry-After', rl.retry_after::text);
             PERFORM envoisms.raise_error('RATE_LIMITED',
                 format('rate limit of %s requests per minute exceeded; retry in %s s', key_limit, rl.retry_after));
         END IF;
+        -- last_used_at at most once a minute, and never waiting: a request
+        -- that finds the key row held by another request leaves it to that one
         IF key_last_used IS NULL OR key_last_used < now() - interval '1 minute' THEN
             UPDATE envoisms.api_keys SET last_used_at = now()
-             WHERE account_id = key_account AND api_key_id = key_id;
+             WHERE ctid = (SELECT k.ctid FROM envoisms.api_keys k
+                            WHERE k.account_id = key_account AND k.api_key_id = key_id
+                              AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+                            FOR UPDATE SKIP LOCKED);
         END IF;
 
         -- 3. route: the exact path, else the path with its third segment as :id
