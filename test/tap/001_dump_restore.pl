@@ -15,11 +15,16 @@ $node->safe_psql('envoisms', qq{
     SELECT envoisms.message_send_bulk('$account', '[{"to": "+212611111111", "message": "a"}, {"to": "+212622222222", "message": "b"}]');
     SELECT envoisms.optout_add('$account', '+212633333333') WHERE to_regprocedure('envoisms.optout_add(text,text)') IS NOT NULL;
     SELECT envoisms.verify_send('$account', '+212644444444') WHERE to_regproc('envoisms.verify_send') IS NOT NULL;
+    INSERT INTO envoisms.carriers (carrier_id, kind, name, config) VALUES ('iam', 'http', 'IAM', '{"url": "https://carrier.example/send"}');
+    INSERT INTO envoisms.routes (channel, prefix, carrier_id, priority) VALUES ('sms', '2126', 'iam', 0);
+    INSERT INTO envoisms.inbound_numbers (account_id, number) VALUES ('$account', '+212522000000');
 });
 my $before = $node->safe_psql('envoisms', q{
     SELECT (SELECT count(*) FROM envoisms.accounts) || ' ' || (SELECT count(*) FROM envoisms.messages) || ' '
         || (SELECT count(*) FROM envoisms.ledger) || ' ' || (SELECT count(*) FROM envoisms.api_keys) || ' '
-        || (SELECT sum(balance_mad) FROM envoisms.balance_check())});
+        || (SELECT sum(balance_mad) FROM envoisms.balance_check()) || ' '
+        || (SELECT string_agg(carrier_id, ',' ORDER BY carrier_id) FROM envoisms.carriers) || ' '
+        || (SELECT count(*) FROM envoisms.routes) || ' ' || (SELECT count(*) FROM envoisms.inbound_numbers)});
 
 my $dump = $node->basedir . '/envoisms.dump';
 my ($host, $port) = ($node->host, $node->port);
@@ -32,7 +37,9 @@ ok($rc, 'pg_restore succeeds with --exit-on-error (no row collides with what CRE
 is($node->safe_psql('restored', q{
     SELECT (SELECT count(*) FROM envoisms.accounts) || ' ' || (SELECT count(*) FROM envoisms.messages) || ' '
         || (SELECT count(*) FROM envoisms.ledger) || ' ' || (SELECT count(*) FROM envoisms.api_keys) || ' '
-        || (SELECT sum(balance_mad) FROM envoisms.balance_check())}), $before, 'the same rows and money after the restore');
+        || (SELECT sum(balance_mad) FROM envoisms.balance_check()) || ' '
+        || (SELECT string_agg(carrier_id, ',' ORDER BY carrier_id) FROM envoisms.carriers) || ' '
+        || (SELECT count(*) FROM envoisms.routes) || ' ' || (SELECT count(*) FROM envoisms.inbound_numbers)}), $before, 'the same rows, money, carriers, routes and numbers after the restore');
 is($node->safe_psql('restored', 'SELECT bool_and(ok) FROM envoisms.balance_check()'), 't', 'the books still balance');
 is($node->safe_psql('restored', qq{SELECT status FROM envoisms.api('GET', '/v1/billing/balance', '', '{"Authorization": "Bearer $key"}')}),
    '200', 'the API key still authenticates');
