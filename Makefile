@@ -34,6 +34,9 @@ override with_llvm := no
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: rebuild every object when a header changes.
+$(OBJS): $(wildcard src/*.h)
+
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
 	{ echo "-- envoisms $(EXTVERSION): generated from src/sql/*.sql by make; do not edit"; \
 	  printf '%s\n' '\echo Use "CREATE EXTENSION envoisms" to load this file. \quit'; \

@@ -347,9 +347,11 @@ END
 $$;
 
 -- The contract's GET /v1/messages/:id shape (with its delivery log).
+-- (PL/pgSQL so its plans are cached: the status trigger renders it for webhooks.)
 CREATE FUNCTION envoisms.message_json(m envoisms.messages, with_events boolean DEFAULT true) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN jsonb_build_object(
         'id', m.message_id, 'account_id', m.account_id, 'api_key_id', m.api_key_id,
         'campaign_id', m.campaign_id, 'batch_id', m.batch_id, 'direction', m.direction,
         'to', m.to_number, 'channel', m.channel, 'cascade', m.cascade,
@@ -367,7 +369,8 @@ LANGUAGE sql STABLE AS $$
                        FROM envoisms.message_events e
                       WHERE e.account_id = m.account_id AND e.message_id = m.message_id), '[]'))
        ELSE '{}' END
-    || CASE WHEN m.direction = 'inbound' THEN jsonb_build_object('from', m.from_number) ELSE '{}' END
+    || CASE WHEN m.direction = 'inbound' THEN jsonb_build_object('from', m.from_number) ELSE '{}' END;
+END
 $$;
 
 -- One message of an account, or NOT_FOUND (another account's id is not found either).

@@ -46,6 +46,13 @@ DECLARE
     payload text;
     n int;
 BEGIN
+    -- most status changes have no subscriber: do not render a payload for nobody
+    IF NOT EXISTS (SELECT 1 FROM envoisms.webhooks w
+                    WHERE w.account_id = webhook_enqueue.account_id AND w.deleted_at IS NULL
+                      AND (only_webhook IS NOT NULL AND w.webhook_id = only_webhook
+                           OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events))) THEN
+        RETURN 0;
+    END IF;
     payload := jsonb_build_object('id', event_id, 'type', event_type,
                                   'created_at', envoisms.iso_time(now()), 'data', data)::text;
     INSERT INTO envoisms.webhook_deliveries (account_id, webhook_id, event_id, event_type, payload)
@@ -65,8 +72,10 @@ $$;
 -- The data of a message event: the message as GET /v1/messages/:id shows
 -- it (without the log), metadata as an object so receivers can read it.
 CREATE FUNCTION envoisms.message_event_data(m envoisms.messages) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT envoisms.message_json(m, false) || jsonb_build_object('metadata', m.metadata)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.message_json(m, false) || jsonb_build_object('metadata', m.metadata);
+END
 $$;
 
 CREATE FUNCTION envoisms.messages_status_changed() RETURNS trigger
@@ -76,7 +85,10 @@ BEGIN
     VALUES (NEW.account_id, NEW.message_id, NEW.status,
             jsonb_strip_nulls(jsonb_build_object('error_code', NEW.error_code, 'error_message', NEW.error_message,
                                                  'carrier_id', NEW.carrier_id)));
-    IF NEW.status IN ('sent', 'delivered', 'failed', 'expired', 'received') THEN
+    IF NEW.status IN ('sent', 'delivered', 'failed', 'expired', 'received')
+       AND EXISTS (SELECT 1 FROM envoisms.webhooks w
+                    WHERE w.account_id = NEW.account_id AND w.deleted_at IS NULL AND w.active
+                      AND 'message.' || NEW.status = ANY (w.events)) THEN
         PERFORM envoisms.webhook_enqueue(NEW.account_id,
                                          'message.' || NEW.status, envoisms.message_event_data(NEW));
     END IF;
