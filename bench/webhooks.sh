@@ -5,7 +5,7 @@
 # the receiver driven directly by wrk in the same run as the ceiling.
 # N deliveries are queued over 4 webhooks (4 customers; each capped at
 # envoisms.webhook_max_per_endpoint in flight), timed from queued to the
-# last recorded 'delivered'. Not part of the test suite. BENCH_DELIVERIES=20000.
+# last recorded 'delivered' (from the commit that queued them). Not part of the test suite. BENCH_DELIVERIES=20000.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 N=${BENCH_DELIVERIES:-20000}
 PORT=${BENCH_PORT:-55496}
@@ -58,19 +58,20 @@ acc=$(as_server_user "${PSQL[@]}" -tAc "SELECT envoisms.account_create('bench', 
 for i in 1 2 3 4; do
     as_server_user "${PSQL[@]}" -tAc "SELECT envoisms.webhook_create('$acc', 'http://127.0.0.1:$RECEIVER_PORT/hook$i', secret => '$SECRET')" >/dev/null
 done
-as_server_user "${PSQL[@]}" -tA <<SQL
+as_server_user "${PSQL[@]}" -tA >/dev/null <<SQL
 SELECT envoisms.webhook_enqueue('$acc', 'message.delivered',
          jsonb_build_object('id', 'msg_' || g, 'to', '+212612345678', 'status', 'delivered', 'metadata', jsonb_build_object('n', g)),
          w.webhook_id)
   FROM generate_series(1, $N / 4) g, envoisms.webhooks w;
 SQL
+t0=$(as_server_user "${PSQL[@]}" -tAc "SELECT clock_timestamp()")   # queued and committed
 for _ in $(seq 600); do
     n=$(as_server_user "${PSQL[@]}" -tAc "SELECT count(*) FROM envoisms.webhook_deliveries WHERE status = 'pending'")
     [ "$n" -eq 0 ] && break
     sleep 0.5
 done
 read -r delivered secs < <(as_server_user "${PSQL[@]}" -tAc "SELECT count(*) FILTER (WHERE status = 'delivered'),
-                                   round(extract(epoch FROM max(delivered_at) - min(created_at)), 3) FROM envoisms.webhook_deliveries" | tr '|' ' ')
+                                   round(extract(epoch FROM max(delivered_at) - '$t0'), 3) FROM envoisms.webhook_deliveries" | tr '|' ' ')
 rate=$(echo "$delivered / $secs" | bc -l)
 echo "webhooks: $delivered of $N deliveries (4 endpoints, both signatures) in ${secs}s = $(printf '%.0f' "$rate") deliveries/s   (aim >= 3000)"
 echo "the receiver driven by wrk (64 connections, 5 s): $(printf '%.0f' "$ceiling") req/s (ceiling)"

@@ -73,6 +73,12 @@ static HTAB *endpoints = NULL;
 static StringInfoData outcomes;
 static int	outcome_count = 0;
 static TimestampTz soonest_retry = 0;	/* earliest retry recorded since the last claim */
+static TimestampTz first_outcome_at = 0;	/* when the oldest unrecorded outcome was added */
+
+/* Transactions are paced: outcomes are recorded, and claims made, at most
+ * every WORKER_PACE_MS unless a large batch is ready, so a fast receiver
+ * gets big batches instead of one commit per finished request. */
+#define WORKER_PACE_MS 10
 
 typedef struct ClaimResult
 {
@@ -152,6 +158,8 @@ claim_txn(void *arg)
 	char		sql[512];
 	MemoryContext old;
 
+	/* a claim lost in a crash only means a lease that never was: no need to wait for the flush */
+	SPI_execute("SET LOCAL synchronous_commit = off", false, 0);
 	snprintf(sql, sizeof(sql),
 			 "SELECT account_id, delivery_id, webhook_id, event_id, event_type, payload, attempts, url, secret "
 			 "FROM envoisms.webhook_claim(%d, make_interval(secs => %d), %d, $1::jsonb)",
@@ -267,7 +275,8 @@ add_outcome(WebhookItem *item, long status, const char *error, long retry_ms)
 	if (retry_ms >= 0)
 		appendStringInfo(&outcomes, ",\"r\":%ld", retry_ms);
 	appendStringInfoChar(&outcomes, '}');
-	outcome_count++;
+	if (outcome_count++ == 0)
+		first_outcome_at = GetCurrentTimestamp();
 	MemoryContextSwitchTo(old);
 }
 
@@ -465,9 +474,14 @@ envoisms_webhooks_main(Datum main_arg)
 		if (TimestampDifferenceExceeds(last_claim_at, now, dispatch_poll_ms))
 			claim_wanted = true;
 		room = webhook_max_in_flight - in_flight_count;
-		if (claim_wanted && room > 0)
+		if (claim_wanted && room > 0 &&
+			(room >= Min(webhook_batch_size, webhook_max_in_flight / 4) || in_flight_count == 0 ||
+			 TimestampDifferenceExceeds(last_claim_at, now, WORKER_PACE_MS)))
 		{
 			ClaimResult res;
+
+			/* outcomes first: a retry due now must be in the table the claim reads */
+			flush_outcomes();
 
 			memset(&res, 0, sizeof(res));
 			res.wanted = Min(webhook_batch_size, room);
@@ -494,11 +508,16 @@ envoisms_webhooks_main(Datum main_arg)
 			}
 		}
 		finish_transfers();
-		flush_outcomes();
-		/* a retry recorded just now is due before anything the claim saw */
-		if (soonest_retry != 0 && (next_claim_at == 0 || soonest_retry < next_claim_at))
-			next_claim_at = soonest_retry;
-		soonest_retry = 0;
+		if (outcome_count >= 256 ||
+			(outcome_count > 0 && TimestampDifferenceExceeds(first_outcome_at, GetCurrentTimestamp(), WORKER_PACE_MS)))
+			flush_outcomes();
+		/* a retry recorded is due before anything the last claim saw */
+		if (outcome_count == 0 && soonest_retry != 0)
+		{
+			if (next_claim_at == 0 || soonest_retry < next_claim_at)
+				next_claim_at = soonest_retry;
+			soonest_retry = 0;
+		}
 		MemoryContextReset(pass_cxt);
 
 		if (claim_wanted && webhook_max_in_flight - in_flight_count > 0)
@@ -513,6 +532,15 @@ envoisms_webhooks_main(Datum main_arg)
 				timeout = t;
 			t = WorkerMsUntil(next_claim_at);
 			if (t >= 0 && t < timeout)
+				timeout = t;
+		}
+		if (claim_wanted && timeout == 0)
+			timeout = WorkerMsUntil(TimestampTzPlusMilliseconds(last_claim_at, WORKER_PACE_MS));
+		if (outcome_count > 0)
+		{
+			long		t = WorkerMsUntil(TimestampTzPlusMilliseconds(first_outcome_at, WORKER_PACE_MS));
+
+			if (t < timeout || timeout < 0)
 				timeout = t;
 		}
 		if (WorkerWait(timeout) & WORKER_WOKE_LATCH)
