@@ -559,7 +559,7 @@ WorkerAwaitExtension(void)
 		bool		present = false;
 
 		if (got_sigterm)
-			proc_exit(0);
+			proc_exit(1);
 		if (WorkerRunTransaction("looking for the envoisms extension", check_extension, &present) && present)
 			return;
 		if (!logged)

@@ -100,7 +100,7 @@ envoisms_scheduler_main(Datum main_arg)
 		MemoryContextSwitchTo(pass_cxt);
 		n = run_task("starting due campaigns", "envoisms.campaigns_start_due()",
 					 "SELECT envoisms.campaigns_start_due()");
-		if (n != -1)
+		if (n > 0)
 			WakeWorkers(WORKER_DISPATCH);
 		run_task("completing finished campaigns", "envoisms.campaigns_complete_finished()",
 				 "SELECT envoisms.campaigns_complete_finished()");
