@@ -44,13 +44,13 @@ CREATE VIEW envoisms.worker_stats AS
 
 -- ---- webhook deliveries
 
-CREATE INDEX webhook_deliveries_webhook ON envoisms.webhook_deliveries (account_id, webhook_id)
-    WHERE status = 'pending';
-
 -- Claim up to `batch` due deliveries, at most `per_endpoint` per webhook
 -- minus what the worker already has in flight to it (`busy`:
--- {"<account_id>/<webhook_id>": n}). Deliveries of deleted or disabled
--- webhooks are cancelled (a message.test is delivered to a disabled one).
+-- {"<account_id>/<webhook_id>": n}). The choice is made on a plain read;
+-- only the chosen rows are then locked (SKIP LOCKED, conditions re-checked),
+-- so a claim never writes row locks it does not use. Deliveries of deleted
+-- or disabled webhooks are cancelled (a message.test is delivered to a
+-- disabled one).
 CREATE FUNCTION envoisms.webhook_claim(batch int, lease interval, per_endpoint int, busy jsonb DEFAULT '{}')
 RETURNS TABLE (account_id text, delivery_id bigint, webhook_id text, event_id text, event_type text,
                payload text, attempts int, url text, secret text)
@@ -65,32 +65,37 @@ BEGIN
            AND (d.locked_until IS NULL OR d.locked_until < now())
            AND coalesce((busy->>(d.account_id || '/' || d.webhook_id))::int, 0) < per_endpoint
          ORDER BY d.next_attempt_at
-         LIMIT batch * 2
-           FOR UPDATE OF d SKIP LOCKED
+         LIMIT batch * 4
     ), ranked AS (
         SELECT c.*, w.url, w.secret,
                w.deleted_at IS NULL AND (w.active OR c.event_type = 'message.test') AS live,
                row_number() OVER (PARTITION BY c.endpoint ORDER BY c.next_attempt_at) AS rn
           FROM candidates c
           JOIN envoisms.webhooks w ON w.account_id = c.account_id AND w.webhook_id = c.webhook_id
+    ), picked AS (
+        SELECT r.* FROM ranked r
+         WHERE NOT r.live OR r.rn <= per_endpoint - coalesce((busy->>r.endpoint)::int, 0)
+         ORDER BY r.next_attempt_at
+         LIMIT batch
+    ), locked AS (
+        SELECT p.account_id, p.delivery_id, p.url, p.secret, p.live
+          FROM envoisms.webhook_deliveries d
+          JOIN picked p ON p.account_id = d.account_id AND p.delivery_id = d.delivery_id
+         WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until < now())
+           FOR UPDATE OF d SKIP LOCKED
     ), cancelled AS (
         UPDATE envoisms.webhook_deliveries d
            SET status = 'cancelled', last_error = 'the webhook was disabled or deleted', locked_until = NULL
-          FROM ranked r
-         WHERE NOT r.live AND d.account_id = r.account_id AND d.delivery_id = r.delivery_id
+          FROM locked l
+         WHERE NOT l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
         RETURNING 1
-    ), chosen AS (
-        SELECT r.* FROM ranked r
-         WHERE r.live AND r.rn <= per_endpoint - coalesce((busy->>r.endpoint)::int, 0)
-         ORDER BY r.next_attempt_at
-         LIMIT batch
     ), leased AS (
         UPDATE envoisms.webhook_deliveries d
            SET locked_until = now() + lease, attempts = d.attempts + 1
-          FROM chosen ch
-         WHERE d.account_id = ch.account_id AND d.delivery_id = ch.delivery_id
+          FROM locked l
+         WHERE l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
         RETURNING d.account_id, d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts,
-                  ch.url, ch.secret
+                  l.url, l.secret
     )
     SELECT l.* FROM leased l;
 END
@@ -172,32 +177,35 @@ $$;
 
 -- Record a batch of webhook outcomes in one transaction:
 -- [{"a": account_id, "d": delivery_id, "s": http_status, "e": error, "r": retry_in_ms}].
--- Successes (no error, 2xx) are applied in one statement, with one update
--- per webhook; failures one by one. Returns how many were applied.
+-- Successes (no error, 2xx) end with one update per webhook; failures go
+-- through webhook_delivery_result. Returns how many were applied.
 CREATE FUNCTION envoisms.webhook_record(outcomes jsonb, disable_after interval DEFAULT interval '5 days')
 RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     o record;
     n int := 0;
+    hook text;
+    hooks jsonb := '{}';
 BEGIN
-    WITH ok AS (
-        SELECT x.a, x.d, x.s FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text)
-         WHERE x.e IS NULL AND x.s BETWEEN 200 AND 299
-    ), done AS (
+    -- one primary-key update per success (a join would let the planner pick a
+    -- sequential scan of the deliveries while the table's statistics are young)
+    FOR o IN SELECT x.a, x.d, x.s FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text)
+              WHERE x.e IS NULL AND x.s BETWEEN 200 AND 299
+    LOOP
         UPDATE envoisms.webhook_deliveries w
-           SET status = 'delivered', delivered_at = now(), last_status = ok.s, last_error = NULL, locked_until = NULL
-          FROM ok
-         WHERE w.account_id = ok.a AND w.delivery_id = ok.d AND w.status = 'pending'
-        RETURNING w.account_id, w.webhook_id, w.last_status
-    ), hooks AS (
-        UPDATE envoisms.webhooks h
-           SET last_triggered_at = now(), last_status = x.last_status, failing_since = NULL
-          FROM (SELECT DISTINCT ON (account_id, webhook_id) account_id, webhook_id, last_status FROM done) x
-         WHERE h.account_id = x.account_id AND h.webhook_id = x.webhook_id
-        RETURNING 1
-    )
-    SELECT count(*) INTO n FROM done;
+           SET status = 'delivered', delivered_at = now(), last_status = o.s, last_error = NULL, locked_until = NULL
+         WHERE w.account_id = o.a AND w.delivery_id = o.d AND w.status = 'pending'
+        RETURNING w.webhook_id INTO hook;
+        IF FOUND THEN
+            n := n + 1;
+            hooks := hooks || jsonb_build_object(o.a || '/' || hook, o.s);
+        END IF;
+    END LOOP;
+    UPDATE envoisms.webhooks h
+       SET last_triggered_at = now(), last_status = (x.value)::int, failing_since = NULL
+      FROM jsonb_each_text(hooks) x
+     WHERE h.account_id = split_part(x.key, '/', 1) AND h.webhook_id = split_part(x.key, '/', 2);
 
     FOR o IN SELECT * FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text, r bigint)
               WHERE NOT (x.e IS NULL AND x.s BETWEEN 200 AND 299)
