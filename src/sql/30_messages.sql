@@ -299,16 +299,18 @@ BEGIN
                               ELSE 'the recipient opted out' END
                      )::envoisms.bulk_entry ORDER BY v.ord)
       INTO entries
-      FROM (SELECT w.*, w.e164 IS NOT NULL AND EXISTS (
-                       SELECT 1 FROM envoisms.optouts o
-                        WHERE o.account_id = message_send_bulk.account_id AND o.phone = w.e164) AS opted_out
+      FROM (SELECT w.*, w.e164 IS NOT NULL AND w.e164 IN (   -- hashed: one read of the account's opt-outs
+                       SELECT o.phone FROM envoisms.optouts o
+                        WHERE o.account_id = message_send_bulk.account_id) AS opted_out
               FROM (SELECT e.ord::int AS ord, jsonb_typeof(e.value) AS kind,
                            CASE WHEN jsonb_typeof(e.value) = 'object' THEN e.value->>'to' END AS raw_to,
                            CASE WHEN jsonb_typeof(e.value) = 'object' THEN envoisms.phone_e164(e.value->>'to') END AS e164,
                            CASE WHEN jsonb_typeof(e.value) = 'object'
                                 THEN coalesce(e.value->>'message', e.value->>'body') END AS body,
                            CASE WHEN jsonb_typeof(e.value) = 'object' THEN nullif(e.value->'metadata', 'null') END AS meta
-                      FROM jsonb_array_elements(messages) WITH ORDINALITY AS e(value, ord)) w) v
+                      FROM jsonb_array_elements(messages) WITH ORDINALITY AS e(value, ord)
+                    OFFSET 0) w                -- OFFSET 0: evaluate phone_e164 once per entry, not per reference
+            OFFSET 0) v
       LEFT JOIN LATERAL envoisms.sms_segments(CASE WHEN length(v.body) <= 1600 THEN v.body END) s ON true;
 
     SELECT * INTO bad FROM unnest(entries) u WHERE u.error IS NOT NULL ORDER BY u.ord LIMIT 1;
