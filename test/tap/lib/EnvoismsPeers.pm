@@ -21,6 +21,17 @@ use EnvoismsTest;
 use PostgreSQL::Test::Utils;
 
 our $started = 0;
+our %running;    # pid => 1 for peers still running, stopped at exit whatever happens
+
+END
+{
+	local $?;    # keep the test's exit status
+	for my $pid (keys %running)
+	{
+		kill 'TERM', $pid;
+		waitpid($pid, 0);
+	}
+}
 
 # Start test/peers/$script with @args (a --port 0 and a --log file are
 # added); waits for its "listening <port>" line.
@@ -48,6 +59,7 @@ sub start
 		my $text = -e $out ? slurp_file($out) : '';
 		if ($text =~ /listening (\d+)/)
 		{
+			$running{$pid} = 1;
 			return { pid => $pid, port => $1, log => $log, url => "http://127.0.0.1:$1" };
 		}
 		croak "$script exited early: $text" if waitpid($pid, WNOHANG) == $pid;
@@ -63,6 +75,7 @@ sub stop
 	return unless $peer && $peer->{pid};
 	kill 'TERM', $peer->{pid};
 	waitpid($peer->{pid}, 0);
+	delete $running{ $peer->{pid} };
 	$peer->{pid} = undef;
 }
 
