@@ -32,6 +32,9 @@ CREATE TABLE envoisms.api_endpoints (
     template    text NOT NULL CHECK (template ~ '^/v1/[a-z-]+(/[a-z:-]+)*$'),
     handler     regprocedure NOT NULL,
     permission  text NOT NULL,     -- one of envoisms.api_permissions()
+    -- A public route is called without an API key (and without its rate
+    -- limit): carriers' delivery reports, which the handler authenticates.
+    public      boolean NOT NULL DEFAULT false,
     PRIMARY KEY (method, template),
     CHECK (permission = ANY (envoisms.api_permissions()))
 );

@@ -346,6 +346,7 @@ BEGIN
     UPDATE envoisms.campaigns x
        SET status = 'running', started_at = started, total_count = n, error_code = NULL, error_message = NULL
      WHERE x.account_id = c.account_id AND x.campaign_id = c.campaign_id;
+    PERFORM envoisms.wake_dispatcher();
     RETURN jsonb_build_object('id', c.campaign_id, 'queued', n, 'total', members, 'opted_out', opted,
                               'cost', jsonb_build_object('eur', envoisms.money(units * price.eur),
                                                          'mad', envoisms.money(units * price.mad)));

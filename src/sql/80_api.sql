@@ -190,6 +190,7 @@ DECLARE
     route_handler regprocedure;
     route_permission text;
     route_template text;
+    route_public boolean;
     tmpl text;
     rl record;
     err_state text;
@@ -206,67 +207,73 @@ BEGIN
       FROM jsonb_each_text(CASE WHEN jsonb_typeof(api.headers) = 'object' THEN api.headers ELSE '{}' END) h;
 
     BEGIN
-        -- 1. authenticate: every failure gives the same answer (no oracle)
-        auth := hdr->>'authorization';
-        IF auth ~* '^bearer\s+env_(live|test)_[0-9a-f]{48}\s*$' THEN
-            SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist, ak.rate_limit,
-                   ak.last_used_at, a.status
-              INTO key_account, key_id, key_prefix, key_permissions, key_ips, key_limit, key_last_used, account_status
-              FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id
-             WHERE ak.key_hash = envoisms.sha256_hex(btrim(substr(auth, 7)))
-               AND ak.active AND ak.revoked_at IS NULL;
-        END IF;
-        IF key_id IS NULL OR account_status = 'closed'
-           OR (cardinality(key_ips) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (key_ips))) THEN
-            PERFORM envoisms.raise_error('UNAUTHORIZED',
-                'invalid or missing API key: send Authorization: Bearer env_live_... or env_test_... from an allowed address');
-        END IF;
-
-        -- 2. rate limit (shared memory, no row per request). X-Envoisms-Key-Id
-        -- names the key for the gateway's access log (which strips it).
-        rl := envoisms.ratelimit_take(key_id, key_limit);
-        out_headers := jsonb_build_object('X-Envoisms-Key-Id', key_id);
-        IF key_limit IS NOT NULL THEN
-            out_headers := out_headers || jsonb_build_object('X-RateLimit-Limit', key_limit::text,
-                                                             'X-RateLimit-Remaining', rl.remaining::text);
-        END IF;
-        IF NOT rl.allowed THEN
-            out_headers := out_headers || jsonb_build_object('Retry-After', rl.retry_after::text);
-            PERFORM envoisms.raise_error('RATE_LIMITED',
-                format('rate limit of %s requests per minute exceeded; retry in %s s', key_limit, rl.retry_after));
-        END IF;
-        -- last_used_at at most once a minute, and never waiting: a request
-        -- that finds the key row held by another request leaves it to that one
-        IF key_last_used IS NULL OR key_last_used < now() - interval '1 minute' THEN
-            UPDATE envoisms.api_keys SET last_used_at = now()
-             WHERE ctid = (SELECT k.ctid FROM envoisms.api_keys k
-                            WHERE k.account_id = key_account AND k.api_key_id = key_id
-                              AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
-                            FOR UPDATE SKIP LOCKED);
-        END IF;
-
-        -- 3. route: the exact path, else the path with its third segment as :id
-        SELECT e.handler, e.permission, e.template INTO route_handler, route_permission, route_template
+        -- 1. route: the exact path, else the path with its third segment as :id
+        SELECT e.handler, e.permission, e.template, e.public
+          INTO route_handler, route_permission, route_template, route_public
           FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = path;
         IF route_handler IS NULL THEN
             tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
-            SELECT e.handler, e.permission, e.template INTO route_handler, route_permission, route_template
+            SELECT e.handler, e.permission, e.template, e.public
+              INTO route_handler, route_permission, route_template, route_public
               FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = tmpl;
             req.id := envoisms.url_decode(split_part(path, '/', 4));
         END IF;
-        IF route_handler IS NULL THEN
-            IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
-                out_headers := out_headers || jsonb_build_object('Allow',
-                    (SELECT string_agg(DISTINCT e.method, ', ') FROM envoisms.api_endpoints e
-                      WHERE e.template IN (path, tmpl)));
-                PERFORM envoisms.raise_error('METHOD_NOT_ALLOWED', format('%s is not allowed on %s', method, path));
+
+        IF NOT coalesce(route_public, false) THEN
+            -- 2. authenticate: every failure gives the same answer (no oracle),
+            -- and an unknown route is not revealed before the key is checked
+            auth := hdr->>'authorization';
+            IF auth ~* '^bearer\s+env_(live|test)_[0-9a-f]{48}\s*$' THEN
+                SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist, ak.rate_limit,
+                       ak.last_used_at, a.status
+                  INTO key_account, key_id, key_prefix, key_permissions, key_ips, key_limit, key_last_used, account_status
+                  FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id
+                 WHERE ak.key_hash = envoisms.sha256_hex(btrim(substr(auth, 7)))
+                   AND ak.active AND ak.revoked_at IS NULL;
             END IF;
-            PERFORM envoisms.raise_error('NOT_FOUND', format('no route for %s %s', left(method, 10), left(path, 200)));
-        END IF;
-        IF key_permissions IS NOT NULL AND NOT route_permission = ANY (key_permissions)
-           AND NOT (route_permission = 'balance' AND 'billing' = ANY (key_permissions)) THEN
-            PERFORM envoisms.raise_error('FORBIDDEN',
-                format('this API key lacks the "%s" permission', route_permission));
+            IF key_id IS NULL OR account_status = 'closed'
+               OR (cardinality(key_ips) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (key_ips))) THEN
+                PERFORM envoisms.raise_error('UNAUTHORIZED',
+                    'invalid or missing API key: send Authorization: Bearer env_live_... or env_test_... from an allowed address');
+            END IF;
+
+            -- 3. rate limit (shared memory, no row per request). X-Envoisms-Key-Id
+            -- names the key for the gateway's access log (which strips it).
+            rl := envoisms.ratelimit_take(key_id, key_limit);
+            out_headers := jsonb_build_object('X-Envoisms-Key-Id', key_id);
+            IF key_limit IS NOT NULL THEN
+                out_headers := out_headers || jsonb_build_object('X-RateLimit-Limit', key_limit::text,
+                                                                 'X-RateLimit-Remaining', rl.remaining::text);
+            END IF;
+            IF NOT rl.allowed THEN
+                out_headers := out_headers || jsonb_build_object('Retry-After', rl.retry_after::text);
+                PERFORM envoisms.raise_error('RATE_LIMITED',
+                    format('rate limit of %s requests per minute exceeded; retry in %s s', key_limit, rl.retry_after));
+            END IF;
+            -- last_used_at at most once a minute, and never waiting: a request
+            -- that finds the key row held by another request leaves it to that one
+            IF key_last_used IS NULL OR key_last_used < now() - interval '1 minute' THEN
+                UPDATE envoisms.api_keys SET last_used_at = now()
+                 WHERE ctid = (SELECT k.ctid FROM envoisms.api_keys k
+                                WHERE k.account_id = key_account AND k.api_key_id = key_id
+                                  AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+                                FOR UPDATE SKIP LOCKED);
+            END IF;
+
+            IF route_handler IS NULL THEN
+                IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
+                    out_headers := out_headers || jsonb_build_object('Allow',
+                        (SELECT string_agg(DISTINCT e.method, ', ') FROM envoisms.api_endpoints e
+                          WHERE e.template IN (path, tmpl)));
+                    PERFORM envoisms.raise_error('METHOD_NOT_ALLOWED', format('%s is not allowed on %s', method, path));
+                END IF;
+                PERFORM envoisms.raise_error('NOT_FOUND', format('no route for %s %s', left(method, 10), left(path, 200)));
+            END IF;
+            IF key_permissions IS NOT NULL AND NOT route_permission = ANY (key_permissions)
+               AND NOT (route_permission = 'balance' AND 'billing' = ANY (key_permissions)) THEN
+                PERFORM envoisms.raise_error('FORBIDDEN',
+                    format('this API key lacks the "%s" permission', route_permission));
+            END IF;
         END IF;
 
         -- 4. the request
@@ -297,7 +304,7 @@ BEGIN
         END IF;
 
         -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
-        IF method = 'POST' AND hdr ? 'idempotency-key' THEN
+        IF method = 'POST' AND key_id IS NOT NULL AND hdr ? 'idempotency-key' THEN
             rep := envoisms.idempotency_lookup(req, hdr->>'idempotency-key');
             IF rep.status IS NULL THEN
                 rep := envoisms.api_call(route_handler, req);

@@ -688,7 +688,8 @@ BEGIN
 END
 $$;
 
-INSERT INTO envoisms.api_endpoints (method, template, handler, permission) VALUES
-    ('POST', '/v1/carriers/:id/dlr',      'envoisms.api_carrier_dlr(envoisms.api_request)',      'status'),
-    ('GET',  '/v1/carriers/:id/whatsapp', 'envoisms.api_whatsapp_verify(envoisms.api_request)',  'status'),
-    ('POST', '/v1/carriers/:id/whatsapp', 'envoisms.api_whatsapp_status(envoisms.api_request)',  'status');
+-- Public: carriers send no API key; each handler authenticates its carrier.
+INSERT INTO envoisms.api_endpoints (method, template, handler, permission, public) VALUES
+    ('POST', '/v1/carriers/:id/dlr',      'envoisms.api_carrier_dlr(envoisms.api_request)',      'status', true),
+    ('GET',  '/v1/carriers/:id/whatsapp', 'envoisms.api_whatsapp_verify(envoisms.api_request)',  'status', true),
+    ('POST', '/v1/carriers/:id/whatsapp', 'envoisms.api_whatsapp_status(envoisms.api_request)',  'status', true);

@@ -1,7 +1,7 @@
 -- auth.sql — authentication, permissions, IP allowlists, the shared-memory
 -- rate limiter, sandbox keys and channels, through envoisms.api.
 BEGIN;
-SELECT plan(44);
+SELECT plan(48);
 
 SELECT envoisms.account_create('Acme', 3) AS acc \gset
 SELECT envoisms.account_create('SmsOnly', 10, 'starter', '{sms}') AS smsonly \gset
@@ -97,6 +97,16 @@ SELECT pg_temp.get(pg_temp.bearer(:'limited')) AS r \gset
 SELECT is((:'r'::envoisms.api_reply).status || ' ' || ((:'r'::envoisms.api_reply).body->'error'->>'code'), '429 RATE_LIMITED', 'then 429 RATE_LIMITED');
 SELECT ok(((:'r'::envoisms.api_reply).headers->>'Retry-After')::int BETWEEN 1 AND 6, 'with Retry-After (one token every 6 s)');
 SELECT is((:'r'::envoisms.api_reply).headers->>'X-RateLimit-Remaining', '0', 'and X-RateLimit-Remaining 0');
+
+-- ---- public routes: carriers' delivery reports carry no API key
+INSERT INTO envoisms.carriers (carrier_id, kind, name, config) VALUES ('dlrtest', 'http', 'DLR test', '{"dlr_token": "s3cret", "url": "https://carrier.example/send"}');
+SELECT is((SELECT status FROM envoisms.api('POST', '/v1/carriers/dlrtest/dlr', '', '{"X-Carrier-Token": "s3cret"}', '{"id": "nope", "status": "delivered"}')),
+          200, 'a carrier''s delivery report needs no API key');
+SELECT is((SELECT headers ? 'X-RateLimit-Limit' FROM envoisms.api('POST', '/v1/carriers/dlrtest/dlr', '', '{"X-Carrier-Token": "s3cret"}', '{"id": "nope", "status": "delivered"}')),
+          false, 'and is not rate-limited as a key');
+SELECT is((SELECT status::text || (body->'error'->>'code') FROM envoisms.api('POST', '/v1/carriers/dlrtest/dlr', '', '{"X-Carrier-Token": "wrong"}', '{"id": "nope", "status": "delivered"}')),
+          '401UNAUTHORIZED', 'but the carrier''s own token is checked');
+SELECT is((SELECT status FROM envoisms.api('DELETE', '/v1/carriers/dlrtest/dlr', '', '{}')), 401, 'another method on a public path still needs a key');
 
 SELECT * FROM finish();
 ROLLBACK;
