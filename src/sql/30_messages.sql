@@ -81,18 +81,13 @@ $$;
 CREATE FUNCTION envoisms.channel_prices(account_id text, channel text, OUT mad numeric, OUT eur numeric)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 BEGIN
-    SELECT p.unit_price INTO mad FROM envoisms.prices p
-     WHERE p.account_id = channel_prices.account_id AND p.channel = channel_prices.channel AND p.currency = 'MAD';
-    IF NOT FOUND THEN
-        SELECT p.unit_price INTO mad FROM envoisms.prices p
-         WHERE p.account_id = '*' AND p.channel = channel_prices.channel AND p.currency = 'MAD';
-    END IF;
-    SELECT p.unit_price INTO eur FROM envoisms.prices p
-     WHERE p.account_id = channel_prices.account_id AND p.channel = channel_prices.channel AND p.currency = 'EUR';
-    IF NOT FOUND THEN
-        SELECT p.unit_price INTO eur FROM envoisms.prices p
-         WHERE p.account_id = '*' AND p.channel = channel_prices.channel AND p.currency = 'EUR';
-    END IF;
+    SELECT (SELECT p.unit_price FROM envoisms.prices p
+             WHERE p.account_id IN (channel_prices.account_id, '*') AND p.channel = channel_prices.channel
+               AND p.currency = 'MAD' ORDER BY p.account_id = '*' LIMIT 1),
+           (SELECT p.unit_price FROM envoisms.prices p
+             WHERE p.account_id IN (channel_prices.account_id, '*') AND p.channel = channel_prices.channel
+               AND p.currency = 'EUR' ORDER BY p.account_id = '*' LIMIT 1)
+      INTO mad, eur;
 END
 $$;
 
@@ -107,15 +102,10 @@ BEGIN
     IF channel IS NULL OR channel NOT IN ('sms', 'whatsapp') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
     END IF;
-    SELECT a.status, a.channels,
-           (SELECT p.unit_price FROM envoisms.prices p
-             WHERE p.account_id IN (a.account_id, '*') AND p.channel = check_account_channel.channel AND p.currency = 'MAD'
-             ORDER BY p.account_id = '*' LIMIT 1),
-           (SELECT p.unit_price FROM envoisms.prices p
-             WHERE p.account_id IN (a.account_id, '*') AND p.channel = check_account_channel.channel AND p.currency = 'EUR'
-             ORDER BY p.account_id = '*' LIMIT 1)
+    SELECT a.status, a.channels, p.mad, p.eur
       INTO acc_status, acc_channels, mad, eur
-      FROM envoisms.accounts a WHERE a.account_id = check_account_channel.account_id;
+      FROM envoisms.accounts a, envoisms.channel_prices(a.account_id, check_account_channel.channel) p
+     WHERE a.account_id = check_account_channel.account_id;
     IF NOT FOUND THEN
         PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
     ELSIF acc_status <> 'active' THEN
