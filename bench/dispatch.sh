@@ -2,7 +2,7 @@
 # bench/dispatch.sh — the dispatcher end to end, on a scratch cluster with
 # PostgreSQL's defaults (fsync on):
 #   http:    N live messages queued (bulk) to a loopback HTTP carrier
-#            (test/peers/carrier_stub.js, fixed JSON reply, no logging);
+#            (test/peers/carrier_peer.js, fixed JSON reply, no logging);
 #            messages/s from the first queued to the last recorded 'sent';
 #   ceiling: the same carrier driven directly by wrk (64 connections, the
 #            same JSON POST), in the same run;
@@ -41,7 +41,7 @@ CONF
 as_server_user bash -c "ulimit -n 65536 2>/dev/null || true; pg_ctl -D '$dir/data' -l '$dir/log' -w start" >/dev/null
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$PORT" -d postgres)
 
-as_server_user bash -c "node '$ENVOISMS_ROOT/test/peers/carrier_stub.js' --port $CARRIER_PORT > '$dir/carrier.out' 2>&1 & echo \$! > '$dir/carrier.pid'"
+as_server_user bash -c "node '$ENVOISMS_ROOT/test/peers/carrier_peer.js' --port $CARRIER_PORT > '$dir/carrier.out' 2>&1 & echo \$! > '$dir/carrier.pid'"
 carrier_pid=$(cat "$dir/carrier.pid")
 for _ in $(seq 50); do grep -q listening "$dir/carrier.out" 2>/dev/null && break; sleep 0.1; done
 
@@ -55,8 +55,8 @@ ceiling=$(wrk -t2 -c64 -d5s -s "$dir/post.lua" "http://127.0.0.1:$CARRIER_PORT/s
 
 as_server_user "${PSQL[@]}" >/dev/null <<SQL
 CREATE EXTENSION envoisms;
-INSERT INTO envoisms.carriers (carrier_id, kind, config) VALUES ('stub', 'http', '{"url": "http://127.0.0.1:$CARRIER_PORT/send"}');
-INSERT INTO envoisms.routes (channel, prefix, carrier_id, priority) VALUES ('sms', '', 'stub', 0);
+INSERT INTO envoisms.carriers (carrier_id, kind, config) VALUES ('peer', 'http', '{"url": "http://127.0.0.1:$CARRIER_PORT/send"}');
+INSERT INTO envoisms.routes (channel, prefix, carrier_id, priority) VALUES ('sms', '', 'peer', 0);
 SQL
 sleep 2   # the workers find the extension
 acc=$(as_server_user "${PSQL[@]}" -tAc "SELECT envoisms.account_create('bench', 100000000)")

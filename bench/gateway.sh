@@ -52,6 +52,10 @@ listen_addresses = ''
 unix_socket_directories = '$dir'
 port = $PORT
 max_connections = 200
+# the request path alone: no worker claims what the benchmark queues
+envoisms.dispatch_workers = 0
+envoisms.webhook_workers = 0
+envoisms.scheduler = off
 CONF
 as_server_user bash -c "ulimit -n 65536 2>/dev/null || true; pg_ctl -D '$dir/data' -l '$dir/server.log' -w start" >/dev/null
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$PORT")

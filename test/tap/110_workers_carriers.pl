@@ -17,17 +17,17 @@ my $q = sub { $node->safe_psql('envoisms', shift) };
 my $gw = EnvoismsTest::start_gateway($node);
 my (undef, $carrier_key) = EnvoismsTest::demo_key($node, live => 1, permissions => ['status']);
 
-my $http = EnvoismsPeers::start('carrier_stub.js', '--fail-first', 2, '--fail-status', 503);
-my $early = EnvoismsPeers::start('carrier_stub.js', '--dlr-first', 1,
+my $http = EnvoismsPeers::start('carrier_peer.js', '--fail-first', 2, '--fail-status', 503);
+my $early = EnvoismsPeers::start('carrier_peer.js', '--dlr-first', 1,
 	'--dlr-url', "$gw->{url}/v1/carriers/early/dlr", '--dlr-token', 'early-dlr-secret', '--dlr-key', $carrier_key);
-my $wa = EnvoismsPeers::start('carrier_stub.js', '--kind', 'whatsapp', '--token', 'wa-token', '--reject-suffix', '98');
+my $wa = EnvoismsPeers::start('carrier_peer.js', '--kind', 'whatsapp', '--token', 'wa-token', '--reject-suffix', '98');
 
 $q->(qq{
 	INSERT INTO envoisms.carriers (carrier_id, kind, name, config) VALUES
-	  ('h1', 'http', 'stub', '{"url": "$http->{url}/send", "token": "carrier-secret", "dlr_token": "dlr-secret"}'),
+	  ('h1', 'http', 'carrier peer', '{"url": "$http->{url}/send", "token": "carrier-secret", "dlr_token": "dlr-secret"}'),
 	  ('early', 'http', 'early reports', '{"url": "$early->{url}/send", "dlr_token": "early-dlr-secret"}'),
 	  ('down', 'http', 'disabled', '{"url": "http://127.0.0.1:9/"}'),
-	  ('wa', 'whatsapp_cloud', 'cloud stub', '{"base_url": "$wa->{url}", "version": "v19.0", "phone_number_id": "1234",
+	  ('wa', 'whatsapp_cloud', 'cloud peer', '{"base_url": "$wa->{url}", "version": "v19.0", "phone_number_id": "1234",
 	          "token": "wa-token", "app_secret": "app-secret", "verify_token": "verify-me"}');
 	UPDATE envoisms.carriers SET enabled = false WHERE carrier_id = 'down';
 	INSERT INTO envoisms.routes (channel, prefix, carrier_id, priority) VALUES

@@ -19,11 +19,11 @@ my $node = EnvoismsTest::node('crash', conf => [ EnvoismsPeers::worker_conf(
 	"envoisms.dispatch_max_in_flight = 400") ]);
 my $q = sub { $node->safe_psql('envoisms', shift) };
 
-my $carrier = EnvoismsPeers::start('carrier_stub.js', '--delay', 200);
+my $carrier = EnvoismsPeers::start('carrier_peer.js', '--delay', 200);
 $q->(qq{
 	INSERT INTO envoisms.carriers (carrier_id, kind, config)
-	VALUES ('stub', 'http', '{"url": "$carrier->{url}/send"}');
-	INSERT INTO envoisms.routes (channel, prefix, carrier_id, priority) VALUES ('sms', '', 'stub', 0);
+	VALUES ('peer', 'http', '{"url": "$carrier->{url}/send"}');
+	INSERT INTO envoisms.routes (channel, prefix, carrier_id, priority) VALUES ('sms', '', 'peer', 0);
 });
 my $account = $q->("SELECT envoisms.account_create('Crash account', 10000)");
 my $bulk = sub {
@@ -56,7 +56,7 @@ like(slurp_file($node->logfile), qr/released \d+ message leases left by the prev
 	'the new dispatcher released the dead one\'s leases at start');
 
 # every message delivered: the carrier's delivery reports, applied as they would arrive
-$q->("SELECT envoisms.dlr_apply('stub', carrier_ref, 'delivered') FROM envoisms.messages WHERE batch_id = '$b1'");
+$q->("SELECT envoisms.dlr_apply('peer', carrier_ref, 'delivered') FROM envoisms.messages WHERE batch_id = '$b1'");
 is($count->($b1, 'delivered'), 2000, 'all 2000 delivered, none lost');
 
 my %seen;
@@ -71,13 +71,13 @@ my @dups = grep { $seen{$_} > 1 } keys %seen;
 note scalar(@dups) . ' messages reached the carrier twice';
 is(scalar(keys %seen), 2000, 'the carrier saw every message');
 ok(scalar(@dups) <= $in_flight_before + 400, 'duplicates no more than the transfers in flight');
-# (the stub logs a request when it has read it; requests written before the
-# kill may be read a little later by a busy stub, hence the second of slack)
+# (the carrier peer logs a request when it has read it; requests written before the
+# kill may be read a little later by a busy peer, hence the second of slack)
 ok(!(grep { $first_at{$_} > $killed_at + 1 } @dups), 'each duplicate was first sent before the kill (in flight then)');
 ok(!(grep { $seen{$_} > 2 } @dups), 'no message sent more than twice');
 
 # ---- pg_ctl stop -m immediate with 1,000 queued
-$q->("UPDATE envoisms.carriers SET max_per_second = 400 WHERE carrier_id = 'stub'");
+$q->("UPDATE envoisms.carriers SET max_per_second = 400 WHERE carrier_id = 'peer'");
 my $b2 = $bulk->(1000, 'immediate');
 ok(EnvoismsPeers::wait_until(sub { $count->($b2, 'sent') >= 50 }, 30), 'second batch under way');
 $node->stop('immediate');
@@ -85,12 +85,12 @@ $node->start;
 ok(EnvoismsPeers::wait_until(sub { my $n = eval { $count->($b2, 'sent') }; defined $n && $n == 1000 }, 120),
 	'after an immediate stop and a start, all 1,000 are sent');
 is($q->("SELECT count(*) FROM envoisms.messages WHERE batch_id = '$b2' AND status <> 'sent'"), 0, 'none lost');
-$q->("UPDATE envoisms.carriers SET max_per_second = NULL WHERE carrier_id = 'stub'");
+$q->("UPDATE envoisms.carriers SET max_per_second = NULL WHERE carrier_id = 'peer'");
 
 # ---- SIGTERM: stop claiming, grace, release, exit
 EnvoismsPeers::stop($carrier);
-my $slow = EnvoismsPeers::start('carrier_stub.js', '--delay', 6000);
-$q->("UPDATE envoisms.carriers SET config = jsonb_build_object('url', '$slow->{url}/send') WHERE carrier_id = 'stub'");
+my $slow = EnvoismsPeers::start('carrier_peer.js', '--delay', 6000);
+$q->("UPDATE envoisms.carriers SET config = jsonb_build_object('url', '$slow->{url}/send') WHERE carrier_id = 'peer'");
 my $b3 = $bulk->(100, 'term');
 ok(EnvoismsPeers::wait_until(sub {
 	$q->("SELECT count(*) FROM envoisms.messages WHERE batch_id = '$b3' AND locked_until > now()") == 100 }, 30),

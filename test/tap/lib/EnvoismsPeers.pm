@@ -1,8 +1,8 @@
 # EnvoismsPeers — real peers for the worker suites (test/tap/1*_*.pl): an
-# HTTP carrier stub, a WhatsApp Cloud stub and a webhook receiver, all Node
+# HTTP carrier, a WhatsApp Cloud carrier and a webhook receiver, all Node
 # programs from test/peers listening on 127.0.0.1, plus small helpers.
 #
-#   my $carrier = EnvoismsPeers::start('carrier_stub.js', '--fail-first', 2);
+#   my $carrier = EnvoismsPeers::start('carrier_peer.js', '--fail-first', 2);
 #   ... $carrier->{port}, EnvoismsPeers::log_lines($carrier) (decoded JSON lines)
 #   EnvoismsPeers::stop($carrier);
 #   EnvoismsPeers::wait_until(sub { ... }, 30) or fail(...);

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// carrier_stub.js — a real HTTP carrier on 127.0.0.1 for the TAP tests and
+// carrier_peer.js — a real HTTP carrier on 127.0.0.1 for the TAP tests and
 // the dispatch benchmark. Two shapes:
 //   --kind http      the generic JSON carrier: POST <any path>, body
 //                    {"id","to","from","body",...}; replies {"id": "c-<n>"}.
