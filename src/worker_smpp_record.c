@@ -40,47 +40,23 @@
 /* ---- transactions */
 
 /*
- * Run fn(arg) in a transaction with SPI and a snapshot. On error the error
- * is logged and kept as the slot's last error, the transaction rolled back,
- * and false returned: the bind goes on.
+ * Run fn(arg) in a transaction through the workers' WorkerRunTransaction
+ * (SPI, snapshot, error logged and kept as the worker slot's last error);
+ * a failure is also shown on the bind's own slot (smpp_binds()). The bind
+ * goes on either way.
  */
 static bool
 run_transaction(const char *activity, void (*fn) (void *), void *arg)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile bool ok = true;
+	char		error[WORKER_ERROR_LEN];
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, activity);
-		fn(arg);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		SmppSlotSetError(smpp_slot, "%s: %s", activity, edata->message);
-		ereport(WARNING,
-				(errmsg("envoisms smpp bind \"%s\": %s failed: %s", smpp_carrier_id, activity, edata->message)));
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	pgstat_report_activity(STATE_IDLE, NULL);
-	MemoryContextSwitchTo(oldcxt);
-	return ok;
+	if (WorkerRunTransaction(activity, fn, arg))
+		return true;
+	SpinLockAcquire(&MyWorkerSlot->mutex);
+	strlcpy(error, MyWorkerSlot->last_error, sizeof(error));
+	SpinLockRelease(&MyWorkerSlot->mutex);
+	SmppSlotSetError(smpp_slot, "%s", error);
+	return false;
 }
 
 static Datum
