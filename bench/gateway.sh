@@ -147,9 +147,11 @@ read -r raw_tps raw_p99 < <(pgbench_run raw "$dir/raw.sql")
 say "pgbench: envoisms.api POST /v1/messages, $CLIENTS clients"
 read -r api_tps api_p99 < <(pgbench_run api "$dir/api.sql")
 
-say "starting the gateway (${ENVOISMS_BENCH_THREADS:-$(nproc)} I/O threads, pool of $CLIENTS)"
+# the gateway as a user gets it: its default pool unless ENVOISMS_BENCH_POOL says otherwise
+say "starting the gateway (${ENVOISMS_BENCH_THREADS:-$(nproc)} I/O threads, pool ${ENVOISMS_BENCH_POOL:-default})"
 as_server_user bash -c "ulimit -n 65536 2>/dev/null || true; exec '$GATEWAY' --listen 127.0.0.1:$HTTP_PORT \
-    --db 'host=$dir port=$PORT dbname=envoisms' --threads ${ENVOISMS_BENCH_THREADS:-$(nproc)} --pool $CLIENTS" 2> "$dir/gateway.log" &
+    --db 'host=$dir port=$PORT dbname=envoisms' --threads ${ENVOISMS_BENCH_THREADS:-$(nproc)} \
+    ${ENVOISMS_BENCH_POOL:+--pool $ENVOISMS_BENCH_POOL}" 2> "$dir/gateway.log" &
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 gwpid=$(find_gateway | head -1)
 [ -n "$gwpid" ] || die "the gateway did not start: $(tail -2 "$dir/gateway.log")"

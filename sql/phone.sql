@@ -124,3 +124,18 @@ FROM generate_series(1, 3) AS round,
      generate_series(1, 1500) AS n,
      LATERAL (VALUES ('06' || lpad((n * 7919)::text, 8, '0'), 'MA'),
                      ('+2120' || lpad(n::text, 8, '0'), NULL)) AS v(number, region);
+
+-- "+212" and nine digits skips Parse() (see phone_lib.cpp): over every
+-- leading digit, Western Sahara's 5288/5289 blocks (country code 212 too)
+-- and 4,050 numbers, valid and invalid, with and without a region, it
+-- answers what the full parse (phone_parse) answers.
+SELECT count(*) AS asked,
+       count(*) FILTER (WHERE envoisms.phone_e164(number, region) IS NOT DISTINCT FROM
+                              (SELECT e164 FROM envoisms.phone_parse(number, region))) AS agree,
+       count(envoisms.phone_e164(number, region)) > 0 AS some_valid,
+       count(*) > count(envoisms.phone_e164(number, region)) AS some_invalid
+FROM generate_series(1, 9) AS lead,
+     generate_series(1, 150) AS n,
+     LATERAL (VALUES ('+212' || lead || lpad((n * 104729 % 100000000)::text, 8, '0'), NULL),
+                     ('+212' || lead || lpad((n * 7919)::text, 8, '0'), 'MA'),
+                     ('+21252' || (8 + n % 2) || lead || lpad((n * 7919 % 100000)::text, 5, '0'), NULL)) AS v(number, region);

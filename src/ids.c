@@ -3,7 +3,7 @@
  *
  * Layout: prefix "_" tttttttttttt rrrrrrrrrrrrrrrr — 12 lower-hex digits of
  * milliseconds since the Unix epoch (good until year 10889) and 16 lower-hex
- * digits (64 bits) from RAND_bytes. Time first keeps btree inserts on the
+ * digits (64 bits) from RAND_bytes (drawn 512 bytes at a time). Time first keeps btree inserts on the
  * right-most leaf; 64 random bits make a collision within one millisecond
  * negligible across backends.
  *
@@ -30,6 +30,48 @@
 /* The last id this backend made, for monotonicity. */
 static uint64 last_ms = 0;
 static uint64 last_random = 0;
+
+/*
+ * Random bits for ids, drawn from the CSPRNG 512 bytes at a time: one
+ * RAND_bytes call per 64 ids instead of one per id (a send makes one id, and
+ * the call costs more than the rest of new_id). Filled lazily in the process
+ * that uses it, never in the postmaster, so forked processes share nothing.
+ */
+static unsigned char id_pool[512];
+static size_t id_pool_left = 0;
+
+static uint64
+id_random64(void)
+{
+	uint64		rnd = 0;
+	const unsigned char *p;
+	int			i;
+
+	if (id_pool_left < 8)
+	{
+		EnvoismsRandomBytes(id_pool, sizeof(id_pool));
+		id_pool_left = sizeof(id_pool);
+	}
+	p = id_pool + sizeof(id_pool) - id_pool_left;
+	for (i = 0; i < 8; i++)
+		rnd = (rnd << 8) | p[i];
+	memset((void *) p, 0, 8);	/* used bits are not kept around */
+	id_pool_left -= 8;
+	return rnd;
+}
+
+/* Write the lower `digits` hex digits of v at out. */
+static void
+put_hex(char *out, uint64 v, int digits)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (int i = digits - 1; i >= 0; i--)
+	{
+		out[i] = hex[v & 0xF];
+		v >>= 4;
+	}
+}
 
 bool
 EnvoismsIdPrefixValid(const char *prefix, size_t len)
@@ -74,14 +116,7 @@ static void
 make_id(const char *prefix, size_t plen, char out[ENVOISMS_ID_BUFSIZE])
 {
 	uint64		ms = unix_milliseconds();
-	uint64		rnd;
-	unsigned char bytes[8];
-	int			i;
-
-	EnvoismsRandomBytes(bytes, sizeof(bytes));
-	rnd = 0;
-	for (i = 0; i < 8; i++)
-		rnd = (rnd << 8) | bytes[i];
+	uint64		rnd = id_random64();
 
 	if (ms <= last_ms)
 	{
@@ -99,8 +134,11 @@ make_id(const char *prefix, size_t plen, char out[ENVOISMS_ID_BUFSIZE])
 	last_ms = ms;
 	last_random = rnd;
 
-	snprintf(out, ENVOISMS_ID_BUFSIZE, "%.*s_%012" INT64_MODIFIER "x%016" INT64_MODIFIER "x",
-			 (int) plen, prefix, ms & ID_TIME_MAX, rnd);
+	memcpy(out, prefix, plen);
+	out[plen] = '_';
+	put_hex(out + plen + 1, ms & ID_TIME_MAX, ID_TIME_DIGITS);
+	put_hex(out + plen + 1 + ID_TIME_DIGITS, rnd, ID_RANDOM_DIGITS);
+	out[plen + 1 + ID_TIME_DIGITS + ID_RANDOM_DIGITS] = '\0';
 }
 
 void

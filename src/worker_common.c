@@ -651,30 +651,28 @@ register_wake_callback(void)
 
 PG_FUNCTION_INFO_V1(wake_dispatcher);
 
-/* Wake the dispatchers when the calling transaction commits. */
+/* Wake the dispatchers when the calling transaction commits; false without the preload. */
 Datum
 wake_dispatcher(PG_FUNCTION_ARGS)
 {
-	if (workers_shared != NULL)
-	{
-		register_wake_callback();
-		wake_dispatch_pending = true;
-	}
-	PG_RETURN_VOID();
+	if (workers_shared == NULL)
+		PG_RETURN_BOOL(false);
+	register_wake_callback();
+	wake_dispatch_pending = true;
+	PG_RETURN_BOOL(true);
 }
 
 PG_FUNCTION_INFO_V1(wake_webhooks);
 
-/* Wake the webhook workers when the calling transaction commits. */
+/* Wake the webhook workers when the calling transaction commits; false without the preload. */
 Datum
 wake_webhooks(PG_FUNCTION_ARGS)
 {
-	if (workers_shared != NULL)
-	{
-		register_wake_callback();
-		wake_webhooks_pending = true;
-	}
-	PG_RETURN_VOID();
+	if (workers_shared == NULL)
+		PG_RETURN_BOOL(false);
+	register_wake_callback();
+	wake_webhooks_pending = true;
+	PG_RETURN_BOOL(true);
 }
 
 PG_FUNCTION_INFO_V1(worker_stats);

@@ -34,8 +34,8 @@ Usage(FILE *out)
 			"  --threads N             HTTP I/O threads (default: the CPU count, at least 2)\n"
 			"                                                        env ENVOISMS_GATEWAY_THREADS\n"
 			"  --pool N                database connections, each with its worker thread:\n"
-			"                          requests in the database at once (default 4 x CPUs,\n"
-			"                          at least 16)                  env ENVOISMS_GATEWAY_POOL\n"
+			"                          requests in the database at once (default 2 x CPUs\n"
+			"                          + 4, at least 8)              env ENVOISMS_GATEWAY_POOL\n"
 			"  --max-body BYTES        largest request body (default 16777216); larger\n"
 			"                          bodies get 413 unread         env ENVOISMS_GATEWAY_MAX_BODY\n"
 			"  --max-url BYTES         longest request target (default 8192) -> 414\n"
@@ -189,7 +189,14 @@ ConfigLoad(int argc, char **argv)
 	config.listen_port = 8080;
 	config.conninfo = "dbname=envoisms";
 	config.threads = cpus > 2 ? (int) cpus : 2;
-	config.pool_size = cpus > 4 ? (int) (4 * cpus) : 16;
+	/*
+	 * Requests in the database at once. The work is CPU in the backends
+	 * plus the wait for each commit's flush, so a couple of connections per
+	 * core keep the cores busy and let commits share flushes; more only add
+	 * context switches and lock contention (on 2 cores: 8 connections served
+	 * 1,770 sends/s, 16 served 1,680, 32 served 1,340 with a 1.3 s p99).
+	 */
+	config.pool_size = cpus > 2 ? (int) (2 * cpus + 4) : 8;
 	config.max_body = 16 * 1024 * 1024;
 	config.max_url = 8192;
 	config.max_headers = 32768;

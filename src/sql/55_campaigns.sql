@@ -250,6 +250,20 @@ LANGUAGE sql STABLE AS $$
       FROM envoisms.campaigns c WHERE c.account_id = campaign_list.account_id
 $$;
 
+-- One recipient of a campaign run, validated (see campaign_send).
+CREATE TYPE envoisms.bulk_entry AS (
+    ord       int,
+    id        text,
+    to_number text,
+    body      text,
+    metadata  jsonb,
+    encoding  text,
+    segments  int,
+    error     text,       -- API error code when the entry is invalid
+    field     text,
+    detail    text
+);
+
 -- Launch a draft or scheduled campaign now: one message per list member
 -- (opted-out numbers left out), the whole cost debited at once; returns
 -- {"id", "queued", "total", "opted_out"}. A campaign runs once: a second

@@ -34,6 +34,14 @@ AS 'MODULE_PATHNAME', 'ratelimit_take' LANGUAGE C VOLATILE;
 CREATE FUNCTION envoisms.ratelimit_reset(key_id text) RETURNS boolean
 AS 'MODULE_PATHNAME', 'ratelimit_reset' LANGUAGE C STRICT VOLATILE;
 
+-- Request headers with lower-case names and string values (json.c).
+CREATE FUNCTION envoisms.headers_normalize(headers jsonb) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'headers_normalize' LANGUAGE C IMMUTABLE;
+
+-- Why a request body does not cast to jsonb ('syntax', 'nul', 'number'), or NULL (json.c).
+CREATE FUNCTION envoisms.body_problem(body text) RETURNS text
+AS 'MODULE_PATHNAME', 'body_problem' LANGUAGE C STRICT IMMUTABLE;
+
 -- Decode a URL component (%XX and '+'); NULL when it is not valid UTF-8.
 CREATE FUNCTION envoisms.url_decode(value text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog AS $$
@@ -200,11 +208,11 @@ DECLARE
     err_context text;
     err_code text;
     err_http int;
+    problem text;
 BEGIN
     method := upper(coalesce(method, ''));
     path := coalesce(nullif(rtrim(path, '/'), ''), '/');
-    SELECT coalesce(jsonb_object_agg(lower(h.key), h.value), '{}') INTO hdr
-      FROM jsonb_each_text(CASE WHEN jsonb_typeof(api.headers) = 'object' THEN api.headers ELSE '{}' END) h;
+    hdr := envoisms.headers_normalize(headers);
 
     BEGIN
         -- 1. route: the exact path, else the path with its third segment as :id
@@ -280,7 +288,7 @@ BEGIN
         req.method := method;
         req.path := path;
         req.template := route_template;
-        req.query := envoisms.query_parse(query);
+        req.query := CASE WHEN query IS NULL OR query = '' THEN '{}' ELSE envoisms.query_parse(query) END;
         req.raw_body := body;
         req.headers := hdr;
         req.client_ip := client_ip;
@@ -290,14 +298,16 @@ BEGIN
         req.permissions := key_permissions;
         req.body := '{}';
         IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL AND btrim(body, E' \t\r\n') <> '' THEN
-            BEGIN
-                req.body := body::jsonb;
-            EXCEPTION
-                WHEN untranslatable_character THEN
-                    PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
-                WHEN invalid_text_representation OR invalid_parameter_value OR character_not_in_repertoire THEN
-                    PERFORM envoisms.raise_error('INVALID_JSON', 'the request body is not valid JSON');
-            END;
+            -- checked before the cast, so that a bad body needs no exception block
+            problem := envoisms.body_problem(body);
+            IF problem = 'nul' THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
+            ELSIF problem = 'number' THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'a number in the request body is out of range (beyond 1e1000)');
+            ELSIF problem IS NOT NULL THEN
+                PERFORM envoisms.raise_error('INVALID_JSON', 'the request body is not valid JSON');
+            END IF;
+            req.body := body::jsonb;
             IF jsonb_typeof(req.body) <> 'object' THEN
                 PERFORM envoisms.raise_error('VALIDATION_ERROR', 'the request body must be a JSON object');
             END IF;

@@ -18,15 +18,15 @@
 -- deliveries and week-old unmatched delivery reports are deleted. Each
 -- call handles one small batch in its own transaction.
 
-CREATE FUNCTION envoisms.wake_dispatcher() RETURNS void
+CREATE FUNCTION envoisms.wake_dispatcher() RETURNS boolean
 AS 'MODULE_PATHNAME', 'wake_dispatcher' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION envoisms.wake_dispatcher() IS
-'Wake the dispatchers when the calling transaction commits (does nothing without the preload)';
+'Wake the dispatchers when the calling transaction commits; false (and nothing happens) without the preload';
 
-CREATE FUNCTION envoisms.wake_webhooks() RETURNS void
+CREATE FUNCTION envoisms.wake_webhooks() RETURNS boolean
 AS 'MODULE_PATHNAME', 'wake_webhooks' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION envoisms.wake_webhooks() IS
-'Wake the webhook workers when the calling transaction commits (does nothing without the preload)';
+'Wake the webhook workers when the calling transaction commits; false (and nothing happens) without the preload';
 
 CREATE FUNCTION envoisms.worker_stats_raw()
 RETURNS TABLE (worker text, kind text, index int, pid int, started_at timestamptz, claimed bigint,

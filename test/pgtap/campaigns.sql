@@ -106,7 +106,7 @@ SELECT envoisms.contact_list_create(:'acc', 'Seg')->>'id' AS seg \gset
 SELECT envoisms.contact_import(:'acc', format('[{"phone": "+212611000011", "name": "A"}, {"phone": "+212611000012", "name": "%s"}]', repeat('B', 160))::jsonb, :'seg') IS NOT NULL AS ok \gset
 SELECT envoisms.campaign_create(:'acc', 'seg', 'Hello {{name}}', list_id => :'seg')->>'id' AS cmpseg \gset
 SELECT is(envoisms.campaign_launch(:'acc', :'cmpseg')->'cost'->'mad', '0.93'::jsonb, 'cost counts segments per recipient (1 + 2)');
-SELECT is((SELECT array_agg(segments ORDER BY to_number) FROM envoisms.messages WHERE campaign_id = :'cmpseg'), ARRAY[1, 2], 'segments per message');
+SELECT is((SELECT array_agg(segments::int ORDER BY to_number) FROM envoisms.messages WHERE campaign_id = :'cmpseg'), ARRAY[1, 2], 'segments per message');
 
 -- throttling spreads next_attempt_at
 SELECT envoisms.campaign_create(:'acc', 'slow', 'Hi', list_id => :'lst', metadata => '{"throttling": "2_min"}')->>'id' AS cmpslow \gset
