@@ -174,8 +174,8 @@ BEGIN
                updated_at = now()
           FROM chosen ch
          WHERE m.account_id = ch.account_id AND m.message_id = ch.message_id
-        RETURNING m.account_id, m.message_id, m.carrier_id, ch.kind, m.to_number, m.sender_id, m.channel,
-                  m.body, m.encoding, m.segments, m.buttons, m.metadata, m.attempts, m.expires_at, ch.config
+        RETURNING m.account_id, m.message_id, m.carrier_id, ch.kind, m.to_number, m.sender_id, m.channel::text,
+                  m.body, m.encoding::text, m.segments::int, m.buttons, m.metadata, m.attempts, m.expires_at, ch.config
     ), spent AS (
         UPDATE envoisms.carrier_rate_state s SET tokens = s.tokens - n.used
           FROM (SELECT l.carrier_id, count(*) AS used FROM leased l GROUP BY 1) n
