@@ -137,8 +137,10 @@ pg_ticks() {   # this cluster only: its postmaster and the postmaster's children
         [ -r "/proc/$p/stat" ] && tr -d '()' < "/proc/$p/stat" | awk -v p="$p" '$2 == "postgres" { print p, $14 + $15 }'
     done
 }
-# CPU ticks used between two pg_ticks samples by the processes in both
-pg_delta() { awk 'NR == FNR { a[$1] = $2; next } ($1 in a) { d += $2 - a[$1] } END { print d + 0 }' "$1" "$2"; }
+# CPU ticks used between two pg_ticks samples: a process of both samples
+# counts its growth, one born in between (a pool connection opened by the
+# run) counts all its ticks
+pg_delta() { awk 'NR == FNR { a[$1] = $2; next } { d += ($1 in a) ? $2 - a[$1] : $2 } END { print d + 0 }' "$1" "$2"; }
 busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"

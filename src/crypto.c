@@ -50,13 +50,34 @@ EnvoismsHexEncode(const unsigned char *in, size_t len, char *out)
 	out[2 * len] = '\0';
 }
 
+/*
+ * SHA-256, fetched from the default provider once per process: EVP_sha256()
+ * looks the algorithm up again on every use, which cost more than hashing
+ * an API key (every request hashes one).
+ */
+static const EVP_MD *
+sha256_md(void)
+{
+	static EVP_MD *md = NULL;
+
+	if (md == NULL)
+	{
+		md = EVP_MD_fetch(NULL, "SHA256", NULL);
+		if (md == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not load sha-256 from OpenSSL")));
+	}
+	return md;
+}
+
 void
 EnvoismsSha256Hex(const char *data, size_t len, char out[65])
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
 
-	if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1 ||
+	if (EVP_Digest(data, len, md, &mdlen, sha256_md(), NULL) != 1 ||
 		mdlen != SHA256_LEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
@@ -71,7 +92,7 @@ EnvoismsHmacSha256(const char *key, size_t keylen,
 	unsigned int mdlen = 0;
 
 	/* OpenSSL 3 rejects a NULL key even with length 0; "" is the empty key. */
-	if (HMAC(EVP_sha256(), key ? key : "", (int) keylen,
+	if (HMAC(sha256_md(), key ? key : "", (int) keylen,
 			 (const unsigned char *) (data ? data : ""), len,
 			 out, &mdlen) == NULL || mdlen != SHA256_LEN)
 		ereport(ERROR,

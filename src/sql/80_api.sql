@@ -371,13 +371,15 @@ BEGIN
     IF jsonb_typeof(b->'to') NOT IN ('string', 'null') THEN
         PERFORM envoisms.raise_error('INVALID_PHONE', 'to must be E.164 format, for example +212612345678', 'to');
     END IF;
+    -- string fields are read inline; body_text() only runs to refuse another type
     RETURN envoisms.reply(201, envoisms.message_send(
         req.account_id,
-        envoisms.body_text(b, 'to'),
-        coalesce(envoisms.body_text(b, 'message'), envoisms.body_text(b, 'body')),
-        coalesce(envoisms.body_text(b, 'from'), 'ENVOISMS'),
-        coalesce(envoisms.body_text(b, 'channel'), 'sms'),
-        envoisms.body_bool(b, 'cascade', false),
+        CASE jsonb_typeof(b->'to') WHEN 'string' THEN b->>'to' ELSE envoisms.body_text(b, 'to') END,
+        CASE jsonb_typeof(b->'message') WHEN 'string' THEN b->>'message'
+             ELSE coalesce(envoisms.body_text(b, 'message'), envoisms.body_text(b, 'body')) END,
+        CASE jsonb_typeof(b->'from') WHEN 'string' THEN b->>'from' ELSE coalesce(envoisms.body_text(b, 'from'), 'ENVOISMS') END,
+        CASE jsonb_typeof(b->'channel') WHEN 'string' THEN b->>'channel' ELSE coalesce(envoisms.body_text(b, 'channel'), 'sms') END,
+        b->'cascade' IS NOT NULL AND envoisms.body_bool(b, 'cascade', false),
         nullif(b->'metadata', 'null'),
         nullif(b->'buttons', 'null'),
         req.api_key_id,
