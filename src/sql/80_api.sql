@@ -284,19 +284,11 @@ BEGIN
             END IF;
         END IF;
 
-        -- 4. the request
-        req.method := method;
-        req.path := path;
-        req.template := route_template;
-        req.query := CASE WHEN query IS NULL OR query = '' THEN '{}' ELSE envoisms.query_parse(query) END;
-        req.raw_body := body;
-        req.headers := hdr;
-        req.client_ip := client_ip;
-        req.account_id := key_account;
-        req.api_key_id := key_id;
-        req.sandbox := key_prefix = 'env_test';
-        req.permissions := key_permissions;
-        req.body := '{}';
+        -- 4. the request (one row constructor: each field assignment is a statement of its own)
+        req := ROW(method, path, route_template, req.id,
+                   CASE WHEN query IS NULL OR query = '' THEN '{}' ELSE envoisms.query_parse(query) END,
+                   '{}', body, hdr, client_ip, key_account, key_id, key_prefix = 'env_test',
+                   key_permissions)::envoisms.api_request;
         IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL AND btrim(body, E' \t\r\n') <> '' THEN
             -- checked before the cast, so that a bad body needs no exception block
             problem := envoisms.body_problem(body);
@@ -377,8 +369,10 @@ BEGIN
         CASE jsonb_typeof(b->'to') WHEN 'string' THEN b->>'to' ELSE envoisms.body_text(b, 'to') END,
         CASE jsonb_typeof(b->'message') WHEN 'string' THEN b->>'message'
              ELSE coalesce(envoisms.body_text(b, 'message'), envoisms.body_text(b, 'body')) END,
-        CASE jsonb_typeof(b->'from') WHEN 'string' THEN b->>'from' ELSE coalesce(envoisms.body_text(b, 'from'), 'ENVOISMS') END,
-        CASE jsonb_typeof(b->'channel') WHEN 'string' THEN b->>'channel' ELSE coalesce(envoisms.body_text(b, 'channel'), 'sms') END,
+        CASE WHEN b->'from' IS NULL THEN 'ENVOISMS' WHEN jsonb_typeof(b->'from') = 'string' THEN b->>'from'
+             ELSE coalesce(envoisms.body_text(b, 'from'), 'ENVOISMS') END,
+        CASE WHEN b->'channel' IS NULL THEN 'sms' WHEN jsonb_typeof(b->'channel') = 'string' THEN b->>'channel'
+             ELSE coalesce(envoisms.body_text(b, 'channel'), 'sms') END,
         b->'cascade' IS NOT NULL AND envoisms.body_bool(b, 'cascade', false),
         nullif(b->'metadata', 'null'),
         nullif(b->'buttons', 'null'),
