@@ -115,6 +115,26 @@ LANGUAGE sql STABLE AS $$
         'created_at', envoisms.iso_time(s.created_at))
 $$;
 
+-- An OTP message carries its code in clear in its body, and only while a
+-- carrier may still need it (retries, a WhatsApp cascade falling back to
+-- SMS): once the message is final (delivered, failed, expired) the body is
+-- purged, as retention later does for every message, so that the code is
+-- then stored nowhere but as the session's HMAC.
+CREATE FUNCTION envoisms.messages_purge_otp_body() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    NEW.body := NULL;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER messages_purge_otp_body
+    BEFORE UPDATE OF status ON envoisms.messages
+    FOR EACH ROW
+    WHEN (NEW.status IN ('delivered', 'failed', 'expired') AND NEW.body IS NOT NULL
+          AND NEW.metadata->>'purpose' = 'otp' AND NEW.metadata ? 'verify_session_id')
+    EXECUTE FUNCTION envoisms.messages_purge_otp_body();
+
 -- Start a verification: send a fresh code to `to`; returns the contract's
 -- POST /v1/verify/send response. Commits with the caller's transaction.
 CREATE FUNCTION envoisms.verify_send(account_id text, "to" text, channel text DEFAULT 'sms',

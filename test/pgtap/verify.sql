@@ -4,7 +4,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(107);
+SELECT plan(111);
 
 SELECT pg_temp.new_account(100) AS acc \gset
 SELECT pg_temp.use_key(pg_temp.new_key(:'acc')) IS NOT NULL AS ok \gset
@@ -186,6 +186,15 @@ SELECT * FROM pg_temp.fails_sql(format('SELECT envoisms.verify_get(%L, %L)', :'a
 SELECT * FROM pg_temp.fails_sql(format('SELECT envoisms.verify_check(%L, %L, %L)', :'acc', :'sid2', '1'), 'TOO_MANY_ATTEMPTS',
                                 'verify_check(dead session)');
 SELECT is(envoisms.verify_get(:'acc', :'sid')->>'id', :'sid', 'verify_get returns the session');
+
+-- the code leaves the message body once the message is final; other messages keep theirs
+SELECT envoisms.message_send(:'acc', '+212611000099', 'not a code')->>'id' AS plain_mid \gset
+UPDATE envoisms.messages SET status = 'sent' WHERE message_id IN (:'mid', :'plain_mid');
+SELECT ok((SELECT body FROM envoisms.messages WHERE message_id = :'mid') IS NOT NULL, 'OTP body kept while sent (a retry or cascade may need it)');
+UPDATE envoisms.messages SET status = 'delivered' WHERE message_id IN (:'mid', :'plain_mid');
+SELECT is((SELECT body FROM envoisms.messages WHERE message_id = :'mid'), NULL, 'OTP body purged once delivered');
+SELECT is((SELECT body->>'body' FROM pg_temp.call('GET', '/v1/messages/' || :'mid')), NULL, 'GET /v1/messages/:id no longer shows the code');
+SELECT is((SELECT body FROM envoisms.messages WHERE message_id = :'plain_mid'), 'not a code', 'a plain message keeps its body when delivered');
 
 SELECT * FROM finish();
 ROLLBACK;
