@@ -58,14 +58,24 @@ SQL
 as_root chown "$ENVOISMS_USER" "$dir"/*.sql
 
 tps() {   # tps SCRIPT CLIENTS
-    as_server_user pgbench -n -M prepared -h "$dir" -p "$PORT" -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" -T "$SECS" -f "$dir/$1.sql" postgres 2>/dev/null |
+    as_server_user pgbench -n -M prepared -h "$dir" -p "$PORT" -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" -T "$ROUND" -f "$dir/$1.sql" postgres 2>/dev/null |
         sed -nE 's/^tps = ([0-9.]+).*/\1/p'
 }
 
-echo "single sends, ${SECS}s per point, PostgreSQL defaults (fsync on), $(nproc) cores"
+# Each point is ROUNDS rounds of raw, send, api in turn (SECS split between
+# them), and each figure the median of its rounds: on a shared machine a
+# burst of someone else's load then spoils one round, not a whole figure.
+ROUNDS=${BENCH_ROUNDS:-3}
+ROUND=$(( SECS / ROUNDS > 1 ? SECS / ROUNDS : 1 ))
+median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+echo "single sends, ${SECS}s per point ($ROUNDS interleaved rounds, medians), PostgreSQL defaults (fsync on), $(nproc) cores"
 printf '%-8s %12s %12s %12s %10s %10s\n' clients raw_tps send_tps api_tps send/raw api/raw
 for c in 1 8 32; do
-    r=$(tps raw "$c"); s=$(tps send "$c"); a=$(tps api "$c")
+    rs=; ss=; as=
+    for _ in $(seq 1 "$ROUNDS"); do
+        rs="$rs $(tps raw "$c")"; ss="$ss $(tps send "$c")"; as="$as $(tps api "$c")"
+    done
+    r=$(echo $rs | median); s=$(echo $ss | median); a=$(echo $as | median)
     printf '%-8s %12.0f %12.0f %12.0f %9.1f%% %9.1f%%\n' "$c" "$r" "$s" "$a" \
         "$(echo "100*$s/$r" | bc -l)" "$(echo "100*$a/$r" | bc -l)"
 done
