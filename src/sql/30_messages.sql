@@ -174,7 +174,6 @@ DECLARE
     acc_status text;
     acc_channels text[];
     unit_mad numeric;
-    unit_eur numeric;
     enc text;
     n_segments int;
     opted_out boolean;
@@ -192,14 +191,14 @@ BEGIN
         PERFORM envoisms.check_account_channel(account_id, 'sms');
         channel := 'whatsapp';
     END IF;
-    SELECT a.status, a.channels, p.mad, p.eur,
-           s.encoding, s.segments,
+    SELECT a.status, a.channels, p.mad, s.encoding, n.units, p.mad * n.units, p.eur * n.units,
            NOT skip_opt_out AND EXISTS (SELECT 1 FROM envoisms.optouts o
                                          WHERE o.account_id = a.account_id AND o.phone = e164)
-      INTO acc_status, acc_channels, unit_mad, unit_eur, enc, n_segments, opted_out
+      INTO acc_status, acc_channels, unit_mad, enc, n_segments, cost_mad, cost_eur, opted_out
       FROM envoisms.accounts a
            CROSS JOIN LATERAL envoisms.channel_prices(a.account_id, message_send.channel) p
            LEFT JOIN envoisms.sms_segments(CASE WHEN length(message) <= 1600 THEN message END) s ON true
+           CROSS JOIN LATERAL (SELECT CASE WHEN message_send.channel = 'whatsapp' THEN 1 ELSE s.segments END AS units) n
      WHERE a.account_id = message_send.account_id;
     -- one test for the common case; the checks below raise the precise error, in order
     IF acc_status IS DISTINCT FROM 'active' OR NOT channel = ANY (acc_channels) OR unit_mad IS NULL
@@ -212,28 +211,21 @@ BEGIN
     IF sender <> 'ENVOISMS' THEN
         sender := envoisms.check_sender_id(sender);
     END IF;
-    IF metadata IS NOT NULL THEN
+    IF metadata IS NOT NULL OR buttons IS NOT NULL OR opted_out THEN
         IF jsonb_typeof(metadata) <> 'object' THEN
             PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object', 'metadata');
         ELSIF octet_length(metadata::text) > 8192 THEN
             PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata is limited to 8 KB', 'metadata');
         END IF;
-    END IF;
-    IF buttons IS NOT NULL THEN
         btns := envoisms.check_buttons(buttons);
         IF btns IS NOT NULL AND channel <> 'whatsapp' THEN
             PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
         END IF;
-    END IF;
-    IF opted_out THEN
-        PERFORM envoisms.check_not_opted_out(account_id, e164);
+        IF opted_out THEN
+            PERFORM envoisms.check_not_opted_out(account_id, e164);
+        END IF;
     END IF;
 
-    IF channel = 'whatsapp' THEN
-        n_segments := 1;
-    END IF;
-    cost_mad := unit_mad * n_segments;
-    cost_eur := unit_eur * n_segments;
     debited := sandbox OR cost_mad <= 0;
     LOOP
         WITH debit AS (
