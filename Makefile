@@ -2,7 +2,7 @@
 # The version is set here once and stamped into the control file and the
 # install script name.
 EXTENSION   = envoisms
-EXTVERSION  = 0.1.0
+EXTVERSION  = 0.2.0
 
 MODULE_big  = envoisms
 # One concern per file (see DESIGN.md for the layers): every src/*.c, plus
@@ -12,7 +12,9 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c))) src/phone_lib.o
 # SQL parts are concatenated in name order (NN_area.sql) into the install script.
 SQL_PARTS   = $(sort $(wildcard src/sql/*.sql))
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql $(EXTENSION).control
-DATA        = $(filter-out $(wildcard $(EXTENSION)--$(EXTVERSION).sql),$(wildcard $(EXTENSION)--*--*.sql))
+# Released versions: their frozen install scripts and the upgrade scripts
+# between them (upgrade/); the current version's script is generated.
+DATA        = $(wildcard upgrade/$(EXTENSION)--*.sql)
 
 PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -54,11 +56,11 @@ GATEWAY_OBJS = $(GATEWAY_SRCS:.c=.o)
 GATEWAY_CFLAGS = -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I$(shell $(PG_CONFIG) --includedir)
 # /v1/openapi.json serves docs/openapi.yaml, converted (and so checked) at build time.
 GATEWAY_OPENAPI = $(shell $(PG_CONFIG) --sharedir)/extension/envoisms-openapi.json
-GATEWAY_CFLAGS += -DOPENAPI_PATH='"$(GATEWAY_OPENAPI)"'
+GATEWAY_CFLAGS += -DOPENAPI_PATH='"$(GATEWAY_OPENAPI)"' -DGATEWAY_VERSION='"$(EXTVERSION)"'
 OPENAPI_TO_JSON = perl -MYAML::XS -MJSON::PP -e '$$YAML::XS::Boolean = "JSON::PP"; \
 	print JSON::PP->new->utf8->canonical->pretty->encode(YAML::XS::LoadFile($$ARGV[0]))'
 
-src/gateway/%.o: src/gateway/%.c $(wildcard src/gateway/*.h)
+src/gateway/%.o: src/gateway/%.c $(wildcard src/gateway/*.h) Makefile
 	$(CC) $(GATEWAY_CFLAGS) -c -o $@ $<
 
 src/gateway/envoisms-gateway: $(GATEWAY_OBJS)

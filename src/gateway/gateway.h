@@ -20,7 +20,9 @@
 
 #include <microhttpd.h>
 
-#define GATEWAY_VERSION "0.1.0"
+#ifndef GATEWAY_VERSION
+#error "GATEWAY_VERSION comes from the Makefile (EXTVERSION)"
+#endif
 #define MAX_CIDRS 64
 #define MAX_ORIGINS 64
 #define DOCS_URL "https://envoisms.ma/docs#errors"
