@@ -439,7 +439,7 @@ BEGIN
             IF problem = 'nul' THEN
                 PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
             ELSIF problem = 'number' THEN
-                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'a number in the request body is out of range (beyond 1e1000)');
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'a number in the request body is out of range (beyond 1e±1000)');
             ELSIF problem IS NOT NULL THEN
                 PERFORM envoisms.raise_error('INVALID_JSON', 'the request body is not valid JSON');
             END IF;
