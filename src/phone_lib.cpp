@@ -118,7 +118,7 @@ parse_valid(const char *number, const char *region, PhoneNumber *parsed)
  * not 0. Parse() can only read it as country code 212 and the digits after
  * it (Morocco's national prefix is "0", so a number starting 1-9 has nothing
  * to strip), so its ~8 us of ICU regular expressions are skipped; validity
- * is still decided by the library (IsValidNumber on its metadata). This is
+ * is still decided by the library's metadata (valid_in_any_region). This is
  * the form nearly every send uses: a 10,000-message bulk spent most of its
  * time in Parse(). The regression suite checks it agrees with Parse().
  */
