@@ -197,7 +197,7 @@ BEGIN
         PERFORM envoisms.balance_debit(account_id, cost_mad);
         debited := true;
     END LOOP;
-    woken := envoisms.wake_dispatcher();
+    woken := envoisms.wake_dispatcher();   -- an assignment, not PERFORM: no SPI statement
     RETURN jsonb_build_object(
         'id', id, 'to', e164, 'channel', channel, 'cascade', cascade, 'status', 'queued',
         'cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),
@@ -313,7 +313,7 @@ BEGIN
       FROM unnest(ids, numbers, bodies, metas, encodings, segments) AS u(id, to_number, body, metadata, encoding, segments)
      CROSS JOIN LATERAL (SELECT CASE WHEN channel = 'whatsapp' THEN 1 ELSE u.segments END AS units) n;
 
-    woken := envoisms.wake_dispatcher();
+    woken := envoisms.wake_dispatcher();   -- an assignment, not PERFORM: no SPI statement
     RETURN jsonb_build_object(
         'batch_id', batch, 'total', total, 'channel', channel,
         'estimated_cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),
