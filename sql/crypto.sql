@@ -101,3 +101,24 @@ $$;
 SELECT envoisms.sha256_hex(NULL) IS NULL AS sha_null,
        envoisms.hmac_sha256_hex(NULL, 'x') IS NULL AS hmac_null_key,
        envoisms.hmac_sha256_base64('k'::bytea, NULL) IS NULL AS hmac64_null_data;
+
+-- api_key_hash: the SHA-256 of the key a Bearer header carries; NULL for
+-- anything that is not "Bearer env_live_|env_test_ + 48 lower-hex digits".
+SELECT h.label, envoisms.api_key_hash(h.header) = envoisms.sha256_hex(h.key) AS matches,
+       envoisms.api_key_hash(h.header) IS NULL AS refused
+  FROM (VALUES
+    (1, 'live key', 'Bearer env_live_' || repeat('0a', 24), 'env_live_' || repeat('0a', 24)),
+    (2, 'test key, scheme in lower case', 'bearer env_test_' || repeat('f1', 24), 'env_test_' || repeat('f1', 24)),
+    (3, 'scheme in upper case, tab, blanks and CR LF around', 'BEARER' || E'\t' || ' env_live_' || repeat('9b', 24) || E' \r\n', 'env_live_' || repeat('9b', 24)),
+    (4, 'two spaces before, two after', 'Bearer  env_live_' || repeat('0a', 24) || '  ', 'env_live_' || repeat('0a', 24)),
+    (5, 'upper-case hex', 'Bearer env_live_' || repeat('0A', 24), NULL),
+    (6, '46 hex digits', 'Bearer env_live_' || repeat('0a', 23), NULL),
+    (7, '49 hex digits', 'Bearer env_live_' || repeat('0a', 24) || '0', NULL),
+    (8, 'unknown prefix', 'Bearer env_prod_' || repeat('0a', 24), NULL),
+    (9, 'no blank after the scheme', 'Bearerenv_live_' || repeat('0a', 24), NULL),
+    (10, 'Basic scheme', 'Basic env_live_' || repeat('0a', 24), NULL),
+    (11, 'a letter beyond f', 'Bearer env_live_' || repeat('0a', 23) || 'g0', NULL),
+    (12, 'scheme alone', 'Bearer ', NULL),
+    (13, 'empty', '', NULL)) AS h(n, label, header, key)
+ ORDER BY h.n;
+SELECT envoisms.api_key_hash(NULL) IS NULL AS hash_null;

@@ -74,3 +74,31 @@ FROM (VALUES
     (13, 'null', NULL)
 ) AS v(n, label, id)
 ORDER BY v.n;
+
+-- iso_time (C) writes what to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+-- writes, whatever the session's time zone: 20,000 times from 4713 BC to
+-- 200000 AD, fractions of a second included, and the edges.
+SET timezone = 'Africa/Casablanca';
+SELECT count(*) AS times,
+       count(*) FILTER (WHERE envoisms.iso_time(t) IS DISTINCT FROM
+                              to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')) AS differ
+  FROM (SELECT timestamptz '4713-01-01 00:00:00+00 BC' + (random() * (timestamptz '200000-12-31 00:00:00+00' - timestamptz '4713-01-01 00:00:00+00 BC')) AS t
+          FROM generate_series(1, 20000)
+        UNION ALL
+        VALUES (timestamptz '2026-05-15 10:30:00.999999+00'), (timestamptz '2026-05-15 11:30:00+01'),
+               (timestamptz '0001-01-01 00:00:00+00'), (timestamptz '0001-12-31 23:59:59+00 BC'),
+               (timestamptz '9999-12-31 23:59:59+00'), (timestamptz '10000-01-01 00:00:00+00'),
+               (timestamptz '1970-01-01 00:00:00+00'), (timestamptz '2000-02-29 12:00:00+00')) AS s(t);
+SELECT envoisms.iso_time(timestamptz '2026-05-15 11:30:00.5+01') AS contract_example,
+       envoisms.iso_time('infinity') IS NULL AS infinity_null,
+       envoisms.iso_time('-infinity') IS NULL AS minus_infinity_null;
+RESET timezone;
+
+-- message_charge_valid: the CHECK of messages (a refund never exceeds the
+-- charge; a sandbox message is never charged).
+SELECT envoisms.message_charge_valid(0.31, 0, false) AS charged,
+       envoisms.message_charge_valid(0.31, 0.31, false) AS refunded_all,
+       envoisms.message_charge_valid(0.31, 0.3101, false) AS refunded_more,
+       envoisms.message_charge_valid(0, 0, true) AS sandbox_free,
+       envoisms.message_charge_valid(0.0000, 0, true) AS sandbox_zero_scale,
+       envoisms.message_charge_valid(0.31, 0, true) AS sandbox_charged;

@@ -1,6 +1,7 @@
 /*
  * crypto.c — OpenSSL primitives exposed to SQL: random bytes and digits,
- * SHA-256, HMAC-SHA256 (hex and base64) and constant-time comparison.
+ * SHA-256, HMAC-SHA256 (hex and base64), constant-time comparison, and the
+ * hash of the API key an Authorization header carries.
  *
  * Design: every function is a thin, checked wrapper around libcrypto; the
  * C-callable helpers (crypto.h) do the work so that the webhook worker and
@@ -23,6 +24,8 @@
 #define RANDOM_BYTES_MAX 1024
 #define RANDOM_DIGITS_MAX 32
 #define SHA256_LEN 32
+/* env_live_ or env_test_ and 48 lower-hex digits */
+#define API_KEY_LEN (9 + 48)
 
 void
 EnvoismsRandomBytes(unsigned char *buf, size_t len)
@@ -192,6 +195,43 @@ sha256_hex(PG_FUNCTION_ARGS)
 	char		hex[2 * SHA256_LEN + 1];
 
 	EnvoismsSha256Hex(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), hex);
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(hex, 2 * SHA256_LEN));
+}
+
+PG_FUNCTION_INFO_V1(api_key_hash);
+
+/*
+ * api_key_hash(authorization) — the SHA-256 (lower hex) of the API key an
+ * Authorization header carries, or NULL when the header is not
+ * "Bearer env_live_<48 hex>" or "Bearer env_test_<48 hex>" (scheme in any
+ * case, blanks around the key). A scan instead of a case-insensitive regular
+ * expression, which cost more than the rest of authentication together.
+ */
+Datum
+api_key_hash(PG_FUNCTION_ARGS)
+{
+	text	   *header = PG_GETARG_TEXT_PP(0);
+	const char *p = VARDATA_ANY(header);
+	const char *end = p + VARSIZE_ANY_EXHDR(header);
+	const char *key;
+	char		hex[2 * SHA256_LEN + 1];
+	int			i;
+
+	if (end - p < 7 || pg_strncasecmp(p, "bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\t'))
+		PG_RETURN_NULL();
+	p += 6;
+	while (p < end && (*p == ' ' || *p == '\t'))
+		p++;
+	while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r' || end[-1] == '\n'))
+		end--;
+	key = p;
+	if (end - key != API_KEY_LEN ||
+		(strncmp(key, "env_live_", 9) != 0 && strncmp(key, "env_test_", 9) != 0))
+		PG_RETURN_NULL();
+	for (i = 9; i < API_KEY_LEN; i++)
+		if (!((key[i] >= '0' && key[i] <= '9') || (key[i] >= 'a' && key[i] <= 'f')))
+			PG_RETURN_NULL();
+	EnvoismsSha256Hex(key, API_KEY_LEN, hex);
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(hex, 2 * SHA256_LEN));
 }
 

@@ -48,10 +48,9 @@ BEGIN
 END
 $$;
 
--- The contract's time format: 2026-05-15T10:30:00Z (UTC, whole seconds).
+-- The contract's time format: 2026-05-15T10:30:00Z (UTC, whole seconds); json.c.
 CREATE FUNCTION envoisms.iso_time(ts timestamptz) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+AS 'MODULE_PATHNAME', 'iso_time' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 
 -- Money as a JSON number without trailing zeros (0.31, not 0.3100). STABLE
 -- like to_jsonb, so the planner inlines it (an IMMUTABLE wrapper around a

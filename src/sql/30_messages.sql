@@ -149,6 +149,12 @@ BEGIN
 END
 $$;
 
+-- The reply of a send: {"id", "to", "channel", "cascade", "status": "queued",
+-- "cost": {"eur", "mad"}, "segments", "created_at"}, built in C (json.c).
+CREATE FUNCTION envoisms.message_send_reply(id text, "to" text, channel text, cascade boolean, cost_eur numeric,
+                                            cost_mad numeric, segments int, created_at timestamptz) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'message_send_reply' LANGUAGE C STRICT IMMUTABLE;
+
 -- Send one message; returns the contract's POST /v1/messages response.
 -- Commits with the caller's transaction. Sandbox messages never debit and
 -- are only ever routed to the sandbox carrier.
@@ -158,7 +164,8 @@ $$;
 -- from this backend's home bucket (a data-modifying CTE, SKIP LOCKED) and
 -- writes the row. Every check is a plain expression; the check_* functions
 -- are only called to raise the precise error. When the home bucket is held
--- or short, balance_debit() takes the slow path and the INSERT runs again.
+-- or short, balance_debit() takes the slow path and a plain INSERT writes
+-- the row.
 CREATE FUNCTION envoisms.message_send(account_id text, "to" text, message text,
                                       "from" text DEFAULT 'ENVOISMS', channel text DEFAULT 'sms',
                                       cascade boolean DEFAULT false, metadata jsonb DEFAULT NULL,
@@ -166,7 +173,10 @@ CREATE FUNCTION envoisms.message_send(account_id text, "to" text, message text,
                                       sandbox boolean DEFAULT false, campaign_id text DEFAULT NULL,
                                       skip_opt_out boolean DEFAULT false)
 RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+-- No SET search_path (every name is qualified, and it is not SECURITY
+-- DEFINER): a function that sets a GUC saves and restores it on every call,
+-- and the changed path sends every cached plan through a search-path check.
+LANGUAGE plpgsql AS $$
 DECLARE
     id text := envoisms.new_id('msg');
     e164 text := envoisms.phone_e164("to");
@@ -180,12 +190,13 @@ DECLARE
     cost_mad numeric;
     cost_eur numeric;
     btns jsonb;
-    debited boolean;
+    written boolean := false;
     woken boolean;
     created timestamptz := now();
 BEGIN
     channel := coalesce(channel, 'sms');
     cascade := coalesce(cascade, false);
+    sandbox := coalesce(sandbox, false);
     IF cascade THEN
         -- cascade means WhatsApp first, SMS on failure, whatever channel says
         PERFORM envoisms.check_account_channel(account_id, 'sms');
@@ -226,11 +237,15 @@ BEGIN
         END IF;
     END IF;
 
-    debited := sandbox OR cost_mad <= 0;
-    LOOP
+    -- Take the money from this backend's home bucket in the statement that
+    -- writes the row; when that bucket is held or short, balance_debit() tries
+    -- the others or rebalances (or raises INSUFFICIENT_BALANCE), and the row is
+    -- written by the plain INSERT below, as it is when nothing is to be paid
+    -- (sandbox, free): a plan without the debit costs less to start.
+    IF NOT sandbox AND cost_mad > 0 THEN
         WITH debit AS (
             UPDATE envoisms.balance_buckets b SET balance_mad = b.balance_mad - cost_mad
-             WHERE NOT debited AND b.account_id = message_send.account_id
+             WHERE b.account_id = message_send.account_id
                AND b.bucket = pg_backend_pid() % envoisms.balance_bucket_count()
                AND b.ctid = (SELECT c.ctid FROM envoisms.balance_buckets c
                               WHERE c.account_id = message_send.account_id
@@ -242,19 +257,23 @@ BEGIN
                                        cascade, body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
                                        metadata, buttons, created_at, updated_at, next_attempt_at)
         SELECT account_id, id, api_key_id, campaign_id, e164, sender, channel, cascade, message, enc,
-               n_segments, cost_mad, cost_eur, CASE WHEN sandbox THEN 0 ELSE cost_mad END, sandbox,
-               metadata, btns, created, created, created
-         WHERE debited OR EXISTS (SELECT 1 FROM debit);
-        EXIT WHEN FOUND;
-        -- the home bucket is held or short: another bucket, or rebalance, or INSUFFICIENT_BALANCE
-        PERFORM envoisms.balance_debit(account_id, cost_mad);
-        debited := true;
-    END LOOP;
+               n_segments, cost_mad, cost_eur, cost_mad, false, metadata, btns, created, created, created
+         WHERE EXISTS (SELECT 1 FROM debit);
+        written := FOUND;
+        IF NOT written THEN
+            PERFORM envoisms.balance_debit(account_id, cost_mad);
+        END IF;
+    END IF;
+    IF NOT written THEN
+        INSERT INTO envoisms.messages (account_id, message_id, api_key_id, campaign_id, to_number, sender_id, channel,
+                                       cascade, body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                       metadata, buttons, created_at, updated_at, next_attempt_at)
+        VALUES (account_id, id, api_key_id, campaign_id, e164, sender, channel, cascade, message, enc,
+                n_segments, cost_mad, cost_eur, CASE WHEN sandbox THEN 0 ELSE cost_mad END, sandbox,
+                metadata, btns, created, created, created);
+    END IF;
     woken := envoisms.wake_dispatcher();   -- an assignment, not PERFORM: no SPI statement
-    RETURN jsonb_build_object(
-        'id', id, 'to', e164, 'channel', channel, 'cascade', cascade, 'status', 'queued',
-        'cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),
-        'segments', n_segments, 'created_at', envoisms.iso_time(created));
+    RETURN envoisms.message_send_reply(id, e164, channel, cascade, cost_eur, cost_mad, n_segments, created);
 END
 $$;
 

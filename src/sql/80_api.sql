@@ -38,6 +38,10 @@ AS 'MODULE_PATHNAME', 'ratelimit_reset' LANGUAGE C STRICT VOLATILE;
 CREATE FUNCTION envoisms.headers_normalize(headers jsonb) RETURNS jsonb
 AS 'MODULE_PATHNAME', 'headers_normalize' LANGUAGE C IMMUTABLE;
 
+-- SHA-256 of the key in "Authorization: Bearer env_live_...|env_test_...", or NULL (crypto.c).
+CREATE FUNCTION envoisms.api_key_hash(authorization text) RETURNS text
+AS 'MODULE_PATHNAME', 'api_key_hash' LANGUAGE C STRICT IMMUTABLE;
+
 -- Why a request body does not cast to jsonb ('syntax', 'nul', 'number'), or NULL (json.c).
 CREATE FUNCTION envoisms.body_problem(body text) RETURNS text
 AS 'MODULE_PATHNAME', 'body_problem' LANGUAGE C STRICT IMMUTABLE;
@@ -186,7 +190,6 @@ DECLARE
     rep envoisms.api_reply;
     hdr jsonb;
     out_headers jsonb := '{}';
-    auth text;
     key_account text;
     key_id text;
     key_prefix text;
@@ -215,11 +218,22 @@ BEGIN
     hdr := envoisms.headers_normalize(headers);
 
     BEGIN
-        -- 1. route: the exact path, else the path with its third segment as :id
-        SELECT e.handler, e.permission, e.template, e.public
-          INTO route_handler, route_permission, route_template, route_public
-          FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = path;
+        -- 1. route and key in one statement: the exact path's route, and the
+        -- key the Authorization header names (read only for a private route)
+        SELECT e.handler, e.permission, e.template, e.public,
+               k.account_id, k.api_key_id, k.key_prefix, k.permissions, k.ip_whitelist, k.rate_limit,
+               k.last_used_at, k.status
+          INTO route_handler, route_permission, route_template, route_public,
+               key_account, key_id, key_prefix, key_permissions, key_ips, key_limit, key_last_used, account_status
+          FROM (SELECT envoisms.api_key_hash(hdr->>'authorization') AS hash) h
+               LEFT JOIN envoisms.api_endpoints e ON e.method = api.method AND e.template = path
+               LEFT JOIN LATERAL (SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist,
+                                         ak.rate_limit, ak.last_used_at, a.status
+                                    FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id
+                                   WHERE ak.key_hash = h.hash AND ak.active AND ak.revoked_at IS NULL) k
+                 ON NOT coalesce(e.public, false);
         IF route_handler IS NULL THEN
+            -- else the path with its third segment as :id
             tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
             SELECT e.handler, e.permission, e.template, e.public
               INTO route_handler, route_permission, route_template, route_public
@@ -230,15 +244,6 @@ BEGIN
         IF NOT coalesce(route_public, false) THEN
             -- 2. authenticate: every failure gives the same answer (no oracle),
             -- and an unknown route is not revealed before the key is checked
-            auth := hdr->>'authorization';
-            IF auth ~* '^bearer\s+env_(live|test)_[0-9a-f]{48}\s*$' THEN
-                SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist, ak.rate_limit,
-                       ak.last_used_at, a.status
-                  INTO key_account, key_id, key_prefix, key_permissions, key_ips, key_limit, key_last_used, account_status
-                  FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id
-                 WHERE ak.key_hash = envoisms.sha256_hex(btrim(substr(auth, 7)))
-                   AND ak.active AND ak.revoked_at IS NULL;
-            END IF;
             IF key_id IS NULL OR account_status = 'closed'
                OR (cardinality(key_ips) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (key_ips))) THEN
                 PERFORM envoisms.raise_error('UNAUTHORIZED',
@@ -350,7 +355,7 @@ $$;
 -- ---- handlers of the messages, billing and analytics routes
 
 CREATE FUNCTION envoisms.api_messages_create(req envoisms.api_request) RETURNS envoisms.api_reply
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql AS $$   -- no SET search_path: hot path, see message_send
 DECLARE
     b jsonb := req.body;
 BEGIN

@@ -1,0 +1,346 @@
+-- envoisms 0.2.0 -> 0.3.0 (ALTER EXTENSION envoisms UPDATE). Frozen with the
+-- 0.3.0 release: its definitions are those of src/sql at 0.3.0.
+\echo Use "ALTER EXTENSION envoisms UPDATE TO '0.3.0'" to load this file. \quit
+
+-- ---- 1. new C helpers on the send path: the charge rule of a message, the
+-- reply of a send, the time format, the hash of a Bearer key
+
+CREATE FUNCTION envoisms.message_charge_valid(charged_mad numeric, refunded_mad numeric, sandbox boolean)
+RETURNS boolean AS 'MODULE_PATHNAME', 'message_charge_valid' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION envoisms.message_send_reply(id text, "to" text, channel text, cascade boolean, cost_eur numeric,
+                                            cost_mad numeric, segments int, created_at timestamptz) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'message_send_reply' LANGUAGE C STRICT IMMUTABLE;
+
+CREATE FUNCTION envoisms.api_key_hash(authorization text) RETURNS text
+AS 'MODULE_PATHNAME', 'api_key_hash' LANGUAGE C STRICT IMMUTABLE;
+
+CREATE OR REPLACE FUNCTION envoisms.iso_time(ts timestamptz) RETURNS text
+AS 'MODULE_PATHNAME', 'iso_time' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+-- ---- 2. the messages CHECK calls the C rule (a table CHECK is re-planned by
+-- every INSERT and UPDATE; one C call is the cheapest to re-plan). Same rule.
+ALTER TABLE envoisms.messages DROP CONSTRAINT messages_check;
+ALTER TABLE envoisms.messages ADD CONSTRAINT messages_check
+    CHECK (envoisms.message_charge_valid(charged_mad, refunded_mad, sandbox));
+
+-- ---- 3. changed function bodies (CREATE OR REPLACE keeps their grants)
+
+CREATE OR REPLACE FUNCTION envoisms.message_send(account_id text, "to" text, message text,
+                                      "from" text DEFAULT 'ENVOISMS', channel text DEFAULT 'sms',
+                                      cascade boolean DEFAULT false, metadata jsonb DEFAULT NULL,
+                                      buttons jsonb DEFAULT NULL, api_key_id text DEFAULT NULL,
+                                      sandbox boolean DEFAULT false, campaign_id text DEFAULT NULL,
+                                      skip_opt_out boolean DEFAULT false)
+RETURNS jsonb
+-- No SET search_path (every name is qualified, and it is not SECURITY
+-- DEFINER): a function that sets a GUC saves and restores it on every call,
+-- and the changed path sends every cached plan through a search-path check.
+LANGUAGE plpgsql AS $$
+DECLARE
+    id text := envoisms.new_id('msg');
+    e164 text := envoisms.phone_e164("to");
+    sender text;
+    acc_status text;
+    acc_channels text[];
+    unit_mad numeric;
+    enc text;
+    n_segments int;
+    opted_out boolean;
+    cost_mad numeric;
+    cost_eur numeric;
+    btns jsonb;
+    written boolean := false;
+    woken boolean;
+    created timestamptz := now();
+BEGIN
+    channel := coalesce(channel, 'sms');
+    cascade := coalesce(cascade, false);
+    sandbox := coalesce(sandbox, false);
+    IF cascade THEN
+        -- cascade means WhatsApp first, SMS on failure, whatever channel says
+        PERFORM envoisms.check_account_channel(account_id, 'sms');
+        channel := 'whatsapp';
+    END IF;
+    SELECT a.status, a.channels, p.mad, s.encoding, n.units, p.mad * n.units, p.eur * n.units,
+           NOT skip_opt_out AND EXISTS (SELECT 1 FROM envoisms.optouts o
+                                         WHERE o.account_id = a.account_id AND o.phone = e164)
+      INTO acc_status, acc_channels, unit_mad, enc, n_segments, cost_mad, cost_eur, opted_out
+      FROM envoisms.accounts a
+           CROSS JOIN LATERAL envoisms.channel_prices(a.account_id, message_send.channel) p
+           LEFT JOIN envoisms.sms_segments(CASE WHEN length(message) <= 1600 THEN message END) s ON true
+           CROSS JOIN LATERAL (SELECT CASE WHEN message_send.channel = 'whatsapp' THEN 1 ELSE s.segments END AS units) n
+     WHERE a.account_id = message_send.account_id;
+    -- one test for the common case; the checks below raise the precise error, in order
+    IF acc_status IS DISTINCT FROM 'active' OR NOT channel = ANY (acc_channels) OR unit_mad IS NULL
+       OR e164 IS NULL OR left(btrim("to"), 1) <> '+' OR message IS NULL OR length(message) NOT BETWEEN 1 AND 1600 THEN
+        PERFORM envoisms.check_account_channel(account_id, channel);
+        PERFORM envoisms.check_phone("to");
+        PERFORM envoisms.check_body(message);
+    END IF;
+    sender := coalesce("from", 'ENVOISMS');
+    IF sender <> 'ENVOISMS' THEN
+        sender := envoisms.check_sender_id(sender);
+    END IF;
+    IF metadata IS NOT NULL OR buttons IS NOT NULL OR opted_out THEN
+        IF jsonb_typeof(metadata) <> 'object' THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object', 'metadata');
+        ELSIF octet_length(metadata::text) > 8192 THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata is limited to 8 KB', 'metadata');
+        END IF;
+        btns := envoisms.check_buttons(buttons);
+        IF btns IS NOT NULL AND channel <> 'whatsapp' THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
+        END IF;
+        IF opted_out THEN
+            PERFORM envoisms.check_not_opted_out(account_id, e164);
+        END IF;
+    END IF;
+
+    -- Take the money from this backend's home bucket in the statement that
+    -- writes the row; when that bucket is held or short, balance_debit() tries
+    -- the others or rebalances (or raises INSUFFICIENT_BALANCE), and the row is
+    -- written by the plain INSERT below, as it is when nothing is to be paid
+    -- (sandbox, free): a plan without the debit costs less to start.
+    IF NOT sandbox AND cost_mad > 0 THEN
+        WITH debit AS (
+            UPDATE envoisms.balance_buckets b SET balance_mad = b.balance_mad - cost_mad
+             WHERE b.account_id = message_send.account_id
+               AND b.bucket = pg_backend_pid() % envoisms.balance_bucket_count()
+               AND b.ctid = (SELECT c.ctid FROM envoisms.balance_buckets c
+                              WHERE c.account_id = message_send.account_id
+                                AND c.bucket = pg_backend_pid() % envoisms.balance_bucket_count()
+                                AND c.balance_mad >= cost_mad
+                              FOR UPDATE SKIP LOCKED)
+            RETURNING 1)
+        INSERT INTO envoisms.messages (account_id, message_id, api_key_id, campaign_id, to_number, sender_id, channel,
+                                       cascade, body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                       metadata, buttons, created_at, updated_at, next_attempt_at)
+        SELECT account_id, id, api_key_id, campaign_id, e164, sender, channel, cascade, message, enc,
+               n_segments, cost_mad, cost_eur, cost_mad, false, metadata, btns, created, created, created
+         WHERE EXISTS (SELECT 1 FROM debit);
+        written := FOUND;
+        IF NOT written THEN
+            PERFORM envoisms.balance_debit(account_id, cost_mad);
+        END IF;
+    END IF;
+    IF NOT written THEN
+        INSERT INTO envoisms.messages (account_id, message_id, api_key_id, campaign_id, to_number, sender_id, channel,
+                                       cascade, body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                       metadata, buttons, created_at, updated_at, next_attempt_at)
+        VALUES (account_id, id, api_key_id, campaign_id, e164, sender, channel, cascade, message, enc,
+                n_segments, cost_mad, cost_eur, CASE WHEN sandbox THEN 0 ELSE cost_mad END, sandbox,
+                metadata, btns, created, created, created);
+    END IF;
+    woken := envoisms.wake_dispatcher();   -- an assignment, not PERFORM: no SPI statement
+    RETURN envoisms.message_send_reply(id, e164, channel, cascade, cost_eur, cost_mad, n_segments, created);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.api_messages_create(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql AS $$   -- no SET search_path: hot path, see message_send
+DECLARE
+    b jsonb := req.body;
+BEGIN
+    IF b->'metadata' IS NOT NULL AND jsonb_typeof(b->'metadata') NOT IN ('object', 'null') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object', 'metadata');
+    END IF;
+    IF b->'buttons' IS NOT NULL AND jsonb_typeof(b->'buttons') NOT IN ('array', 'null') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons must be an array', 'buttons');
+    END IF;
+    IF jsonb_typeof(b->'to') NOT IN ('string', 'null') THEN
+        PERFORM envoisms.raise_error('INVALID_PHONE', 'to must be E.164 format, for example +212612345678', 'to');
+    END IF;
+    -- string fields are read inline; body_text() only runs to refuse another type
+    RETURN envoisms.reply(201, envoisms.message_send(
+        req.account_id,
+        CASE jsonb_typeof(b->'to') WHEN 'string' THEN b->>'to' ELSE envoisms.body_text(b, 'to') END,
+        CASE jsonb_typeof(b->'message') WHEN 'string' THEN b->>'message'
+             ELSE coalesce(envoisms.body_text(b, 'message'), envoisms.body_text(b, 'body')) END,
+        CASE WHEN b->'from' IS NULL THEN 'ENVOISMS' WHEN jsonb_typeof(b->'from') = 'string' THEN b->>'from'
+             ELSE coalesce(envoisms.body_text(b, 'from'), 'ENVOISMS') END,
+        CASE WHEN b->'channel' IS NULL THEN 'sms' WHEN jsonb_typeof(b->'channel') = 'string' THEN b->>'channel'
+             ELSE coalesce(envoisms.body_text(b, 'channel'), 'sms') END,
+        b->'cascade' IS NOT NULL AND envoisms.body_bool(b, 'cascade', false),
+        nullif(b->'metadata', 'null'),
+        nullif(b->'buttons', 'null'),
+        req.api_key_id,
+        req.sandbox));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.api(method text, path text, query text DEFAULT '', headers jsonb DEFAULT '{}',
+                             body text DEFAULT NULL, client_ip inet DEFAULT NULL)
+RETURNS SETOF envoisms.api_reply
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    req envoisms.api_request;
+    rep envoisms.api_reply;
+    hdr jsonb;
+    out_headers jsonb := '{}';
+    key_account text;
+    key_id text;
+    key_prefix text;
+    key_permissions text[];
+    key_ips cidr[];
+    key_limit int;
+    key_last_used timestamptz;
+    account_status text;
+    route_handler regprocedure;
+    route_permission text;
+    route_template text;
+    route_public boolean;
+    tmpl text;
+    rl record;
+    err_state text;
+    err_message text;
+    err_column text;
+    err_detail text;
+    err_context text;
+    err_code text;
+    err_http int;
+    problem text;
+BEGIN
+    method := upper(coalesce(method, ''));
+    path := coalesce(nullif(rtrim(path, '/'), ''), '/');
+    hdr := envoisms.headers_normalize(headers);
+
+    BEGIN
+        -- 1. route and key in one statement: the exact path's route, and the
+        -- key the Authorization header names (read only for a private route)
+        SELECT e.handler, e.permission, e.template, e.public,
+               k.account_id, k.api_key_id, k.key_prefix, k.permissions, k.ip_whitelist, k.rate_limit,
+               k.last_used_at, k.status
+          INTO route_handler, route_permission, route_template, route_public,
+               key_account, key_id, key_prefix, key_permissions, key_ips, key_limit, key_last_used, account_status
+          FROM (SELECT envoisms.api_key_hash(hdr->>'authorization') AS hash) h
+               LEFT JOIN envoisms.api_endpoints e ON e.method = api.method AND e.template = path
+               LEFT JOIN LATERAL (SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist,
+                                         ak.rate_limit, ak.last_used_at, a.status
+                                    FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id
+                                   WHERE ak.key_hash = h.hash AND ak.active AND ak.revoked_at IS NULL) k
+                 ON NOT coalesce(e.public, false);
+        IF route_handler IS NULL THEN
+            -- else the path with its third segment as :id
+            tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
+            SELECT e.handler, e.permission, e.template, e.public
+              INTO route_handler, route_permission, route_template, route_public
+              FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = tmpl;
+            req.id := envoisms.url_decode(split_part(path, '/', 4));
+        END IF;
+
+        IF NOT coalesce(route_public, false) THEN
+            -- 2. authenticate: every failure gives the same answer (no oracle),
+            -- and an unknown route is not revealed before the key is checked
+            IF key_id IS NULL OR account_status = 'closed'
+               OR (cardinality(key_ips) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (key_ips))) THEN
+                PERFORM envoisms.raise_error('UNAUTHORIZED',
+                    'invalid or missing API key: send Authorization: Bearer env_live_... or env_test_... from an allowed address');
+            END IF;
+
+            -- 3. rate limit (shared memory, no row per request). X-Envoisms-Key-Id
+            -- names the key for the gateway's access log (which strips it).
+            rl := envoisms.ratelimit_take(key_id, key_limit);
+            out_headers := jsonb_build_object('X-Envoisms-Key-Id', key_id);
+            IF key_limit IS NOT NULL THEN
+                out_headers := out_headers || jsonb_build_object('X-RateLimit-Limit', key_limit::text,
+                                                                 'X-RateLimit-Remaining', rl.remaining::text);
+            END IF;
+            IF NOT rl.allowed THEN
+                out_headers := out_headers || jsonb_build_object('Retry-After', rl.retry_after::text);
+                PERFORM envoisms.raise_error('RATE_LIMITED',
+                    format('rate limit of %s requests per minute exceeded; retry in %s s', key_limit, rl.retry_after));
+            END IF;
+            -- last_used_at at most once a minute, and never waiting: a request
+            -- that finds the key row held by another request leaves it to that one
+            IF key_last_used IS NULL OR key_last_used < now() - interval '1 minute' THEN
+                UPDATE envoisms.api_keys SET last_used_at = now()
+                 WHERE ctid = (SELECT k.ctid FROM envoisms.api_keys k
+                                WHERE k.account_id = key_account AND k.api_key_id = key_id
+                                  AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+                                FOR UPDATE SKIP LOCKED);
+            END IF;
+
+            IF route_handler IS NULL THEN
+                IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
+                    out_headers := out_headers || jsonb_build_object('Allow',
+                        (SELECT string_agg(DISTINCT e.method, ', ') FROM envoisms.api_endpoints e
+                          WHERE e.template IN (path, tmpl)));
+                    PERFORM envoisms.raise_error('METHOD_NOT_ALLOWED', format('%s is not allowed on %s', method, path));
+                END IF;
+                PERFORM envoisms.raise_error('NOT_FOUND', format('no route for %s %s', left(method, 10), left(path, 200)));
+            END IF;
+            IF key_permissions IS NOT NULL AND NOT route_permission = ANY (key_permissions)
+               AND NOT (route_permission = 'balance' AND 'billing' = ANY (key_permissions)) THEN
+                PERFORM envoisms.raise_error('FORBIDDEN',
+                    format('this API key lacks the "%s" permission', route_permission));
+            END IF;
+        END IF;
+
+        -- 4. the request (one row constructor: each field assignment is a statement of its own)
+        req := ROW(method, path, route_template, req.id,
+                   CASE WHEN query IS NULL OR query = '' THEN '{}' ELSE envoisms.query_parse(query) END,
+                   '{}', body, hdr, client_ip, key_account, key_id, key_prefix = 'env_test',
+                   key_permissions)::envoisms.api_request;
+        IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL AND btrim(body, E' \t\r\n') <> '' THEN
+            -- checked before the cast, so that a bad body needs no exception block
+            problem := envoisms.body_problem(body);
+            IF problem = 'nul' THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
+            ELSIF problem = 'number' THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'a number in the request body is out of range (beyond 1e±1000)');
+            ELSIF problem IS NOT NULL THEN
+                PERFORM envoisms.raise_error('INVALID_JSON', 'the request body is not valid JSON');
+            END IF;
+            req.body := body::jsonb;
+            IF jsonb_typeof(req.body) <> 'object' THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'the request body must be a JSON object');
+            END IF;
+        END IF;
+
+        -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
+        IF method = 'POST' AND key_id IS NOT NULL AND hdr ? 'idempotency-key' THEN
+            rep := envoisms.idempotency_lookup(req, hdr->>'idempotency-key');
+            IF rep.status IS NULL THEN
+                rep := envoisms.api_call(route_handler, req);
+                PERFORM envoisms.idempotency_store(req, hdr->>'idempotency-key', rep);
+            END IF;
+        ELSE
+            rep := envoisms.api_call(route_handler, req);
+        END IF;
+        rep.headers := out_headers || coalesce(rep.headers, '{}');
+        RETURN NEXT rep;
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
+                                err_column = COLUMN_NAME, err_detail = PG_EXCEPTION_DETAIL,
+                                err_context = PG_EXCEPTION_CONTEXT;
+    END;
+
+    SELECT e.code, e.http_status INTO err_code, err_http FROM envoisms.error_codes e WHERE e.sqlstate = err_state;
+    IF err_code IS NULL THEN
+        IF err_state IN ('54000', '54001') THEN
+            err_code := 'PAYLOAD_TOO_LARGE';
+            err_http := 413;
+            err_message := 'the request is too large or too deeply nested';
+        ELSIF err_state IN ('57014', '40001', '40P01', '55P03') THEN
+            err_code := 'SERVICE_UNAVAILABLE';
+            err_http := 503;
+            err_message := 'the request could not complete in time; retry later';
+            out_headers := out_headers || '{"Retry-After": "1"}';
+        ELSE
+            RAISE WARNING 'envoisms.api % %: unexpected error %: %', left(method, 10), left(path, 200), err_state, err_message
+                USING DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_context, '');
+            err_code := 'INTERNAL_ERROR';
+            err_http := 500;
+            err_message := 'an unexpected error occurred; it was logged';
+        END IF;
+    END IF;
+    RETURN NEXT ROW(err_http, out_headers, envoisms.error_envelope(err_code, err_message, err_column))::envoisms.api_reply;
+END
+$$;
+
+-- ---- 4. nothing is open to PUBLIC (as 95_grants.sql does at install)
+REVOKE ALL ON FUNCTION envoisms.message_charge_valid(numeric, numeric, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.message_send_reply(text, text, text, boolean, numeric, numeric, int, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.api_key_hash(text) FROM PUBLIC;
