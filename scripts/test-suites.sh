@@ -36,16 +36,21 @@ if want regress || want isolation || want pgtap; then
     pg_ctl -D "$tmp/data" -l "$tmp/server.log" -w start >/dev/null
 fi
 
-# pg_regress and isolation: one result per test, read from pg_regress' lines.
+# pg_regress and isolation: one result per test, read from pg_regress' lines;
+# a run that fails without naming a failed test (a missing expected file, a
+# crash, a spec that does not parse) is a failure of its own.
 run_pg_regress() {   # run_pg_regress KIND make-args...
     local kind=$1; shift
-    local out="$tmp/$kind.out"
-    make -s installcheck PG_CONFIG="$PG_CONFIG" "$@" > "$out" 2>&1 || true
+    local out="$tmp/$kind.out" rc=0 failed_before=$failed
+    make -s installcheck PG_CONFIG="$PG_CONFIG" "$@" > "$out" 2>&1 || rc=$?
     cat "$out"
     while read -r name status; do
         record "$kind/$name" "$status"
     done < <(sed -nE 's/^(test|ok|not ok) +[0-9]* *-? *([a-z0-9_]+) +\.\.\. +(ok|FAILED|failed).*/\2 \3/p; s/^ +([a-z0-9_]+) +\.\.\. +(ok|FAILED|failed).*/\1 \2/p' "$out" |
              awk '{ print $1, ($2 == "ok") ? 0 : 1 }')
+    if [ "$rc" -ne 0 ] && [ "$failed" -eq "$failed_before" ]; then
+        record "$kind (make installcheck exited $rc)" 1
+    fi
 }
 
 if want regress && ls sql/*.sql >/dev/null 2>&1; then

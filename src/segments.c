@@ -237,6 +237,22 @@ text_as_utf8(text *t, int *len, bool *converted)
 	return utf8;
 }
 
+/* How the body would be sent (text_as_utf8 + SmsWalk). */
+static SmsCount
+count_body(text *body)
+{
+	SmsCount	count;
+	char	   *utf8;
+	int			len;
+	bool		converted;
+
+	utf8 = text_as_utf8(body, &len, &converted);
+	count = SmsWalk(utf8, len, NULL);
+	if (converted)
+		pfree(utf8);
+	return count;
+}
+
 PG_FUNCTION_INFO_V1(sms_segments);
 
 /*
@@ -251,16 +267,9 @@ sms_segments(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
 	SmsCount	count;
-	char	   *utf8;
-	int			len;
-	bool		converted;
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-
-	utf8 = text_as_utf8(body, &len, &converted);
-	count = SmsWalk(utf8, len, NULL);
-	if (converted)
-		pfree(utf8);
+	count = count_body(body);
 
 	values[0] = CStringGetTextDatum(count.encoding == SMS_GSM7 ? "gsm7" : "ucs2");
 	values[1] = Int32GetDatum(count.segments);
@@ -268,6 +277,24 @@ sms_segments(PG_FUNCTION_ARGS)
 	values[3] = Int32GetDatum(count.characters);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(sms_encoding);
+
+/* sms_encoding(body) → 'gsm7' or 'ucs2': sms_segments' encoding as a plain value (the send path). */
+Datum
+sms_encoding(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(count_body(PG_GETARG_TEXT_PP(0)).encoding == SMS_GSM7 ? "gsm7" : "ucs2"));
+}
+
+PG_FUNCTION_INFO_V1(sms_segment_count);
+
+/* sms_segment_count(body) → sms_segments' segments as a plain value (the send path). */
+Datum
+sms_segment_count(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(count_body(PG_GETARG_TEXT_PP(0)).segments);
 }
 
 PG_FUNCTION_INFO_V1(sms_split);

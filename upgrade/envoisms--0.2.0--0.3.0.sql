@@ -3,7 +3,9 @@
 \echo Use "ALTER EXTENSION envoisms UPDATE TO '0.3.0'" to load this file. \quit
 
 -- ---- 1. new C helpers on the send path: the charge rule of a message, the
--- reply of a send, the time format, the hash of a Bearer key
+-- reply of a send, the time format, the hash of a Bearer key, the encoding
+-- and segments of a body as plain values, and the cached unit prices with
+-- the trigger that makes every backend forget them when prices change
 
 CREATE FUNCTION envoisms.message_charge_valid(charged_mad numeric, refunded_mad numeric, sandbox boolean)
 RETURNS boolean AS 'MODULE_PATHNAME', 'message_charge_valid' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
@@ -15,8 +17,24 @@ AS 'MODULE_PATHNAME', 'message_send_reply' LANGUAGE C STRICT IMMUTABLE;
 CREATE FUNCTION envoisms.api_key_hash(authorization text) RETURNS text
 AS 'MODULE_PATHNAME', 'api_key_hash' LANGUAGE C STRICT IMMUTABLE;
 
+CREATE FUNCTION envoisms.sms_encoding(body text) RETURNS text
+AS 'MODULE_PATHNAME', 'sms_encoding' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION envoisms.sms_segment_count(body text) RETURNS int
+AS 'MODULE_PATHNAME', 'sms_segment_count' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION envoisms.unit_price(account_id text, channel text, currency text) RETURNS numeric
+AS 'MODULE_PATHNAME', 'unit_price' LANGUAGE C STRICT STABLE;
+
+CREATE FUNCTION envoisms.prices_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'prices_changed' LANGUAGE C;
+
 CREATE OR REPLACE FUNCTION envoisms.iso_time(ts timestamptz) RETURNS text
 AS 'MODULE_PATHNAME', 'iso_time' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+CREATE TRIGGER prices_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.prices
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.prices_changed();
 
 -- ---- 2. the messages CHECK calls the C rule (a table CHECK is re-planned by
 -- every INSERT and UPDATE; one C call is the cheapest to re-plan). Same rule.
@@ -62,14 +80,16 @@ BEGIN
         PERFORM envoisms.check_account_channel(account_id, 'sms');
         channel := 'whatsapp';
     END IF;
-    SELECT a.status, a.channels, p.mad, s.encoding, n.units, p.mad * n.units, p.eur * n.units,
+    SELECT a.status, a.channels, p.mad, envoisms.sms_encoding(m.body), n.units, p.mad * n.units, p.eur * n.units,
            NOT skip_opt_out AND EXISTS (SELECT 1 FROM envoisms.optouts o
                                          WHERE o.account_id = a.account_id AND o.phone = e164)
       INTO acc_status, acc_channels, unit_mad, enc, n_segments, cost_mad, cost_eur, opted_out
-      FROM envoisms.accounts a
-           CROSS JOIN LATERAL envoisms.channel_prices(a.account_id, message_send.channel) p
-           LEFT JOIN envoisms.sms_segments(CASE WHEN length(message) <= 1600 THEN message END) s ON true
-           CROSS JOIN LATERAL (SELECT CASE WHEN message_send.channel = 'whatsapp' THEN 1 ELSE s.segments END AS units) n
+      FROM envoisms.accounts a,
+           LATERAL (SELECT envoisms.unit_price(a.account_id, message_send.channel, 'MAD') AS mad,
+                           envoisms.unit_price(a.account_id, message_send.channel, 'EUR') AS eur) p,
+           LATERAL (SELECT CASE WHEN length(message) <= 1600 THEN message END AS body) m,
+           LATERAL (SELECT CASE WHEN message_send.channel = 'whatsapp' THEN 1
+                                ELSE envoisms.sms_segment_count(m.body) END AS units) n
      WHERE a.account_id = message_send.account_id;
     -- one test for the common case; the checks below raise the precise error, in order
     IF acc_status IS DISTINCT FROM 'active' OR NOT channel = ANY (acc_channels) OR unit_mad IS NULL
@@ -344,3 +364,7 @@ $$;
 REVOKE ALL ON FUNCTION envoisms.message_charge_valid(numeric, numeric, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.message_send_reply(text, text, text, boolean, numeric, numeric, int, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.api_key_hash(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.sms_encoding(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.sms_segment_count(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.unit_price(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.prices_changed() FROM PUBLIC;

@@ -13,6 +13,13 @@ LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE ROWS 1;
 COMMENT ON FUNCTION envoisms.sms_segments(text) IS
 'Encoding (gsm7 or ucs2), number of SMS parts, units (septets or UTF-16 code units) and characters of a message body';
 
+-- sms_segments' encoding and segment count as plain values, for the send
+-- path (a set-returning function in a query's FROM costs a scan node).
+CREATE FUNCTION envoisms.sms_encoding(body text) RETURNS text
+AS 'MODULE_PATHNAME', 'sms_encoding' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+CREATE FUNCTION envoisms.sms_segment_count(body text) RETURNS int
+AS 'MODULE_PATHNAME', 'sms_segment_count' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
 CREATE FUNCTION envoisms.sms_split(body text)
 RETURNS SETOF text
 AS 'MODULE_PATHNAME', 'sms_split'

@@ -90,6 +90,18 @@ LANGUAGE sql STABLE ROWS 1 AS $$
      WHERE p.account_id IN ($1, '*') AND p.channel = $2
 $$;
 
+-- channel_prices() of one currency, cached per backend and forgotten by
+-- every backend when envoisms.prices changes (prices.c): a committed price
+-- change applies from each session's next transaction on.
+CREATE FUNCTION envoisms.unit_price(account_id text, channel text, currency text) RETURNS numeric
+AS 'MODULE_PATHNAME', 'unit_price' LANGUAGE C STRICT STABLE;
+
+CREATE FUNCTION envoisms.prices_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'prices_changed' LANGUAGE C;
+CREATE TRIGGER prices_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.prices
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.prices_changed();
+
 -- Check the account may send on `channel` (active, channel enabled) and
 -- return the channel's unit prices for it, in one statement (hot path).
 CREATE FUNCTION envoisms.check_account_channel(account_id text, channel text, OUT mad numeric, OUT eur numeric)
@@ -160,7 +172,7 @@ AS 'MODULE_PATHNAME', 'message_send_reply' LANGUAGE C STRICT IMMUTABLE;
 -- are only ever routed to the sandbox carrier.
 --
 -- Hot path, written for few statements: one SELECT reads the account, the
--- channel's prices, the opt-out and the segments; one INSERT takes the money
+-- channel's prices (unit_price, cached), the opt-out and the segments; one INSERT takes the money
 -- from this backend's home bucket (a data-modifying CTE, SKIP LOCKED) and
 -- writes the row. Every check is a plain expression; the check_* functions
 -- are only called to raise the precise error. When the home bucket is held
@@ -202,14 +214,16 @@ BEGIN
         PERFORM envoisms.check_account_channel(account_id, 'sms');
         channel := 'whatsapp';
     END IF;
-    SELECT a.status, a.channels, p.mad, s.encoding, n.units, p.mad * n.units, p.eur * n.units,
+    SELECT a.status, a.channels, p.mad, envoisms.sms_encoding(m.body), n.units, p.mad * n.units, p.eur * n.units,
            NOT skip_opt_out AND EXISTS (SELECT 1 FROM envoisms.optouts o
                                          WHERE o.account_id = a.account_id AND o.phone = e164)
       INTO acc_status, acc_channels, unit_mad, enc, n_segments, cost_mad, cost_eur, opted_out
-      FROM envoisms.accounts a
-           CROSS JOIN LATERAL envoisms.channel_prices(a.account_id, message_send.channel) p
-           LEFT JOIN envoisms.sms_segments(CASE WHEN length(message) <= 1600 THEN message END) s ON true
-           CROSS JOIN LATERAL (SELECT CASE WHEN message_send.channel = 'whatsapp' THEN 1 ELSE s.segments END AS units) n
+      FROM envoisms.accounts a,
+           LATERAL (SELECT envoisms.unit_price(a.account_id, message_send.channel, 'MAD') AS mad,
+                           envoisms.unit_price(a.account_id, message_send.channel, 'EUR') AS eur) p,
+           LATERAL (SELECT CASE WHEN length(message) <= 1600 THEN message END AS body) m,
+           LATERAL (SELECT CASE WHEN message_send.channel = 'whatsapp' THEN 1
+                                ELSE envoisms.sms_segment_count(m.body) END AS units) n
      WHERE a.account_id = message_send.account_id;
     -- one test for the common case; the checks below raise the precise error, in order
     IF acc_status IS DISTINCT FROM 'active' OR NOT channel = ANY (acc_channels) OR unit_mad IS NULL
