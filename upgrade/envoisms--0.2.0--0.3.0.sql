@@ -162,13 +162,13 @@ LANGUAGE plpgsql AS $$   -- no SET search_path: hot path, see message_send
 DECLARE
     b jsonb := req.body;
 BEGIN
-    IF b->'metadata' IS NOT NULL AND jsonb_typeof(b->'metadata') NOT IN ('object', 'null') THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object', 'metadata');
-    END IF;
-    IF b->'buttons' IS NOT NULL AND jsonb_typeof(b->'buttons') NOT IN ('array', 'null') THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons must be an array', 'buttons');
-    END IF;
-    IF jsonb_typeof(b->'to') NOT IN ('string', 'null') THEN
+    IF jsonb_typeof(b->'metadata') NOT IN ('object', 'null') OR jsonb_typeof(b->'buttons') NOT IN ('array', 'null')
+       OR jsonb_typeof(b->'to') NOT IN ('string', 'null') THEN
+        IF jsonb_typeof(b->'metadata') NOT IN ('object', 'null') THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object', 'metadata');
+        ELSIF jsonb_typeof(b->'buttons') NOT IN ('array', 'null') THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons must be an array', 'buttons');
+        END IF;
         PERFORM envoisms.raise_error('INVALID_PHONE', 'to must be E.164 format, for example +212612345678', 'to');
     END IF;
     -- string fields are read inline; body_text() only runs to refuse another type
@@ -261,11 +261,9 @@ BEGIN
             -- 3. rate limit (shared memory, no row per request). X-Envoisms-Key-Id
             -- names the key for the gateway's access log (which strips it).
             rl := envoisms.ratelimit_take(key_id, key_limit);
-            out_headers := jsonb_build_object('X-Envoisms-Key-Id', key_id);
-            IF key_limit IS NOT NULL THEN
-                out_headers := out_headers || jsonb_build_object('X-RateLimit-Limit', key_limit::text,
-                                                                 'X-RateLimit-Remaining', rl.remaining::text);
-            END IF;
+            out_headers := CASE WHEN key_limit IS NULL THEN jsonb_build_object('X-Envoisms-Key-Id', key_id)
+                                ELSE jsonb_build_object('X-Envoisms-Key-Id', key_id, 'X-RateLimit-Limit', key_limit::text,
+                                                        'X-RateLimit-Remaining', rl.remaining::text) END;
             IF NOT rl.allowed THEN
                 out_headers := out_headers || jsonb_build_object('Retry-After', rl.retry_after::text);
                 PERFORM envoisms.raise_error('RATE_LIMITED',
@@ -281,17 +279,18 @@ BEGIN
                                 FOR UPDATE SKIP LOCKED);
             END IF;
 
-            IF route_handler IS NULL THEN
-                IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
-                    out_headers := out_headers || jsonb_build_object('Allow',
-                        (SELECT string_agg(DISTINCT e.method, ', ') FROM envoisms.api_endpoints e
-                          WHERE e.template IN (path, tmpl)));
-                    PERFORM envoisms.raise_error('METHOD_NOT_ALLOWED', format('%s is not allowed on %s', method, path));
+            -- (one test on the common path: every statement costs its own evaluation)
+            IF route_handler IS NULL OR (key_permissions IS NOT NULL AND NOT route_permission = ANY (key_permissions)
+                                         AND NOT (route_permission = 'balance' AND 'billing' = ANY (key_permissions))) THEN
+                IF route_handler IS NULL THEN
+                    IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
+                        out_headers := out_headers || jsonb_build_object('Allow',
+                            (SELECT string_agg(DISTINCT e.method, ', ') FROM envoisms.api_endpoints e
+                              WHERE e.template IN (path, tmpl)));
+                        PERFORM envoisms.raise_error('METHOD_NOT_ALLOWED', format('%s is not allowed on %s', method, path));
+                    END IF;
+                    PERFORM envoisms.raise_error('NOT_FOUND', format('no route for %s %s', left(method, 10), left(path, 200)));
                 END IF;
-                PERFORM envoisms.raise_error('NOT_FOUND', format('no route for %s %s', left(method, 10), left(path, 200)));
-            END IF;
-            IF key_permissions IS NOT NULL AND NOT route_permission = ANY (key_permissions)
-               AND NOT (route_permission = 'balance' AND 'billing' = ANY (key_permissions)) THEN
                 PERFORM envoisms.raise_error('FORBIDDEN',
                     format('this API key lacks the "%s" permission', route_permission));
             END IF;
@@ -305,11 +304,12 @@ BEGIN
         IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL AND btrim(body, E' \t\r\n') <> '' THEN
             -- checked before the cast, so that a bad body needs no exception block
             problem := envoisms.body_problem(body);
-            IF problem = 'nul' THEN
-                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
-            ELSIF problem = 'number' THEN
-                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'a number in the request body is out of range (beyond 1e±1000)');
-            ELSIF problem IS NOT NULL THEN
+            IF problem IS NOT NULL THEN
+                IF problem = 'nul' THEN
+                    PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
+                ELSIF problem = 'number' THEN
+                    PERFORM envoisms.raise_error('VALIDATION_ERROR', 'a number in the request body is out of range (beyond 1e±1000)');
+                END IF;
                 PERFORM envoisms.raise_error('INVALID_JSON', 'the request body is not valid JSON');
             END IF;
             req.body := body::jsonb;
