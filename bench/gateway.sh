@@ -9,13 +9,18 @@
 #   get     wrk: GET /v1/messages/:id through the gateway
 #   health  wrk: GET /healthz (SELECT 1 through the pool)
 #
-# 32 clients / connections each, a sandbox key without rate limit. Prints
-# requests/s, p99 latency and the ratios http/raw and http/api, then where
-# the CPU went during the HTTP send run (gateway, postgres, wrk) and the
-# gateway's own metrics. Usage: bench/gateway.sh [seconds per run, default 15]
+# 32 clients / connections each, a sandbox key without rate limit. raw, api
+# and http run in interleaved rounds (BENCH_ROUNDS, default 3), so that a
+# slow minute of the machine (the raw insert's fsync varies run to run) hits
+# all three alike; each figure is the median of its rounds, and every
+# round's http/raw ratio is shown. Prints requests/s, p99 latency and the
+# ratios http/raw and http/api, then where the CPU went during the HTTP send
+# runs (gateway, postgres, wrk) and the gateway's own metrics.
+# Usage: bench/gateway.sh [seconds per run, default 10]
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
-SECONDS_PER_RUN=${1:-15}
+SECONDS_PER_RUN=${1:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
 CLIENTS=32
 PORT=${ENVOISMS_BENCH_PGPORT:-55499}
 HTTP_PORT=${ENVOISMS_BENCH_HTTP_PORT:-18099}
@@ -144,10 +149,6 @@ pg_delta() { awk 'NR == FNR { a[$1] = $2; next } { d += ($1 in a) ? $2 - a[$1] :
 busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
-say "raw pgbench: INSERT … RETURNING, $CLIENTS clients, ${SECONDS_PER_RUN}s"
-read -r raw_tps raw_p99 < <(pgbench_run raw "$dir/raw.sql")
-say "pgbench: envoisms.api POST /v1/messages, $CLIENTS clients"
-read -r api_tps api_p99 < <(pgbench_run api "$dir/api.sql")
 
 # the gateway as a user gets it: its default pool unless ENVOISMS_BENCH_POOL says otherwise
 say "starting the gateway (${ENVOISMS_BENCH_THREADS:-$(nproc)} I/O threads, pool ${ENVOISMS_BENCH_POOL:-default})"
@@ -166,10 +167,29 @@ for _ in $(seq 1 20); do
 done
 [ -n "$msg" ] || { grep -v '"method"' "$dir/gateway.log" | tail -5; die "the gateway did not send a message"; }
 
-say "wrk: POST /v1/messages, $CLIENTS connections"
-gw0=$(cpu_of "$gwpid"); pg_ticks > "$dir/pg0"; all0=$(busy_ticks); t0=$(date +%s.%N)
-read -r http_rps http_p99 http_bad < <(wrk_run http "http://127.0.0.1:$HTTP_PORT/v1/messages" "$dir/post.lua")
-gw1=$(cpu_of "$gwpid"); pg_ticks > "$dir/pg1"; all1=$(busy_ticks); t1=$(date +%s.%N)
+# interleaved rounds; the CPU figures add up the HTTP send runs
+gw_ticks=0; pg_ticks_sum=0; all_ticks=0; http_secs=0; http_reqs=0; http_bad=0
+rounds_table=
+for r in $(seq 1 "$ROUNDS"); do
+    say "round $r/$ROUNDS: raw pgbench INSERT … RETURNING, pgbench envoisms.api, wrk POST /v1/messages ($CLIENTS clients, ${SECONDS_PER_RUN}s each)"
+    read -r t p < <(pgbench_run "raw$r" "$dir/raw.sql"); echo "$t $p" >> "$dir/raw.rounds"
+    read -r a ap < <(pgbench_run "api$r" "$dir/api.sql"); echo "$a $ap" >> "$dir/api.rounds"
+    gw0=$(cpu_of "$gwpid"); pg_ticks > "$dir/pg0"; all0=$(busy_ticks); t0=$(date +%s.%N)
+    read -r h hp hb < <(wrk_run "http$r" "http://127.0.0.1:$HTTP_PORT/v1/messages" "$dir/post.lua")
+    gw1=$(cpu_of "$gwpid"); pg_ticks > "$dir/pg1"; all1=$(busy_ticks); t1=$(date +%s.%N)
+    echo "$h $hp" >> "$dir/http.rounds"
+    gw_ticks=$((gw_ticks + gw1 - gw0)); pg_ticks_sum=$((pg_ticks_sum + $(pg_delta "$dir/pg0" "$dir/pg1")))
+    all_ticks=$((all_ticks + all1 - all0)); http_bad=$((http_bad + hb))
+    http_secs=$(awk -v a="$http_secs" -v b="$t0" -v c="$t1" 'BEGIN { printf "%.3f", a + c - b }')
+    http_reqs=$(awk -v a="$http_reqs" -v h="$h" -v b="$t0" -v c="$t1" 'BEGIN { printf "%.0f", a + h * (c - b) }')
+    rounds_table+=$(printf '  round %d: raw %6.0f  api %5.0f  http %5.0f   http/raw %5.1f%%  api/raw %5.1f%%' \
+                    "$r" "$t" "$a" "$h" "$(awk -v x="$h" -v y="$t" 'BEGIN { print 100 * x / y }')" \
+                    "$(awk -v x="$a" -v y="$t" 'BEGIN { print 100 * x / y }')")$'\n'
+done
+median() { sort -n -k1,1 "$1" | awk '{ v[NR] = $0 } END { print v[int((NR + 1) / 2)] }'; }
+read -r raw_tps raw_p99 < <(median "$dir/raw.rounds")
+read -r api_tps api_p99 < <(median "$dir/api.rounds")
+read -r http_rps http_p99 < <(median "$dir/http.rounds")
 say "wrk: GET /v1/messages/$msg"
 read -r get_rps get_p99 get_bad < <(wrk_run get "http://127.0.0.1:$HTTP_PORT/v1/messages/$msg" "$dir/get.lua")
 say "wrk: GET /healthz"
@@ -189,18 +209,20 @@ echo
 echo "HTTP send vs raw insert        : $(ratio "$http_rps" "$raw_tps")   (target >= 35%)"
 echo "HTTP send vs envoisms.api (SQL): $(ratio "$http_rps" "$api_tps")   (target: lose < 15%)"
 echo "envoisms.api vs raw insert     : $(ratio "$api_tps" "$raw_tps")"
+echo "(medians of $ROUNDS interleaved rounds:)"
+printf '%s' "$rounds_table"
 echo
-awk -v g=$((gw1 - gw0)) -v p="$(pg_delta "$dir/pg0" "$dir/pg1")" -v all=$((all1 - all0)) -v hz="$hz" \
-    -v t0="$t0" -v t1="$t1" -v n="$(nproc)" -v reqs="$http_rps" 'BEGIN {
-    wall = t1 - t0; cap = wall * n
-    printf "CPU during the HTTP send run (%.1f s x %d CPUs = %.1f CPU-s; machine busy %.0f%%):\n", wall, n, cap, 100 * all / hz / cap
-    printf "  envoisms-gateway        : %6.1f CPU-s (%4.1f%%)  %.0f us per request\n", g / hz, 100 * g / hz / cap, (reqs > 0 ? 1e6 * g / hz / (reqs * wall) : 0)
-    printf "  postgres (backends, WAL writer, envoisms workers): %6.1f CPU-s (%4.1f%%)  %.0f us per request\n", p / hz, 100 * p / hz / cap, (reqs > 0 ? 1e6 * p / hz / (reqs * wall) : 0)
+awk -v g="$gw_ticks" -v p="$pg_ticks_sum" -v all="$all_ticks" -v hz="$hz" \
+    -v wall="$http_secs" -v n="$(nproc)" -v reqs="$http_reqs" 'BEGIN {
+    cap = wall * n
+    printf "CPU during the HTTP send runs (%.1f s x %d CPUs = %.1f CPU-s; machine busy %.0f%%):\n", wall, n, cap, 100 * all / hz / cap
+    printf "  envoisms-gateway        : %6.1f CPU-s (%4.1f%%)  %.0f us per request\n", g / hz, 100 * g / hz / cap, (reqs > 0 ? 1e6 * g / hz / reqs : 0)
+    printf "  postgres (backends, WAL writer, envoisms workers): %6.1f CPU-s (%4.1f%%)  %.0f us per request\n", p / hz, 100 * p / hz / cap, (reqs > 0 ? 1e6 * p / hz / reqs : 0)
     printf "  everything else (wrk, kernel, other users of the machine): %6.1f CPU-s (%4.1f%%)\n", (all - g - p) / hz, 100 * (all - g - p) / hz / cap
 }'
 echo
 echo "latency distributions (wrk):"
-for n in http get health; do
+for n in http$ROUNDS get health; do
     printf '  %-7s %s\n' "$n" "$(awk '/Latency Distribution/ { on = 1; next } on && NF == 2 { printf "%s=%s  ", $1, $2 } on && NF != 2 { on = 0 }' "$dir/$n.out")"
 done
 echo

@@ -4,8 +4,9 @@
 
 -- ---- 1. new C helpers on the send path: the charge rule of a message, the
 -- reply of a send, the time format, the hash of a Bearer key, the encoding
--- and segments of a body as plain values, and the cached unit prices with
--- the trigger that makes every backend forget them when prices change
+-- and segments of a body as plain values, and the per-backend caches of
+-- unit prices and API keys with the triggers that make every backend forget
+-- them when their tables change
 
 CREATE FUNCTION envoisms.message_charge_valid(charged_mad numeric, refunded_mad numeric, sandbox boolean)
 RETURNS boolean AS 'MODULE_PATHNAME', 'message_charge_valid' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
@@ -23,18 +24,31 @@ AS 'MODULE_PATHNAME', 'sms_encoding' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 CREATE FUNCTION envoisms.sms_segment_count(body text) RETURNS int
 AS 'MODULE_PATHNAME', 'sms_segment_count' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 
+CREATE FUNCTION envoisms.cache_forget() RETURNS trigger
+AS 'MODULE_PATHNAME', 'cache_forget' LANGUAGE C;
+
 CREATE FUNCTION envoisms.unit_price(account_id text, channel text, currency text) RETURNS numeric
 AS 'MODULE_PATHNAME', 'unit_price' LANGUAGE C STRICT STABLE;
 
-CREATE FUNCTION envoisms.prices_changed() RETURNS trigger
-AS 'MODULE_PATHNAME', 'prices_changed' LANGUAGE C;
+CREATE FUNCTION envoisms.api_key_lookup(key_hash text, OUT account_id text, OUT api_key_id text, OUT key_prefix text,
+                                        OUT permissions text[], OUT ip_whitelist cidr[], OUT rate_limit int,
+                                        OUT last_used_at timestamptz, OUT account_status text)
+AS 'MODULE_PATHNAME', 'api_key_lookup' LANGUAGE C STABLE;
 
 CREATE OR REPLACE FUNCTION envoisms.iso_time(ts timestamptz) RETURNS text
 AS 'MODULE_PATHNAME', 'iso_time' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 
-CREATE TRIGGER prices_changed
+CREATE TRIGGER prices_cache_forget
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.prices
-    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.prices_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
+
+CREATE TRIGGER api_keys_cache_forget
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.api_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
+
+CREATE TRIGGER accounts_cache_forget
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
 
 -- ---- 2. the messages CHECK calls the C rule (a table CHECK is re-planned by
 -- every INSERT and UPDATE; one C call is the cheapest to re-plan). Same rule.
@@ -198,14 +212,7 @@ DECLARE
     rep envoisms.api_reply;
     hdr jsonb;
     out_headers jsonb := '{}';
-    key_account text;
-    key_id text;
-    key_prefix text;
-    key_permissions text[];
-    key_ips cidr[];
-    key_limit int;
-    key_last_used timestamptz;
-    account_status text;
+    k record;           -- the key: api_key_lookup(), every field NULL when there is none
     route_handler regprocedure;
     route_permission text;
     route_template text;
@@ -226,22 +233,11 @@ BEGIN
     hdr := envoisms.headers_normalize(headers);
 
     BEGIN
-        -- 1. route and key in one statement: the exact path's route, and the
-        -- key the Authorization header names (read only for a private route)
-        SELECT e.handler, e.permission, e.template, e.public,
-               k.account_id, k.api_key_id, k.key_prefix, k.permissions, k.ip_whitelist, k.rate_limit,
-               k.last_used_at, k.status
-          INTO route_handler, route_permission, route_template, route_public,
-               key_account, key_id, key_prefix, key_permissions, key_ips, key_limit, key_last_used, account_status
-          FROM (SELECT envoisms.api_key_hash(hdr->>'authorization') AS hash) h
-               LEFT JOIN envoisms.api_endpoints e ON e.method = api.method AND e.template = path
-               LEFT JOIN LATERAL (SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist,
-                                         ak.rate_limit, ak.last_used_at, a.status
-                                    FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id
-                                   WHERE ak.key_hash = h.hash AND ak.active AND ak.revoked_at IS NULL) k
-                 ON NOT coalesce(e.public, false);
+        -- 1. route: the exact path, else the path with its third segment as :id
+        SELECT e.handler, e.permission, e.template, e.public
+          INTO route_handler, route_permission, route_template, route_public
+          FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = path;
         IF route_handler IS NULL THEN
-            -- else the path with its third segment as :id
             tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
             SELECT e.handler, e.permission, e.template, e.public
               INTO route_handler, route_permission, route_template, route_public
@@ -249,39 +245,43 @@ BEGIN
             req.id := envoisms.url_decode(split_part(path, '/', 4));
         END IF;
 
+        -- 2. the key the Authorization header names (cached per backend, keys.c);
+        -- a public route reads none
+        k := envoisms.api_key_lookup(CASE WHEN NOT coalesce(route_public, false)
+                                          THEN envoisms.api_key_hash(hdr->>'authorization') END);
         IF NOT coalesce(route_public, false) THEN
-            -- 2. authenticate: every failure gives the same answer (no oracle),
+            -- authenticate: every failure gives the same answer (no oracle),
             -- and an unknown route is not revealed before the key is checked
-            IF key_id IS NULL OR account_status = 'closed'
-               OR (cardinality(key_ips) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (key_ips))) THEN
+            IF k.api_key_id IS NULL OR k.account_status = 'closed'
+               OR (cardinality(k.ip_whitelist) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (k.ip_whitelist))) THEN
                 PERFORM envoisms.raise_error('UNAUTHORIZED',
                     'invalid or missing API key: send Authorization: Bearer env_live_... or env_test_... from an allowed address');
             END IF;
 
             -- 3. rate limit (shared memory, no row per request). X-Envoisms-Key-Id
             -- names the key for the gateway's access log (which strips it).
-            rl := envoisms.ratelimit_take(key_id, key_limit);
-            out_headers := CASE WHEN key_limit IS NULL THEN jsonb_build_object('X-Envoisms-Key-Id', key_id)
-                                ELSE jsonb_build_object('X-Envoisms-Key-Id', key_id, 'X-RateLimit-Limit', key_limit::text,
+            rl := envoisms.ratelimit_take(k.api_key_id, k.rate_limit);
+            out_headers := CASE WHEN k.rate_limit IS NULL THEN jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id)
+                                ELSE jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id, 'X-RateLimit-Limit', k.rate_limit::text,
                                                         'X-RateLimit-Remaining', rl.remaining::text) END;
             IF NOT rl.allowed THEN
                 out_headers := out_headers || jsonb_build_object('Retry-After', rl.retry_after::text);
                 PERFORM envoisms.raise_error('RATE_LIMITED',
-                    format('rate limit of %s requests per minute exceeded; retry in %s s', key_limit, rl.retry_after));
+                    format('rate limit of %s requests per minute exceeded; retry in %s s', k.rate_limit, rl.retry_after));
             END IF;
             -- last_used_at at most once a minute, and never waiting: a request
             -- that finds the key row held by another request leaves it to that one
-            IF key_last_used IS NULL OR key_last_used < now() - interval '1 minute' THEN
+            IF k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute' THEN
                 UPDATE envoisms.api_keys SET last_used_at = now()
-                 WHERE ctid = (SELECT k.ctid FROM envoisms.api_keys k
-                                WHERE k.account_id = key_account AND k.api_key_id = key_id
-                                  AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+                 WHERE ctid = (SELECT x.ctid FROM envoisms.api_keys x
+                                WHERE x.account_id = k.account_id AND x.api_key_id = k.api_key_id
+                                  AND (x.last_used_at IS NULL OR x.last_used_at < now() - interval '1 minute')
                                 FOR UPDATE SKIP LOCKED);
             END IF;
 
             -- (one test on the common path: every statement costs its own evaluation)
-            IF route_handler IS NULL OR (key_permissions IS NOT NULL AND NOT route_permission = ANY (key_permissions)
-                                         AND NOT (route_permission = 'balance' AND 'billing' = ANY (key_permissions))) THEN
+            IF route_handler IS NULL OR (k.permissions IS NOT NULL AND NOT route_permission = ANY (k.permissions)
+                                         AND NOT (route_permission = 'balance' AND 'billing' = ANY (k.permissions))) THEN
                 IF route_handler IS NULL THEN
                     IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
                         out_headers := out_headers || jsonb_build_object('Allow',
@@ -299,8 +299,8 @@ BEGIN
         -- 4. the request (one row constructor: each field assignment is a statement of its own)
         req := ROW(method, path, route_template, req.id,
                    CASE WHEN query IS NULL OR query = '' THEN '{}' ELSE envoisms.query_parse(query) END,
-                   '{}', body, hdr, client_ip, key_account, key_id, key_prefix = 'env_test',
-                   key_permissions)::envoisms.api_request;
+                   '{}', body, hdr, client_ip, k.account_id, k.api_key_id, k.key_prefix = 'env_test',
+                   k.permissions)::envoisms.api_request;
         IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL AND btrim(body, E' \t\r\n') <> '' THEN
             -- checked before the cast, so that a bad body needs no exception block
             problem := envoisms.body_problem(body);
@@ -319,7 +319,7 @@ BEGIN
         END IF;
 
         -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
-        IF method = 'POST' AND key_id IS NOT NULL AND hdr ? 'idempotency-key' THEN
+        IF method = 'POST' AND k.api_key_id IS NOT NULL AND hdr ? 'idempotency-key' THEN
             rep := envoisms.idempotency_lookup(req, hdr->>'idempotency-key');
             IF rep.status IS NULL THEN
                 rep := envoisms.api_call(route_handler, req);
@@ -366,5 +366,6 @@ REVOKE ALL ON FUNCTION envoisms.message_send_reply(text, text, text, boolean, nu
 REVOKE ALL ON FUNCTION envoisms.api_key_hash(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.sms_encoding(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.sms_segment_count(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.cache_forget() FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.unit_price(text, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION envoisms.prices_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.api_key_lookup(text) FROM PUBLIC;

@@ -99,3 +99,8 @@ AS 'MODULE_PATHNAME', 'id_time'
 LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION envoisms.id_time(text) IS
 'Creation time encoded in an id made by new_id, NULL when the id is malformed';
+
+-- Statement trigger of the tables cached per backend (prices, api_keys,
+-- accounts): every backend forgets what it cached of the table (cache.c).
+CREATE FUNCTION envoisms.cache_forget() RETURNS trigger
+AS 'MODULE_PATHNAME', 'cache_forget' LANGUAGE C;

@@ -91,16 +91,14 @@ LANGUAGE sql STABLE ROWS 1 AS $$
 $$;
 
 -- channel_prices() of one currency, cached per backend and forgotten by
--- every backend when envoisms.prices changes (prices.c): a committed price
--- change applies from each session's next transaction on.
+-- every backend when envoisms.prices changes (prices.c, cache.c): a
+-- committed price change applies to every session's next send.
 CREATE FUNCTION envoisms.unit_price(account_id text, channel text, currency text) RETURNS numeric
 AS 'MODULE_PATHNAME', 'unit_price' LANGUAGE C STRICT STABLE;
 
-CREATE FUNCTION envoisms.prices_changed() RETURNS trigger
-AS 'MODULE_PATHNAME', 'prices_changed' LANGUAGE C;
-CREATE TRIGGER prices_changed
+CREATE TRIGGER prices_cache_forget
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.prices
-    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.prices_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
 
 -- Check the account may send on `channel` (active, channel enabled) and
 -- return the channel's unit prices for it, in one statement (hot path).

@@ -1,0 +1,124 @@
+/*
+ * cache.c — backend-local caches of small tables that every send or request
+ * reads (unit prices, API keys), forgotten whenever their tables change.
+ *
+ * Invalidation: a statement trigger on the table (cache_forget) registers a
+ * relcache invalidation of it. PostgreSQL applies it in the changing
+ * backend at its next command (and again if it rolls back), and sends it to
+ * every other backend once the change commits; our relcache callback then
+ * empties the caches of that table. BackendCacheUsable() reads pending
+ * invalidations first, so a change is seen by every lookup that starts
+ * after its COMMIT returned, as a query of the table would see it under
+ * READ COMMITTED.
+ *
+ * A miss is answered by a query whose snapshot is taken after those
+ * invalidations were read, so it sees every change they announced. One
+ * that arrives while the query runs (it takes locks, which reads
+ * invalidations) may be newer than its snapshot: the answer is used but
+ * not kept (generation counter), so nothing stale is ever stored. Under
+ * REPEATABLE READ or SERIALIZABLE the transaction's snapshot decides what
+ * is visible, so the caches are not used at all.
+ */
+#include "envoisms.h"
+
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "cache.h"
+
+/* Entries kept before a cache starts again from empty. */
+#define CACHE_MAX_ENTRIES 10000
+
+static BackendCache *caches = NULL;
+static bool callback_registered = false;
+
+static void
+cache_reset(BackendCache *cache)
+{
+	cache->generation++;
+	cache->table = NULL;
+	cache->relids[0] = cache->relids[1] = InvalidOid;
+	if (cache->context != NULL)
+		MemoryContextReset(cache->context);
+}
+
+/* Relcache callback: empty the caches of the changed table (all of them on a full reset). */
+static void
+caches_forget(Datum arg, Oid relid)
+{
+	BackendCache *cache;
+
+	for (cache = caches; cache != NULL; cache = cache->next)
+		if (!OidIsValid(relid) || relid == cache->relids[0] || relid == cache->relids[1])
+			cache_reset(cache);
+}
+
+bool
+BackendCacheUsable(BackendCache *cache)
+{
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(caches_forget, (Datum) 0);
+		callback_registered = true;
+	}
+	if (cache->context == NULL)
+	{
+		cache->context = AllocSetContextCreate(TopMemoryContext, "envoisms backend cache", ALLOCSET_SMALL_SIZES);
+		MemoryContextSetIdentifier(cache->context, cache->relnames[0]);
+		cache->next = caches;
+		caches = cache;
+	}
+	AcceptInvalidationMessages();
+	return !IsolationUsesXactSnapshot();
+}
+
+void *
+BackendCacheFind(BackendCache *cache, const void *key)
+{
+	if (cache->table == NULL)
+		return NULL;
+	return hash_search(cache->table, key, HASH_FIND, NULL);
+}
+
+void *
+BackendCacheStore(BackendCache *cache, const void *key, uint64 generation)
+{
+	if (generation != cache->generation)
+		return NULL;
+	if (cache->table != NULL && hash_get_num_entries(cache->table) >= CACHE_MAX_ENTRIES)
+		cache_reset(cache);
+	if (cache->table == NULL)
+	{
+		HASHCTL		ctl;
+		Oid			schema = get_namespace_oid("envoisms", false);
+
+		for (int i = 0; i < 2; i++)
+			if (cache->relnames[i] != NULL)
+				cache->relids[i] = get_relname_relid(cache->relnames[i], schema);
+		ctl.keysize = cache->keysize;
+		ctl.entrysize = cache->entrysize;
+		ctl.hcxt = cache->context;
+		cache->table = hash_create(cache->relnames[0], 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	return hash_search(cache->table, key, HASH_ENTER, NULL);
+}
+
+PG_FUNCTION_INFO_V1(cache_forget);
+
+/* Statement trigger on a cached table: every backend forgets what it cached of it. */
+Datum
+cache_forget(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("cache_forget must be called as a trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
+}

@@ -1,0 +1,39 @@
+/*
+ * cache.h — backend-local caches of small tables that every request reads,
+ * forgotten whenever their table changes (cache.c has the design).
+ */
+#ifndef ENVOISMS_CACHE_H
+#define ENVOISMS_CACHE_H
+
+#include "utils/hsearch.h"
+
+typedef struct BackendCache
+{
+	const char *relnames[2];	/* the tables in schema envoisms whose changes empty it */
+	Size		keysize;		/* fixed-size key (HASH_BLOBS) */
+	Size		entrysize;
+	/* state, managed by cache.c */
+	Oid			relids[2];
+	uint64		generation;
+	MemoryContext context;		/* holds the table and what entries point to */
+	HTAB	   *table;
+	struct BackendCache *next;
+} BackendCache;
+
+/*
+ * Before a lookup: read pending invalidations. Returns false when the
+ * cache must not be used (a transaction snapshot decides what is visible).
+ */
+extern bool BackendCacheUsable(BackendCache *cache);
+
+/* The entry for key, or NULL. */
+extern void *BackendCacheFind(BackendCache *cache, const void *key);
+
+/*
+ * Store a new entry for key, unless an invalidation arrived since
+ * generation was read (then NULL: use the answer, do not keep it).
+ * Memory the entry points to is allocated in cache->context.
+ */
+extern void *BackendCacheStore(BackendCache *cache, const void *key, uint64 generation);
+
+#endif							/* ENVOISMS_CACHE_H */
