@@ -49,6 +49,15 @@ CREATE FUNCTION envoisms.api_key_lookup(key_hash text, OUT account_id text, OUT 
                                         OUT permissions text[], OUT ip_whitelist cidr[], OUT rate_limit int,
                                         OUT last_used_at timestamptz, OUT account_status text)
 AS 'MODULE_PATHNAME', 'api_key_lookup' LANGUAGE C STABLE;
+-- The route serving (method, path): the exact path's, else the :id
+-- template's (by_template); every field NULL when none. The whole of
+-- api_endpoints is cached per backend (routes.c, cache.c).
+CREATE FUNCTION envoisms.api_route(method text, path text, OUT handler regprocedure, OUT permission text,
+                                   OUT template text, OUT public boolean, OUT by_template boolean)
+AS 'MODULE_PATHNAME', 'api_route' LANGUAGE C STRICT STABLE;
+CREATE TRIGGER api_endpoints_cache_forget
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.api_endpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
 CREATE TRIGGER api_keys_cache_forget
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.api_keys
     FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
@@ -205,10 +214,7 @@ DECLARE
     hdr jsonb;
     out_headers jsonb := '{}';
     k record;           -- the key: api_key_lookup(), every field NULL when there is none
-    route_handler regprocedure;
-    route_permission text;
-    route_template text;
-    route_public boolean;
+    r record;           -- the route: api_route(), every field NULL when none serves the request
     tmpl text;
     rl record;
     err_state text;
@@ -225,23 +231,18 @@ BEGIN
     hdr := envoisms.headers_normalize(headers);
 
     BEGIN
-        -- 1. route: the exact path, else the path with its third segment as :id
-        SELECT e.handler, e.permission, e.template, e.public
-          INTO route_handler, route_permission, route_template, route_public
-          FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = path;
-        IF route_handler IS NULL THEN
-            tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
-            SELECT e.handler, e.permission, e.template, e.public
-              INTO route_handler, route_permission, route_template, route_public
-              FROM envoisms.api_endpoints e WHERE e.method = api.method AND e.template = tmpl;
+        -- 1. route (cached per backend, routes.c): the exact path, else the
+        -- path with its third segment as :id
+        r := envoisms.api_route(method, path);
+        IF r.by_template THEN
             req.id := envoisms.url_decode(split_part(path, '/', 4));
         END IF;
 
         -- 2. the key the Authorization header names (cached per backend, keys.c);
         -- a public route reads none
-        k := envoisms.api_key_lookup(CASE WHEN NOT coalesce(route_public, false)
+        k := envoisms.api_key_lookup(CASE WHEN NOT coalesce(r.public, false)
                                           THEN envoisms.api_key_hash(hdr->>'authorization') END);
-        IF NOT coalesce(route_public, false) THEN
+        IF NOT coalesce(r.public, false) THEN
             -- authenticate: every failure gives the same answer (no oracle),
             -- and an unknown route is not revealed before the key is checked
             IF k.api_key_id IS NULL OR k.account_status = 'closed'
@@ -272,9 +273,10 @@ BEGIN
             END IF;
 
             -- (one test on the common path: every statement costs its own evaluation)
-            IF route_handler IS NULL OR (k.permissions IS NOT NULL AND NOT route_permission = ANY (k.permissions)
-                                         AND NOT (route_permission = 'balance' AND 'billing' = ANY (k.permissions))) THEN
-                IF route_handler IS NULL THEN
+            IF r.handler IS NULL OR (k.permissions IS NOT NULL AND NOT r.permission = ANY (k.permissions)
+                                         AND NOT (r.permission = 'balance' AND 'billing' = ANY (k.permissions))) THEN
+                IF r.handler IS NULL THEN
+                    tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
                     IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
                         out_headers := out_headers || jsonb_build_object('Allow',
                             (SELECT string_agg(DISTINCT e.method, ', ') FROM envoisms.api_endpoints e
@@ -284,12 +286,12 @@ BEGIN
                     PERFORM envoisms.raise_error('NOT_FOUND', format('no route for %s %s', left(method, 10), left(path, 200)));
                 END IF;
                 PERFORM envoisms.raise_error('FORBIDDEN',
-                    format('this API key lacks the "%s" permission', route_permission));
+                    format('this API key lacks the "%s" permission', r.permission));
             END IF;
         END IF;
 
         -- 4. the request (one row constructor: each field assignment is a statement of its own)
-        req := ROW(method, path, route_template, req.id,
+        req := ROW(method, path, r.template, req.id,
                    CASE WHEN query IS NULL OR query = '' THEN '{}' ELSE envoisms.query_parse(query) END,
                    '{}', body, hdr, client_ip, k.account_id, k.api_key_id, k.key_prefix = 'env_test',
                    k.permissions)::envoisms.api_request;
@@ -314,11 +316,11 @@ BEGIN
         IF method = 'POST' AND k.api_key_id IS NOT NULL AND hdr ? 'idempotency-key' THEN
             rep := envoisms.idempotency_lookup(req, hdr->>'idempotency-key');
             IF rep.status IS NULL THEN
-                rep := envoisms.api_call(route_handler, req);
+                rep := envoisms.api_call(r.handler, req);
                 PERFORM envoisms.idempotency_store(req, hdr->>'idempotency-key', rep);
             END IF;
         ELSE
-            rep := envoisms.api_call(route_handler, req);
+            rep := envoisms.api_call(r.handler, req);
         END IF;
         rep.headers := out_headers || coalesce(rep.headers, '{}');
         RETURN NEXT rep;
