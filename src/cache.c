@@ -107,6 +107,32 @@ BackendCacheStore(BackendCache *cache, const void *key, uint64 generation)
 	return hash_search(cache->table, key, HASH_ENTER, NULL);
 }
 
+void
+BackendCacheQuery(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types, Datum *args)
+{
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare(sql, nargs, types);
+
+		if (prepared == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		SPI_keepplan(prepared);
+		*plan = prepared;
+	}
+	if (SPI_execute_plan(*plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "the query \"%s\" failed", sql);
+}
+
+void
+BackendCacheQueryEnd(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+}
+
 PG_FUNCTION_INFO_V1(cache_forget);
 
 /* Statement trigger on a cached table: every backend forgets what it cached of it. */

@@ -5,6 +5,7 @@
 #ifndef ENVOISMS_CACHE_H
 #define ENVOISMS_CACHE_H
 
+#include "executor/spi.h"
 #include "utils/hsearch.h"
 
 typedef struct BackendCache
@@ -35,5 +36,14 @@ extern void *BackendCacheFind(BackendCache *cache, const void *key);
  * Memory the entry points to is allocated in cache->context.
  */
 extern void *BackendCacheStore(BackendCache *cache, const void *key, uint64 generation);
+
+/*
+ * The query that answers a miss: in a new snapshot (taken after the
+ * invalidations BackendCacheUsable read), prepared once per backend into
+ * *plan, run read-only. On return SPI is connected and SPI_tuptable holds
+ * the rows; the caller copies what it needs, then calls BackendCacheQueryEnd.
+ */
+extern void BackendCacheQuery(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types, Datum *args);
+extern void BackendCacheQueryEnd(void);
 
 #endif							/* ENVOISMS_CACHE_H */

@@ -15,9 +15,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "utils/datum.h"
-#include "utils/snapmgr.h"
 
 #include "cache.h"
 
@@ -41,25 +39,13 @@ lookup_key(text *hash, TupleDesc result)
 	Datum		arg = PointerGetDatum(hash);
 	HeapTuple	row = NULL;
 
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "api_key_lookup: SPI_connect failed");
-	if (lookup_plan == NULL)
-	{
-		Oid			type = TEXTOID;
-		SPIPlanPtr	plan = SPI_prepare(
-			"SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist, ak.rate_limit,"
-			"       ak.last_used_at, a.status"
-			"  FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id"
-			" WHERE ak.key_hash = $1 AND ak.active AND ak.revoked_at IS NULL", 1, &type);
+	Oid			type = TEXTOID;
 
-		if (plan == NULL)
-			elog(ERROR, "api_key_lookup: could not prepare the key lookup: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		lookup_plan = plan;
-	}
-	if (SPI_execute_plan(lookup_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "api_key_lookup: the key lookup failed");
+	BackendCacheQuery(&lookup_plan,
+					  "SELECT ak.account_id, ak.api_key_id, ak.key_prefix, ak.permissions, ak.ip_whitelist, ak.rate_limit,"
+					  "       ak.last_used_at, a.status"
+					  "  FROM envoisms.api_keys ak JOIN envoisms.accounts a ON a.account_id = ak.account_id"
+					  " WHERE ak.key_hash = $1 AND ak.active AND ak.revoked_at IS NULL", 1, &type, &arg);
 	if (SPI_processed == 1)
 	{
 		Datum		values[KEY_FIELDS];
@@ -72,8 +58,7 @@ lookup_key(text *hash, TupleDesc result)
 		row = heap_form_tuple(result, values, nulls);
 		MemoryContextSwitchTo(spi);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
+	BackendCacheQueryEnd();
 	return row;
 }
 

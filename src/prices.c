@@ -11,10 +11,8 @@
 #include "envoisms.h"
 
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
-#include "utils/snapmgr.h"
 
 #include "cache.h"
 
@@ -47,23 +45,11 @@ lookup_prices(text *account, text *channel, Numeric *mad, Numeric *eur)
 	bool		isnull;
 	Datum		value;
 
+	Oid			types[2] = {TEXTOID, TEXTOID};
+
 	*mad = NULL;
 	*eur = NULL;
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "unit_price: SPI_connect failed");
-	if (lookup_plan == NULL)
-	{
-		Oid			types[2] = {TEXTOID, TEXTOID};
-		SPIPlanPtr	plan = SPI_prepare("SELECT p.mad, p.eur FROM envoisms.channel_prices($1, $2) p", 2, types);
-
-		if (plan == NULL)
-			elog(ERROR, "unit_price: could not prepare the price lookup: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		lookup_plan = plan;
-	}
-	if (SPI_execute_plan(lookup_plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "unit_price: the price lookup failed");
+	BackendCacheQuery(&lookup_plan, "SELECT p.mad, p.eur FROM envoisms.channel_prices($1, $2) p", 2, types, args);
 	if (SPI_processed == 1)
 	{
 		MemoryContext spi = MemoryContextSwitchTo(caller);
@@ -76,8 +62,7 @@ lookup_prices(text *account, text *channel, Numeric *mad, Numeric *eur)
 			*eur = DatumGetNumericCopy(value);
 		MemoryContextSwitchTo(spi);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
+	BackendCacheQueryEnd();
 }
 
 static Numeric

@@ -13,8 +13,6 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
-#include "utils/snapmgr.h"
 
 #include "cache.h"
 
@@ -60,21 +58,8 @@ load_routes(int *count, bool *fits)
 
 	*count = 0;
 	*fits = true;
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "api_route: SPI_connect failed");
-	if (load_plan == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare("SELECT e.method, e.template, e.handler::oid, e.permission, e.public"
-									   "  FROM envoisms.api_endpoints e", 0, NULL);
-
-		if (plan == NULL)
-			elog(ERROR, "api_route: could not prepare the route lookup: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		load_plan = plan;
-	}
-	if (SPI_execute_plan(load_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "api_route: the route lookup failed");
+	BackendCacheQuery(&load_plan, "SELECT e.method, e.template, e.handler::oid, e.permission, e.public"
+					  "  FROM envoisms.api_endpoints e", 0, NULL, NULL);
 	routes = MemoryContextAllocZero(caller, sizeof(Route) * (SPI_processed + 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -97,8 +82,7 @@ load_routes(int *count, bool *fits)
 		route->public = DatumGetBool(SPI_getbinval(row, desc, 5, &isnull));
 		(*count)++;
 	}
-	SPI_finish();
-	PopActiveSnapshot();
+	BackendCacheQueryEnd();
 	return routes;
 }
 
@@ -137,19 +121,21 @@ api_route(PG_FUNCTION_ARGS)
 	Route	   *route = NULL;
 	int			count = 0;
 	bool		by_template = false;
+	bool		usable;
 
 	if (get_call_result_type(fcinfo, NULL, &result) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "api_route must return a composite type");
 	result = BlessTupleDesc(result);
 
 	memset(&marker, 0, sizeof(marker));
-	if (!BackendCacheUsable(&route_cache) || BackendCacheFind(&route_cache, &marker) == NULL)
+	usable = BackendCacheUsable(&route_cache);
+	if (!usable || BackendCacheFind(&route_cache, &marker) == NULL)
 	{
 		uint64		generation = route_cache.generation;
 		bool		fits;
 
 		routes = load_routes(&count, &fits);
-		if (fits && !IsolationUsesXactSnapshot())
+		if (fits && usable)
 		{
 			int			i;
 			Route	   *entry = NULL;
