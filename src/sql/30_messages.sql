@@ -170,9 +170,9 @@ AS 'MODULE_PATHNAME', 'message_send_reply' LANGUAGE C STRICT IMMUTABLE;
 -- are only ever routed to the sandbox carrier.
 --
 -- Hot path, written for few statements: one SELECT reads the account, the
--- channel's prices (unit_price, cached), the opt-out and the segments; one INSERT takes the money
--- from this backend's home bucket (a data-modifying CTE, SKIP LOCKED) and
--- writes the row. Every check is a plain expression; the check_* functions
+-- channel's prices (unit_price, cached), the opt-out and the segments; one
+-- INSERT takes the money from this backend's home bucket (a data-modifying
+-- CTE, SKIP LOCKED) and writes the row. Every check is a plain expression; the check_* functions
 -- are only called to raise the precise error. When the home bucket is held
 -- or short, balance_debit() takes the slow path and a plain INSERT writes
 -- the row.
