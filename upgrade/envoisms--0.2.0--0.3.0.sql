@@ -6,7 +6,8 @@
 -- reply of a send, the time format, the hash of a Bearer key, the encoding
 -- and segments of a body as plain values, and the per-backend caches of
 -- unit prices, routes and API keys with the triggers that make every backend forget
--- them when their tables change
+-- them when their tables change; the button check, which now holds the
+-- rule that buttons are for WhatsApp only too
 
 CREATE FUNCTION envoisms.message_charge_valid(charged_mad numeric, refunded_mad numeric, sandbox boolean)
 RETURNS boolean AS 'MODULE_PATHNAME', 'message_charge_valid' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
@@ -39,6 +40,59 @@ CREATE FUNCTION envoisms.api_route(method text, path text, OUT handler regproced
                                    OUT template text, OUT public boolean, OUT by_template boolean)
 AS 'MODULE_PATHNAME', 'api_route' LANGUAGE C STRICT STABLE;
 
+CREATE FUNCTION envoisms.check_buttons(buttons jsonb, channel text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    b jsonb;
+    i int := 0;
+    t text;
+    label text;
+    v text;
+    result jsonb := '[]';
+BEGIN
+    IF buttons IS NULL OR buttons = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(buttons) <> 'array' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons must be an array', 'buttons');
+    END IF;
+    IF jsonb_array_length(buttons) > 3 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons has at most 3 entries', 'buttons');
+    END IF;
+    FOR b IN SELECT value FROM jsonb_array_elements(buttons) LOOP
+        i := i + 1;
+        IF jsonb_typeof(b) <> 'object' THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s] must be an object', i - 1), 'buttons');
+        END IF;
+        t := b->>'type';
+        IF t IS NULL OR t NOT IN ('copy', 'url', 'call') THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('buttons[%s].type must be "copy", "url" or "call"', i - 1), 'buttons');
+        END IF;
+        label := coalesce(b->>'text', b->>'title', b->>'label');
+        v := coalesce(b->>'value', b->>'code', b->>'url', b->>'phone_number', b->>'phone');
+        IF label IS NULL OR length(label) NOT BETWEEN 1 AND 25 THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].text must be 1 to 25 characters', i - 1), 'buttons');
+        END IF;
+        IF t = 'url' AND (v IS NULL OR v !~ '^https?://[^\s]+$' OR length(v) > 2000) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value must be an http(s) URL', i - 1), 'buttons');
+        ELSIF t = 'call' THEN
+            v := envoisms.phone_e164(v);
+            IF v IS NULL THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value must be an E.164 phone number', i - 1), 'buttons');
+            END IF;
+        ELSIF t = 'copy' AND (v IS NULL OR length(v) NOT BETWEEN 1 AND 15) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value (the code to copy) must be 1 to 15 characters', i - 1), 'buttons');
+        END IF;
+        result := result || jsonb_build_object('type', t, 'text', label, 'value', v);
+    END LOOP;
+    IF channel <> 'whatsapp' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
+    END IF;
+    RETURN result;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION envoisms.iso_time(ts timestamptz) RETURNS text
 AS 'MODULE_PATHNAME', 'iso_time' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 
@@ -64,7 +118,10 @@ ALTER TABLE envoisms.messages DROP CONSTRAINT messages_check;
 ALTER TABLE envoisms.messages ADD CONSTRAINT messages_check
     CHECK (envoisms.message_charge_valid(charged_mad, refunded_mad, sandbox));
 
--- ---- 3. changed function bodies (CREATE OR REPLACE keeps their grants)
+-- ---- 3. changed function bodies (CREATE OR REPLACE keeps their grants);
+-- check_buttons now takes the channel (its one-argument form is gone)
+
+DROP FUNCTION envoisms.check_buttons(jsonb);
 
 CREATE OR REPLACE FUNCTION envoisms.message_send(account_id text, "to" text, message text,
                                       "from" text DEFAULT 'ENVOISMS', channel text DEFAULT 'sms',
@@ -130,10 +187,7 @@ BEGIN
         ELSIF octet_length(metadata::text) > 8192 THEN
             PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata is limited to 8 KB', 'metadata');
         END IF;
-        btns := envoisms.check_buttons(buttons);
-        IF btns IS NOT NULL AND channel <> 'whatsapp' THEN
-            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
-        END IF;
+        btns := envoisms.check_buttons(buttons, channel);
         IF opted_out THEN
             PERFORM envoisms.check_not_opted_out(account_id, e164);
         END IF;
@@ -176,6 +230,69 @@ BEGIN
     END IF;
     woken := envoisms.wake_dispatcher();   -- an assignment, not PERFORM: no SPI statement
     RETURN envoisms.message_send_reply(id, e164, channel, cascade, cost_eur, cost_mad, n_segments, created);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.campaign_create(account_id text, name text, body text DEFAULT NULL,
+                                         template_id text DEFAULT NULL, channel text DEFAULT 'sms',
+                                         list_id text DEFAULT NULL, sender_id text DEFAULT NULL,
+                                         scheduled_at timestamptz DEFAULT NULL, buttons jsonb DEFAULT NULL,
+                                         metadata jsonb DEFAULT NULL, api_key_id text DEFAULT NULL,
+                                         sandbox boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    c envoisms.campaigns;
+    t envoisms.templates;
+    throttle numeric;
+    btns jsonb;
+BEGIN
+    channel := coalesce(channel, 'sms');
+    IF name IS NULL OR length(btrim(name)) = 0 OR length(name) > 200 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name is required (1 to 200 characters)', 'name');
+    END IF;
+    PERFORM envoisms.check_account_channel(account_id, channel);
+    IF body IS NULL AND template_id IS NULL THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'body or template_id is required', 'body');
+    ELSIF body IS NOT NULL AND template_id IS NOT NULL THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'give body or template_id, not both', 'template_id');
+    END IF;
+    IF body IS NOT NULL THEN
+        PERFORM envoisms.check_body(body, 'body');
+    ELSE
+        SELECT * INTO t FROM envoisms.templates x
+         WHERE x.account_id = campaign_create.account_id AND x.template_id = campaign_create.template_id;
+        IF NOT FOUND THEN
+            PERFORM envoisms.raise_error('NOT_FOUND', 'template_id: no such template', 'template_id');
+        ELSIF t.status <> 'approved' THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('template_id: the template is %s, not approved', t.status), 'template_id');
+        ELSIF t.channel <> channel THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('template_id: the template is for %s, the campaign for %s', t.channel, channel), 'template_id');
+        END IF;
+    END IF;
+    PERFORM envoisms.check_list(account_id, list_id);
+    BEGIN
+        sender_id := envoisms.check_sender_id(sender_id);
+    EXCEPTION WHEN SQLSTATE 'EV400' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'sender_id must be an alphanumeric sender id of 1 to 11 characters or a number of 3 to 15 digits', 'sender_id');
+    END;
+    IF scheduled_at IS NOT NULL AND scheduled_at <= now() THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'scheduled_at must be in the future', 'scheduled_at');
+    END IF;
+    btns := envoisms.check_buttons(buttons, channel);
+    IF metadata IS NOT NULL AND (jsonb_typeof(metadata) <> 'object' OR octet_length(metadata::text) > 8192) THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object of at most 8 KB', 'metadata');
+    END IF;
+    throttle := envoisms.campaign_throttle(metadata);
+    INSERT INTO envoisms.campaigns (account_id, campaign_id, name, channel, list_id, template_id, body, sender_id,
+                                    buttons, metadata, status, scheduled_at, throttle_per_minute, sandbox, api_key_id)
+    VALUES (account_id, envoisms.new_id('cmp'), btrim(name), channel, list_id, template_id, body, sender_id,
+            btns, metadata, CASE WHEN scheduled_at IS NULL THEN 'draft' ELSE 'scheduled' END, scheduled_at,
+            throttle, coalesce(sandbox, false), api_key_id)
+    RETURNING * INTO c;
+    RETURN envoisms.campaign_json(c);
 END
 $$;
 
@@ -371,3 +488,4 @@ REVOKE ALL ON FUNCTION envoisms.cache_forget() FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.unit_price(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.api_key_lookup(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.api_route(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.check_buttons(jsonb, text) FROM PUBLIC;

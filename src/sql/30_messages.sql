@@ -25,8 +25,9 @@ $$;
 
 -- Validate WhatsApp buttons: at most 3 objects {type, text, value}, type
 -- copy | url | call; text 1..25 characters; value the code to copy, the
--- https URL, or the E.164 number to call (also accepted as code/url/phone_number).
-CREATE FUNCTION envoisms.check_buttons(buttons jsonb) RETURNS jsonb
+-- https URL, or the E.164 number to call (also accepted as code/url/phone_number);
+-- buttons only on the whatsapp channel. Shared by message_send and campaign_create.
+CREATE FUNCTION envoisms.check_buttons(buttons jsonb, channel text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
     b jsonb;
@@ -72,6 +73,9 @@ BEGIN
         END IF;
         result := result || jsonb_build_object('type', t, 'text', label, 'value', v);
     END LOOP;
+    IF channel <> 'whatsapp' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
+    END IF;
     RETURN result;
 END
 $$;
@@ -240,10 +244,7 @@ BEGIN
         ELSIF octet_length(metadata::text) > 8192 THEN
             PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata is limited to 8 KB', 'metadata');
         END IF;
-        btns := envoisms.check_buttons(buttons);
-        IF btns IS NOT NULL AND channel <> 'whatsapp' THEN
-            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
-        END IF;
+        btns := envoisms.check_buttons(buttons, channel);
         IF opted_out THEN
             PERFORM envoisms.check_not_opted_out(account_id, e164);
         END IF;

@@ -210,10 +210,7 @@ BEGIN
     IF scheduled_at IS NOT NULL AND scheduled_at <= now() THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'scheduled_at must be in the future', 'scheduled_at');
     END IF;
-    btns := envoisms.check_buttons(buttons);
-    IF btns IS NOT NULL AND channel <> 'whatsapp' THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
-    END IF;
+    btns := envoisms.check_buttons(buttons, channel);
     IF metadata IS NOT NULL AND (jsonb_typeof(metadata) <> 'object' OR octet_length(metadata::text) > 8192) THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object of at most 8 KB', 'metadata');
     END IF;

@@ -2,7 +2,7 @@
 -- envoisms.api, as the contract shows them, and every bad input next to the
 -- good one, each proving nothing changed (no message, no ledger row, same balance).
 BEGIN;
-SELECT plan(87);
+SELECT plan(89);
 
 SELECT envoisms.account_create('Acme', 100) AS acc \gset
 SELECT envoisms.account_create('Other', 100) AS other \gset
@@ -120,6 +120,7 @@ SELECT * FROM pg_temp.rejects('POST', '/v1/messages', json_build_object('to', '+
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "telegram"}', :'live', 400, 'VALIDATION_ERROR', 'unknown channel');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "whatsapp", "buttons": [{"type":"copy","text":"a","value":"1"},{"type":"copy","text":"b","value":"2"},{"type":"copy","text":"c","value":"3"},{"type":"copy","text":"d","value":"4"}]}', :'live', 400, 'VALIDATION_ERROR', '4 buttons');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "whatsapp", "buttons": [{"type": "reply", "text": "Oui"}]}', :'live', 400, 'VALIDATION_ERROR', 'unknown button type');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "buttons": [{"type": "copy", "text": "Copier", "value": "1234"}]}', :'live', 400, 'VALIDATION_ERROR', 'buttons on an SMS');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x\u0000y"}', :'live', 400, 'VALIDATION_ERROR', 'NUL in message');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+2126\u000012345678", "message": "x"}', :'live', 400, 'VALIDATION_ERROR', 'NUL in to');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "from": "A\u0000B"}', :'live', 400, 'VALIDATION_ERROR', 'NUL in from');
