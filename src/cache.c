@@ -133,6 +133,41 @@ BackendCacheQueryEnd(void)
 	PopActiveSnapshot();
 }
 
+#define RESULT_TYPES_MAX 16
+
+typedef struct ResultType
+{
+	Oid			function;
+	TupleDesc	desc;
+} ResultType;
+
+static ResultType result_types[RESULT_TYPES_MAX];
+static int	n_result_types = 0;
+
+TupleDesc
+BackendResultType(FunctionCallInfo fcinfo)
+{
+	Oid			function = fcinfo->flinfo->fn_oid;
+	TupleDesc	desc;
+	MemoryContext old;
+
+	for (int i = 0; i < n_result_types; i++)
+		if (result_types[i].function == function)
+			return result_types[i].desc;
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "function %u must return a composite type", function);
+	if (n_result_types == RESULT_TYPES_MAX)
+		return BlessTupleDesc(desc);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	desc = CreateTupleDescCopy(desc);
+	MemoryContextSwitchTo(old);
+	desc = BlessTupleDesc(desc);
+	result_types[n_result_types].function = function;
+	result_types[n_result_types].desc = desc;
+	n_result_types++;
+	return desc;
+}
+
 PG_FUNCTION_INFO_V1(cache_forget);
 
 /* Statement trigger on a cached table: every backend forgets what it cached of it. */

@@ -46,4 +46,12 @@ extern void *BackendCacheStore(BackendCache *cache, const void *key, uint64 gene
 extern void BackendCacheQuery(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types, Datum *args);
 extern void BackendCacheQueryEnd(void);
 
+/*
+ * The row type of a function with OUT parameters, blessed, built once per
+ * backend and function (get_call_result_type() builds it from the catalog
+ * on every call). A function's OUT parameters cannot change without a new
+ * function, hence a new oid.
+ */
+extern TupleDesc BackendResultType(FunctionCallInfo fcinfo);
+
 #endif							/* ENVOISMS_CACHE_H */

@@ -10,12 +10,22 @@
  *
  *   message_charge_valid(charged_mad, refunded_mad, sandbox)  a refund never
  *       exceeds the charge, and a sandbox message is never charged.
+ *
+ * And a field rule of every send, checked here for the same reason:
+ *
+ *   sender_id_valid(sender)  the contract's sender id: a number of 3 to 15
+ *       digits (an optional leading +), or 1 to 11 characters of letters,
+ *       digits, space . _ & - that start with a letter or digit and hold at
+ *       least one letter. check_sender_id() raises the error that names the
+ *       field; with two regular expressions and its own search_path it cost
+ *       a twentieth of a send.
  */
 #include "envoisms.h"
 
 #include "utils/numeric.h"
 
 PG_FUNCTION_INFO_V1(message_charge_valid);
+PG_FUNCTION_INFO_V1(sender_id_valid);
 
 /* message_charge_valid(charged_mad, refunded_mad, sandbox) — refunded <= charged, and nothing charged in the sandbox. */
 Datum
@@ -32,4 +42,44 @@ message_charge_valid(PG_FUNCTION_ARGS)
 										  NumericGetDatum(int64_to_numeric(0)))) != 0)
 		PG_RETURN_BOOL(false);
 	PG_RETURN_BOOL(true);
+}
+
+static bool
+is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static bool
+is_letter(char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* sender_id_valid(sender) — a number of 3 to 15 digits, or an alphanumeric id of 1 to 11 characters. */
+Datum
+sender_id_valid(PG_FUNCTION_ARGS)
+{
+	text	   *sender = PG_GETARG_TEXT_PP(0);
+	const char *s = VARDATA_ANY(sender);
+	int			len = VARSIZE_ANY_EXHDR(sender);
+	int			start = (len > 0 && s[0] == '+') ? 1 : 0;
+	bool		digits = len - start >= 3 && len - start <= 15;
+	bool		letter = false;
+
+	for (int i = start; i < len && digits; i++)
+		digits = is_digit(s[i]);
+	if (digits)
+		PG_RETURN_BOOL(true);
+	if (len < 1 || len > 11 || !(is_letter(s[0]) || is_digit(s[0])))
+		PG_RETURN_BOOL(false);
+	for (int i = 0; i < len; i++)
+	{
+		if (is_letter(s[i]))
+			letter = true;
+		else if (!is_digit(s[i]) && s[i] != ' ' && s[i] != '.' && s[i] != '_' &&
+				 s[i] != '&' && s[i] != '-')
+			PG_RETURN_BOOL(false);
+	}
+	PG_RETURN_BOOL(letter);
 }

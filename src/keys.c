@@ -80,9 +80,7 @@ api_key_lookup(PG_FUNCTION_ARGS)
 	uint64		generation;
 	bool		cacheable;
 
-	if (get_call_result_type(fcinfo, NULL, &result) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "api_key_lookup must return a composite type");
-	result = BlessTupleDesc(result);
+	result = BackendResultType(fcinfo);
 	if (PG_ARGISNULL(0))
 		row = NULL;
 	else

@@ -26,6 +26,8 @@
 #include "utils/hsearch.h"
 #include "utils/timestamp.h"
 
+#include "cache.h"
+
 #define RATELIMIT_PARTITIONS 16
 #define RATELIMIT_KEY_LEN 64
 
@@ -124,9 +126,7 @@ ratelimit_take(PG_FUNCTION_ARGS)
 	int			remaining = 0;
 	int			retry_after = 0;
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "ratelimit_take must return a composite type");
-	tupdesc = BlessTupleDesc(tupdesc);
+	tupdesc = BackendResultType(fcinfo);
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,

@@ -123,9 +123,7 @@ api_route(PG_FUNCTION_ARGS)
 	bool		by_template = false;
 	bool		usable;
 
-	if (get_call_result_type(fcinfo, NULL, &result) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "api_route must return a composite type");
-	result = BlessTupleDesc(result);
+	result = BackendResultType(fcinfo);
 
 	memset(&marker, 0, sizeof(marker));
 	usable = BackendCacheUsable(&route_cache);

@@ -34,6 +34,13 @@ BEGIN
 END
 $$;
 
+-- What a send reads of its account: status, channels, and whether any number
+-- opted out of it; every field NULL for no such account. Cached per backend
+-- and forgotten when accounts or optouts change (accounts.c, cache.c).
+CREATE FUNCTION envoisms.account_lookup(account_id text, OUT status text, OUT channels text[],
+                                        OUT has_optouts boolean)
+AS 'MODULE_PATHNAME', 'account_lookup' LANGUAGE C STRICT STABLE;
+
 -- The balance: the sum of the buckets.
 CREATE FUNCTION envoisms.account_balance(account_id text) RETURNS numeric
 LANGUAGE sql STABLE

@@ -8,14 +8,20 @@
 -- first, debits the whole batch once, then inserts all rows in one statement;
 -- any bad entry or a short balance rejects the batch and writes nothing.
 
--- Validate a sender id: alphanumeric up to 11 characters or a number up to 15 digits.
+-- The sender id rule (checks.c): a number of 3 to 15 digits (optional +), or
+-- 1 to 11 characters of letters, digits, space . _ & - starting with a letter
+-- or digit and holding a letter.
+CREATE FUNCTION envoisms.sender_id_valid(sender text) RETURNS boolean
+AS 'MODULE_PATHNAME', 'sender_id_valid' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+-- Validate a sender id: the sender, ENVOISMS for none, or VALIDATION_ERROR naming from.
 CREATE FUNCTION envoisms.check_sender_id(sender text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
 BEGIN
     IF sender IS NULL THEN
         RETURN 'ENVOISMS';
     END IF;
-    IF sender !~ '^(\+?[0-9]{3,15}|[A-Za-z0-9][A-Za-z0-9 ._&-]{0,10})$' OR sender ~ '^[0-9 ._&-]+$' AND sender !~ '^\+?[0-9]{3,15}$' THEN
+    IF NOT envoisms.sender_id_valid(sender) THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR',
             'from must be an alphanumeric sender id of 1 to 11 characters (letters, digits, space . _ & -) or a number of 3 to 15 digits', 'from');
     END IF;
@@ -195,8 +201,7 @@ DECLARE
     id text := envoisms.new_id('msg');
     e164 text := envoisms.phone_e164("to");
     sender text;
-    acc_status text;
-    acc_channels text[];
+    acc record;         -- account_lookup(): status, channels, has_optouts
     unit_mad numeric;
     enc text;
     n_segments int;
@@ -216,27 +221,28 @@ BEGIN
         PERFORM envoisms.check_account_channel(account_id, 'sms');
         channel := 'whatsapp';
     END IF;
-    SELECT a.status, a.channels, p.mad, envoisms.sms_encoding(m.body), n.units, p.mad * n.units, p.eur * n.units,
-           NOT skip_opt_out AND EXISTS (SELECT 1 FROM envoisms.optouts o
-                                         WHERE o.account_id = a.account_id AND o.phone = e164)
-      INTO acc_status, acc_channels, unit_mad, enc, n_segments, cost_mad, cost_eur, opted_out
-      FROM envoisms.accounts a,
-           LATERAL (SELECT envoisms.unit_price(a.account_id, message_send.channel, 'MAD') AS mad,
-                           envoisms.unit_price(a.account_id, message_send.channel, 'EUR') AS eur) p,
-           LATERAL (SELECT CASE WHEN length(message) <= 1600 THEN message END AS body) m,
-           LATERAL (SELECT CASE WHEN message_send.channel = 'whatsapp' THEN 1
-                                ELSE envoisms.sms_segment_count(m.body) END AS units) n
-     WHERE a.account_id = message_send.account_id;
+    -- the account and its prices from per-backend caches (accounts.c,
+    -- prices.c): plain expressions, no statement to start
+    acc := envoisms.account_lookup(account_id);
+    unit_mad := envoisms.unit_price(account_id, channel, 'MAD');
+    n_segments := CASE WHEN channel = 'whatsapp' THEN 1
+                       ELSE envoisms.sms_segment_count(CASE WHEN length(message) <= 1600 THEN message END) END;
+    cost_mad := unit_mad * n_segments;
+    cost_eur := envoisms.unit_price(account_id, channel, 'EUR') * n_segments;
     -- one test for the common case; the checks below raise the precise error, in order
-    IF acc_status IS DISTINCT FROM 'active' OR NOT channel = ANY (acc_channels) OR unit_mad IS NULL
-       OR e164 IS NULL OR left(btrim("to"), 1) <> '+' OR message IS NULL OR length(message) NOT BETWEEN 1 AND 1600 THEN
+    sender := coalesce("from", 'ENVOISMS');
+    IF acc.status IS DISTINCT FROM 'active' OR NOT channel = ANY (acc.channels) OR unit_mad IS NULL
+       OR e164 IS NULL OR left(btrim("to"), 1) <> '+' OR message IS NULL OR length(message) NOT BETWEEN 1 AND 1600
+       OR NOT envoisms.sender_id_valid(sender) THEN
         PERFORM envoisms.check_account_channel(account_id, channel);
         PERFORM envoisms.check_phone("to");
         PERFORM envoisms.check_body(message);
+        PERFORM envoisms.check_sender_id(sender);
     END IF;
-    sender := coalesce("from", 'ENVOISMS');
-    IF sender <> 'ENVOISMS' THEN
-        sender := envoisms.check_sender_id(sender);
+    enc := envoisms.sms_encoding(message);
+    -- the number is looked up only for an account that has opt-outs at all
+    IF acc.has_optouts AND NOT skip_opt_out THEN
+        opted_out := EXISTS (SELECT 1 FROM envoisms.optouts o WHERE o.account_id = message_send.account_id AND o.phone = e164);
     END IF;
     IF metadata IS NOT NULL OR buttons IS NOT NULL OR opted_out THEN
         IF jsonb_typeof(metadata) <> 'object' THEN

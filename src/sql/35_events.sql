@@ -13,6 +13,10 @@ CREATE TABLE envoisms.optouts (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (account_id, phone)
 );
+-- whether an account has any opt-out is cached per backend (account_lookup, accounts.c)
+CREATE TRIGGER optouts_cache_forget
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.optouts
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
 
 -- Refuse a recipient who opted out (OPTED_OUT). OTP sends skip this check:
 -- a one-time code is requested by the recipient themself.
@@ -78,23 +82,32 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION envoisms.messages_status_changed() RETURNS trigger
+-- What a message's new status sets in motion: its event row, the webhooks
+-- that subscribed to it, and a NOTIFY. Called by the status trigger below,
+-- and by inbound_receive() for a message born 'received' (an insert trigger
+-- would be planned on every send, though only inbound rows need it).
+CREATE FUNCTION envoisms.message_announce(m envoisms.messages) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     INSERT INTO envoisms.message_events (account_id, message_id, status, detail)
-    VALUES (NEW.account_id, NEW.message_id, NEW.status,
-            jsonb_strip_nulls(jsonb_build_object('error_code', NEW.error_code, 'error_message', NEW.error_message,
-                                                 'carrier_id', NEW.carrier_id)));
-    IF NEW.status IN ('sent', 'delivered', 'failed', 'expired', 'received')
+    VALUES (m.account_id, m.message_id, m.status,
+            jsonb_strip_nulls(jsonb_build_object('error_code', m.error_code, 'error_message', m.error_message,
+                                                 'carrier_id', m.carrier_id)));
+    IF m.status IN ('sent', 'delivered', 'failed', 'expired', 'received')
        AND EXISTS (SELECT 1 FROM envoisms.webhooks w
-                    WHERE w.account_id = NEW.account_id AND w.deleted_at IS NULL AND w.active
-                      AND 'message.' || NEW.status = ANY (w.events)) THEN
-        PERFORM envoisms.webhook_enqueue(NEW.account_id,
-                                         'message.' || NEW.status, envoisms.message_event_data(NEW));
+                    WHERE w.account_id = m.account_id AND w.deleted_at IS NULL AND w.active
+                      AND 'message.' || m.status = ANY (w.events)) THEN
+        PERFORM envoisms.webhook_enqueue(m.account_id, 'message.' || m.status, envoisms.message_event_data(m));
     END IF;
     PERFORM pg_notify('envoisms_message_status',
-                      json_build_object('id', NEW.message_id, 'account_id', NEW.account_id,
-                                        'status', NEW.status)::text);
+                      json_build_object('id', m.message_id, 'account_id', m.account_id, 'status', m.status)::text);
+END
+$$;
+
+CREATE FUNCTION envoisms.messages_status_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM envoisms.message_announce(NEW);
     RETURN NULL;
 END
 $$;
@@ -102,12 +115,6 @@ $$;
 CREATE TRIGGER messages_status_changed
     AFTER UPDATE OF status ON envoisms.messages
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
-    EXECUTE FUNCTION envoisms.messages_status_changed();
-
--- Inbound messages are born 'received': log and announce them too.
-CREATE TRIGGER messages_received
-    AFTER INSERT ON envoisms.messages
-    FOR EACH ROW WHEN (NEW.direction = 'inbound')
     EXECUTE FUNCTION envoisms.messages_status_changed();
 
 SELECT pg_catalog.pg_extension_config_dump('envoisms.optouts', '');

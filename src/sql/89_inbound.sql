@@ -4,8 +4,8 @@
 -- A number belongs to an account through envoisms.inbound_numbers, which the
 -- operator fills (one row per long number or short code the account
 -- receives on). An inbound message becomes a messages row with direction
--- 'inbound' and status 'received'; the row's insert trigger (35_events.sql)
--- logs it, queues 'message.received' webhooks and NOTIFYs. A message to a
+-- 'inbound' and status 'received', which message_announce() (35_events.sql)
+-- logs, queues as 'message.received' webhooks and NOTIFYs. A message to a
 -- number nobody owns is kept in envoisms.inbound_unmatched for the operator
 -- instead of being dropped, since the carrier was already told "received".
 --
@@ -94,6 +94,7 @@ DECLARE
     sender text;
     id text;
     seg record;
+    msg envoisms.messages;
     keyword text;
 BEGIN
     channel := coalesce(channel, 'sms');
@@ -131,7 +132,9 @@ BEGIN
     INSERT INTO envoisms.messages (account_id, message_id, direction, to_number, from_number, sender_id, channel,
                                    body, encoding, segments, status, carrier_id, carrier_ref)
     VALUES (acc, id, 'inbound', ours, sender, left(sender, 32), channel,
-            body, seg.encoding, least(seg.segments, 100), 'received', inbound_receive.carrier_id, carrier_ref);
+            body, seg.encoding, least(seg.segments, 100), 'received', inbound_receive.carrier_id, carrier_ref)
+    RETURNING * INTO msg;
+    PERFORM envoisms.message_announce(msg);
 
     keyword := envoisms.inbound_keyword(body);
     IF keyword = 'stop' AND sender ~ '^\+[1-9][0-9]{6,14}$' THEN
