@@ -6,7 +6,8 @@
 -- account from a per-backend cache (with the trigger that makes every
 -- backend forget it when opt-outs change), and what a new status sets in
 -- motion as a function of its own, which inbound_receive() now calls
--- instead of an insert trigger that every send planned
+-- instead of an insert trigger that every send planned, and the reading of
+-- a POST /v1/messages body in one C call
 
 CREATE FUNCTION envoisms.account_lookup(account_id text, OUT status text, OUT channels text[],
                                         OUT has_optouts boolean)
@@ -32,6 +33,11 @@ BEGIN
                       json_build_object('id', m.message_id, 'account_id', m.account_id, 'status', m.status)::text);
 END
 $$;
+
+CREATE FUNCTION envoisms.message_request(body jsonb, OUT "to" text, OUT message text, OUT "from" text,
+                                         OUT channel text, OUT cascade boolean, OUT metadata jsonb,
+                                         OUT buttons jsonb, OUT bad_field text)
+AS 'MODULE_PATHNAME', 'message_request' LANGUAGE C STRICT IMMUTABLE;
 
 CREATE TRIGGER optouts_cache_forget
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.optouts
@@ -171,6 +177,28 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION envoisms.api_messages_create(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql AS $$   -- no SET search_path: hot path, see message_send
+DECLARE
+    f record;
+BEGIN
+    -- the body read in one C call: each jsonb operator in an expression
+    -- here cost its set-up on every request
+    f := envoisms.message_request(req.body);
+    IF f.bad_field IS NOT NULL THEN
+        PERFORM envoisms.raise_error(CASE f.bad_field WHEN 'to' THEN 'INVALID_PHONE' ELSE 'VALIDATION_ERROR' END,
+            CASE f.bad_field WHEN 'metadata' THEN 'metadata must be an object'
+                             WHEN 'buttons' THEN 'buttons must be an array'
+                             WHEN 'to' THEN 'to must be E.164 format, for example +212612345678'
+                             WHEN 'cascade' THEN 'cascade must be true or false'
+                             ELSE format('%s must be a string', f.bad_field) END,
+            f.bad_field);
+    END IF;
+    RETURN envoisms.reply(201, envoisms.message_send(req.account_id, f."to", f.message, f."from", f.channel,
+                                                     f.cascade, f.metadata, f.buttons, req.api_key_id, req.sandbox));
+END
+$$;
+
 CREATE OR REPLACE FUNCTION envoisms.inbound_receive(carrier_id text, from_number text, to_number text, body text,
                                          carrier_ref text DEFAULT NULL, channel text DEFAULT 'sms')
 RETURNS text
@@ -242,3 +270,4 @@ DROP TRIGGER messages_received ON envoisms.messages;
 REVOKE ALL ON FUNCTION envoisms.account_lookup(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.sender_id_valid(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.message_announce(envoisms.messages) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.message_request(jsonb) FROM PUBLIC;
