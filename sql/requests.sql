@@ -71,3 +71,32 @@ SELECT DISTINCT pg_temp.new_fields(b, :'key') AS refusal FROM bodies
  WHERE pg_temp.new_fields(b, :'key') LIKE 'error%' ORDER BY 1;
 -- nothing was sent for a refused body
 SELECT count(*) AS messages FROM envoisms.messages;
+
+-- body_jsonb (json.c) parses a request body once, building the jsonb value
+-- as jsonb_in does. Every document it accepts must equal the cast (as text,
+-- so that a number's scale counts too); the ones it refuses must be refused
+-- for the right reason.
+CREATE TEMP TABLE docs (t text);
+INSERT INTO docs VALUES
+    ('{}'), ('{"a": 1}'), ('  {"a" : [1, 2.50, -0, 1e5, 1E-7, 0.0001, 123456789012345678901234567890]}  '),
+    ('{"a": 1, "a": 2, "b": {"a": 3, "a": [true, false, null]}}'), ('{"\u00e9t\u00e9": "\ud83d\ude00 \"q\" \\ \/ \b\f\n\r\t"}'),
+    ('{"nested": {"x": {"y": {"z": [[[{}]]]}}}, "empty": [], "s": ""}'), (E'{\n\t"k":\r\n"v"\n}'),
+    ('{"to": "+212612345678", "message": "Votre code de validation est 849204", "from": "MaBoutique"}'),
+    ('{"n": 1e1000, "m": -1e-1000, "z": 0e99999}');
+SELECT setseed(0.7);
+INSERT INTO docs
+SELECT jsonb_build_object(
+           'k' || g, g,
+           chr(97 + g % 26) || chr(19968 + g % 500), round((random() * 10 ^ (g % 30 - 10))::numeric, g % 12),
+           'list', jsonb_build_array(g % 2 = 0, NULL, 'x' || chr(1536 + g % 200), jsonb_build_object('deep', g)),
+           'o', jsonb_build_object('a', -g, 'b', repeat('é', g % 40)))::text
+  FROM generate_series(1, 2000) g;
+SELECT count(*) AS documents,
+       count(*) FILTER (WHERE (envoisms.body_jsonb(t)).value::text IS DISTINCT FROM t::jsonb::text) AS differ,
+       count(*) FILTER (WHERE (envoisms.body_jsonb(t)).problem IS NOT NULL) AS refused
+  FROM docs;
+-- refused: the reason, and the value is never set then
+SELECT t, (envoisms.body_jsonb(t)).*
+  FROM unnest(ARRAY['', '   ', '[1, 2]', '"s"', '42', 'null', '{"a": 1', '{"a": 1}}', '{a: 1}', '{"a": 01}',
+                    '{"a": "\u0000"}', '{"a\u0000": 1}', '{"a": "\ud800"}', '{"a": "\x"}', '{"a": 1e1001}',
+                    '{"a": [1e-1001]}', '{"a": 1e1000000}', '{"a": 1}{"b": 2}', E'{"a": "\x01"}']) t;

@@ -65,9 +65,10 @@ CREATE TRIGGER accounts_cache_forget
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.accounts
     FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
 
--- Why a request body does not cast to jsonb ('syntax', 'nul', 'number'), or NULL (json.c).
-CREATE FUNCTION envoisms.body_problem(body text) RETURNS text
-AS 'MODULE_PATHNAME', 'body_problem' LANGUAGE C STRICT IMMUTABLE;
+-- A request body as jsonb in one parse, or why it is no JSON object jsonb
+-- accepts ('syntax', 'nul', 'number', 'object'); both NULL for blanks only (json.c).
+CREATE FUNCTION envoisms.body_jsonb(body text, OUT value jsonb, OUT problem text)
+AS 'MODULE_PATHNAME', 'body_jsonb' LANGUAGE C STRICT IMMUTABLE;
 
 -- Decode a URL component (%XX and '+'); NULL when it is not valid UTF-8.
 CREATE FUNCTION envoisms.url_decode(value text) RETURNS text
@@ -224,7 +225,7 @@ DECLARE
     err_context text;
     err_code text;
     err_http int;
-    problem text;
+    b record;           -- body_jsonb(): the body as jsonb, or its problem
 BEGIN
     method := upper(coalesce(method, ''));
     path := coalesce(nullif(rtrim(path, '/'), ''), '/');
@@ -295,21 +296,21 @@ BEGIN
                    CASE WHEN query IS NULL OR query = '' THEN '{}' ELSE envoisms.query_parse(query) END,
                    '{}', body, hdr, client_ip, k.account_id, k.api_key_id, k.key_prefix = 'env_test',
                    k.permissions)::envoisms.api_request;
-        IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL AND btrim(body, E' \t\r\n') <> '' THEN
-            -- checked before the cast, so that a bad body needs no exception block
-            problem := envoisms.body_problem(body);
-            IF problem IS NOT NULL THEN
-                IF problem = 'nul' THEN
+        IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL THEN
+            -- parsed once, and checked without a cast that could raise (so a
+            -- bad body needs no exception block); blanks only: no body
+            b := envoisms.body_jsonb(body);
+            IF b.problem IS NOT NULL THEN
+                IF b.problem = 'nul' THEN
                     PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
-                ELSIF problem = 'number' THEN
+                ELSIF b.problem = 'number' THEN
                     PERFORM envoisms.raise_error('VALIDATION_ERROR', 'a number in the request body is out of range (beyond 1e±1000)');
+                ELSIF b.problem = 'object' THEN
+                    PERFORM envoisms.raise_error('VALIDATION_ERROR', 'the request body must be a JSON object');
                 END IF;
                 PERFORM envoisms.raise_error('INVALID_JSON', 'the request body is not valid JSON');
             END IF;
-            req.body := body::jsonb;
-            IF jsonb_typeof(req.body) <> 'object' THEN
-                PERFORM envoisms.raise_error('VALIDATION_ERROR', 'the request body must be a JSON object');
-            END IF;
+            req.body := coalesce(b.value, '{}');
         END IF;
 
         -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
