@@ -14,52 +14,12 @@
  */
 #include "envoisms.h"
 
-#include "access/htup_details.h"
-#include "catalog/pg_type.h"
-#include "utils/datum.h"
-
 #include "cache.h"
 
 #define ACCOUNT_ID_LEN 32		/* acc_ and 28 hex digits (the accounts CHECK) */
-#define ACCOUNT_FIELDS 3
 
-typedef struct AccountEntry
-{
-	char		account_id[ACCOUNT_ID_LEN];
-	HeapTupleHeader row;		/* the answer, as a composite value */
-} AccountEntry;
-
-static BackendCache account_cache = {{"accounts", "optouts"}, ACCOUNT_ID_LEN, sizeof(AccountEntry)};
+static BackendCache account_cache = {{"accounts", "optouts"}, ACCOUNT_ID_LEN, BackendRowEntrySize(ACCOUNT_ID_LEN)};
 static SPIPlanPtr lookup_plan = NULL;
-
-/* The account's (status, channels, has_optouts), or NULL; formed in the caller's context. */
-static HeapTuple
-lookup_account(text *account_id, TupleDesc result)
-{
-	MemoryContext caller = CurrentMemoryContext;
-	Datum		arg = PointerGetDatum(account_id);
-	Oid			type = TEXTOID;
-	HeapTuple	row = NULL;
-
-	BackendCacheQuery(&lookup_plan,
-					  "SELECT a.status, a.channels,"
-					  "       EXISTS (SELECT 1 FROM envoisms.optouts o WHERE o.account_id = a.account_id)"
-					  "  FROM envoisms.accounts a WHERE a.account_id = $1", 1, &type, &arg);
-	if (SPI_processed == 1)
-	{
-		Datum		values[ACCOUNT_FIELDS];
-		bool		nulls[ACCOUNT_FIELDS];
-		MemoryContext spi;
-
-		for (int i = 0; i < ACCOUNT_FIELDS; i++)
-			values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &nulls[i]);
-		spi = MemoryContextSwitchTo(caller);
-		row = heap_form_tuple(result, values, nulls);
-		MemoryContextSwitchTo(spi);
-	}
-	BackendCacheQueryEnd();
-	return row;
-}
 
 PG_FUNCTION_INFO_V1(account_lookup);
 
@@ -70,33 +30,12 @@ PG_FUNCTION_INFO_V1(account_lookup);
 Datum
 account_lookup(PG_FUNCTION_ARGS)
 {
-	TupleDesc	result = BackendResultType(fcinfo);
 	text	   *account_id = PG_GETARG_TEXT_PP(0);
-	bool		cacheable = BackendCacheUsable(&account_cache) &&
-		VARSIZE_ANY_EXHDR(account_id) == ACCOUNT_ID_LEN;
-	AccountEntry *entry;
-	HeapTuple	row;
-	uint64		generation;
 
-	if (cacheable && (entry = BackendCacheFind(&account_cache, VARDATA_ANY(account_id))) != NULL)
-		PG_RETURN_DATUM(datumCopy(PointerGetDatum(entry->row), false, -1));
-
-	generation = account_cache.generation;
-	row = lookup_account(account_id, result);
-	if (row != NULL && cacheable &&
-		(entry = BackendCacheStore(&account_cache, VARDATA_ANY(account_id), generation)) != NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(account_cache.context);
-
-		entry->row = DatumGetHeapTupleHeader(heap_copy_tuple_as_datum(row, result));
-		MemoryContextSwitchTo(old);
-	}
-	if (row == NULL)
-	{
-		Datum		values[ACCOUNT_FIELDS] = {0};
-		bool		nulls[ACCOUNT_FIELDS] = {true, true, true};
-
-		row = heap_form_tuple(result, values, nulls);
-	}
-	return heap_copy_tuple_as_datum(row, result);
+	return BackendCacheRow(&account_cache, fcinfo, VARDATA_ANY(account_id),
+						   VARSIZE_ANY_EXHDR(account_id) == ACCOUNT_ID_LEN, &lookup_plan,
+						   "SELECT a.status, a.channels,"
+						   "       EXISTS (SELECT 1 FROM envoisms.optouts o WHERE o.account_id = a.account_id)"
+						   "  FROM envoisms.accounts a WHERE a.account_id = $1",
+						   PointerGetDatum(account_id));
 }

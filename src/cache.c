@@ -22,7 +22,9 @@
 #include "envoisms.h"
 
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "utils/datum.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -131,6 +133,67 @@ BackendCacheQueryEnd(void)
 {
 	SPI_finish();
 	PopActiveSnapshot();
+}
+
+/* The query's row (at most one), formed in the caller's context, or NULL. */
+static HeapTuple
+query_row(SPIPlanPtr *plan, const char *sql, Datum arg, TupleDesc result)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			type = TEXTOID;
+	HeapTuple	row = NULL;
+
+	BackendCacheQuery(plan, sql, 1, &type, &arg);
+	if (SPI_processed == 1)
+	{
+		int			natts = result->natts;
+		Datum	   *values = palloc(natts * sizeof(Datum));
+		bool	   *nulls = palloc(natts * sizeof(bool));
+		MemoryContext spi;
+
+		for (int i = 0; i < natts; i++)
+			values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &nulls[i]);
+		spi = MemoryContextSwitchTo(caller);
+		row = heap_form_tuple(result, values, nulls);
+		MemoryContextSwitchTo(spi);
+	}
+	BackendCacheQueryEnd();
+	return row;
+}
+
+Datum
+BackendCacheRow(BackendCache *cache, FunctionCallInfo fcinfo, const char *key, bool cacheable,
+				SPIPlanPtr *plan, const char *sql, Datum arg)
+{
+	TupleDesc	result = BackendResultType(fcinfo);
+	Size		row_offset = MAXALIGN(cache->keysize);
+	char	   *entry;
+	HeapTuple	row;
+	uint64		generation;
+
+	cacheable = key != NULL && BackendCacheUsable(cache) && cacheable;
+	if (cacheable && (entry = BackendCacheFind(cache, key)) != NULL)
+		return datumCopy(PointerGetDatum(*(HeapTupleHeader *) (entry + row_offset)), false, -1);
+
+	generation = cache->generation;
+	row = key == NULL ? NULL : query_row(plan, sql, arg, result);
+	if (row != NULL && cacheable && (entry = BackendCacheStore(cache, key, generation)) != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cache->context);
+
+		*(HeapTupleHeader *) (entry + row_offset) =
+			DatumGetHeapTupleHeader(heap_copy_tuple_as_datum(row, result));
+		MemoryContextSwitchTo(old);
+	}
+	if (row == NULL)
+	{
+		Datum	   *values = palloc0(result->natts * sizeof(Datum));
+		bool	   *nulls = palloc(result->natts * sizeof(bool));
+
+		memset(nulls, true, result->natts * sizeof(bool));
+		row = heap_form_tuple(result, values, nulls);
+	}
+	return heap_copy_tuple_as_datum(row, result);
 }
 
 #define RESULT_TYPES_MAX 16

@@ -5,6 +5,7 @@
 #ifndef ENVOISMS_CACHE_H
 #define ENVOISMS_CACHE_H
 
+#include "access/htup_details.h"
 #include "executor/spi.h"
 #include "utils/hsearch.h"
 
@@ -45,6 +46,18 @@ extern void *BackendCacheStore(BackendCache *cache, const void *key, uint64 gene
  */
 extern void BackendCacheQuery(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types, Datum *args);
 extern void BackendCacheQueryEnd(void);
+
+/*
+ * A cache of one row per key, for a function with OUT parameters: the row
+ * the query (one text parameter, arg) finds, whose columns are the OUT
+ * parameters in order, kept under the key's bytes when cacheable. Rows the
+ * query does not find are not kept, and come back with every field NULL, as
+ * does a NULL key (without a query).
+ * The cache's entrysize must be BackendRowEntrySize(keysize).
+ */
+#define BackendRowEntrySize(keysize) (MAXALIGN(keysize) + sizeof(HeapTupleHeader))
+extern Datum BackendCacheRow(BackendCache *cache, FunctionCallInfo fcinfo, const char *key,
+							 bool cacheable, SPIPlanPtr *plan, const char *sql, Datum arg);
 
 /*
  * The row type of a function with OUT parameters, blessed, built once per
