@@ -10,7 +10,7 @@
 #   health  wrk: GET /healthz (SELECT 1 through the pool)
 #
 # 32 clients / connections each, a sandbox key without rate limit. raw, api
-# and http run in interleaved rounds (BENCH_ROUNDS, default 3), so that a
+# and http run in interleaved rounds (BENCH_ROUNDS, default 5), so that a
 # slow minute of the machine (the raw insert's fsync varies run to run) hits
 # all three alike; each figure is the median of its rounds, and every
 # round's http/raw ratio is shown. Prints requests/s, p99 latency and the
@@ -20,7 +20,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 SECONDS_PER_RUN=${1:-10}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 CLIENTS=32
 PORT=${ENVOISMS_BENCH_PGPORT:-55499}
 HTTP_PORT=${ENVOISMS_BENCH_HTTP_PORT:-18099}
