@@ -1,6 +1,7 @@
 /*
  * cache.c — backend-local caches of small tables that every send or request
- * reads (unit prices, API keys), forgotten whenever their tables change.
+ * reads (unit prices, accounts, API keys, routes), forgotten whenever their
+ * tables change.
  *
  * Invalidation: a statement trigger on the table (cache_forget) registers a
  * relcache invalidation of it. PostgreSQL applies it in the changing

@@ -44,18 +44,6 @@ message_charge_valid(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(true);
 }
 
-static bool
-is_digit(char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-static bool
-is_letter(char c)
-{
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
-}
-
 /* sender_id_valid(sender) — a number of 3 to 15 digits, or an alphanumeric id of 1 to 11 characters. */
 Datum
 sender_id_valid(PG_FUNCTION_ARGS)
@@ -68,16 +56,16 @@ sender_id_valid(PG_FUNCTION_ARGS)
 	bool		letter = false;
 
 	for (int i = start; i < len && digits; i++)
-		digits = is_digit(s[i]);
+		digits = envoisms_is_digit(s[i]);
 	if (digits)
 		PG_RETURN_BOOL(true);
-	if (len < 1 || len > 11 || !(is_letter(s[0]) || is_digit(s[0])))
+	if (len < 1 || len > 11 || !(envoisms_is_letter(s[0]) || envoisms_is_digit(s[0])))
 		PG_RETURN_BOOL(false);
 	for (int i = 0; i < len; i++)
 	{
-		if (is_letter(s[i]))
+		if (envoisms_is_letter(s[i]))
 			letter = true;
-		else if (!is_digit(s[i]) && s[i] != ' ' && s[i] != '.' && s[i] != '_' &&
+		else if (!envoisms_is_digit(s[i]) && s[i] != ' ' && s[i] != '.' && s[i] != '_' &&
 				 s[i] != '&' && s[i] != '-')
 			PG_RETURN_BOOL(false);
 	}

@@ -14,6 +14,25 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+/* Character classes of request text, ASCII only (not the locale's ctype). */
+static inline bool
+envoisms_is_blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static inline bool
+envoisms_is_letter(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static inline bool
+envoisms_is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
 /* Set once the library was loaded through shared_preload_libraries. */
 extern bool envoisms_preloaded;
 

@@ -476,7 +476,7 @@ body_jsonb(PG_FUNCTION_ARGS)
 	const char *problem = NULL;
 	int			i;
 
-	for (i = 0; i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'); i++)
+	for (i = 0; i < len && envoisms_is_blank(p[i]); i++)
 		;
 	if (i < len)
 	{

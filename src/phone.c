@@ -41,18 +41,6 @@ typedef struct PhoneCacheEntry
 
 static PhoneCacheEntry phone_cache[PHONE_CACHE_SETS][2];
 
-static inline bool
-is_blank(char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-static inline bool
-is_ascii_letter(char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
 /*
  * Copy the trimmed number into buf (PHONE_MAX_LEN + 1 bytes) when it passes
  * the pre-check; false otherwise.
@@ -64,9 +52,9 @@ phone_precheck(text *number, char *buf)
 	int			len = VARSIZE_ANY_EXHDR(number);
 	int			i;
 
-	while (len > 0 && is_blank(s[0]))
+	while (len > 0 && envoisms_is_blank(s[0]))
 		s++, len--;
-	while (len > 0 && is_blank(s[len - 1]))
+	while (len > 0 && envoisms_is_blank(s[len - 1]))
 		len--;
 	if (len < PHONE_MIN_LEN || len > PHONE_MAX_LEN)
 		return false;
@@ -97,7 +85,7 @@ phone_region(FunctionCallInfo fcinfo, int argno, char *buf)
 	if (VARSIZE_ANY_EXHDR(region) != 2)
 		return NULL;
 	s = VARDATA_ANY(region);
-	if (!is_ascii_letter(s[0]) || !is_ascii_letter(s[1]))
+	if (!envoisms_is_letter(s[0]) || !envoisms_is_letter(s[1]))
 		return NULL;
 	buf[0] = pg_ascii_toupper((unsigned char) s[0]);
 	buf[1] = pg_ascii_toupper((unsigned char) s[1]);
