@@ -14,15 +14,25 @@
  * CGNAT 100.64/10, loopback 127/8, link-local 169.254/16 (cloud metadata),
  * IETF 192.0.0/24, benchmarking 198.18/15, multicast 224/4, reserved 240/4
  * and broadcast; IPv6 unspecified ::, loopback ::1, IPv4-mapped
- * ::ffff:0:0/96 and IPv4-compatible ::/96, NAT64 64:ff9b::/96, ULA fc00::/7,
- * link-local fe80::/10, site-local fec0::/10, multicast ff00::/8 and
- * documentation 2001:db8::/32.
+ * ::ffff:0:0/96 and IPv4-compatible ::/96, NAT64 64:ff9b::/96 and the
+ * local-use NAT64 64:ff9b:1::/48, the transition prefixes that carry an IPv4
+ * address inside (6to4 2002::/16, Teredo 2001::/32: both deprecated, so
+ * refused whole rather than trusting the embedded address), discard-only
+ * 100::/64, ULA fc00::/7, link-local fe80::/10, site-local fec0::/10,
+ * multicast ff00::/8 and documentation 2001:db8::/32.
+ *
+ * envoisms.webhook_address_refusal(inet) exposes the classifier to SQL, so
+ * that it is tested address by address without connecting anywhere.
  */
 #include "worker.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+
+#include "utils/inet.h"
+
+#include "utils/inet.h"
 
 static bool
 ipv4_allowed(uint32 a, char *reason, size_t reasonlen)
@@ -74,6 +84,8 @@ SsrfAddressAllowed(const struct sockaddr *sa, char *reason, size_t reasonlen)
 		static const uint8 zero[16] = {0};
 		static const uint8 mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 		static const uint8 nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+		static const uint8 nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 0x01};
+		static const uint8 discard[8] = {0x01, 0, 0, 0, 0, 0, 0, 0};
 		const char *what = NULL;
 
 		if (memcmp(b, zero, 15) == 0 && (b[15] == 0 || b[15] == 1))
@@ -82,8 +94,14 @@ SsrfAddressAllowed(const struct sockaddr *sa, char *reason, size_t reasonlen)
 			what = "IPv4-mapped";
 		else if (memcmp(b, zero, 12) == 0)
 			what = "IPv4-compatible";
-		else if (memcmp(b, nat64, 12) == 0)
+		else if (memcmp(b, nat64, 12) == 0 || memcmp(b, nat64_local, 6) == 0)
 			what = "NAT64";
+		else if (b[0] == 0x20 && b[1] == 0x02)
+			what = "6to4";
+		else if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0)
+			what = "Teredo";
+		else if (memcmp(b, discard, 8) == 0)
+			what = "discard-only";
 		else if ((b[0] & 0xfe) == 0xfc)
 			what = "unique local";
 		else if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)
@@ -125,4 +143,38 @@ SsrfOpenSocket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addres
 		return CURL_SOCKET_BAD;
 	}
 	return socket(address->family, address->socktype, address->protocol);
+}
+
+PG_FUNCTION_INFO_V1(webhook_address_refusal);
+
+/*
+ * webhook_address_refusal(address inet) → text: why a webhook delivery
+ * would refuse to connect to this address, or NULL when it would connect.
+ * The classifier itself, whatever envoisms.webhook_allow_private says.
+ */
+Datum
+webhook_address_refusal(PG_FUNCTION_ARGS)
+{
+	inet	   *address = PG_GETARG_INET_PP(0);
+	struct sockaddr_storage ss;
+	char		reason[128];
+
+	memset(&ss, 0, sizeof(ss));
+	if (ip_family(address) == PGSQL_AF_INET)
+	{
+		struct sockaddr_in *in = (struct sockaddr_in *) &ss;
+
+		in->sin_family = AF_INET;
+		memcpy(&in->sin_addr, ip_addr(address), 4);
+	}
+	else
+	{
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &ss;
+
+		in6->sin6_family = AF_INET6;
+		memcpy(&in6->sin6_addr, ip_addr(address), 16);
+	}
+	if (SsrfAddressAllowed((struct sockaddr *) &ss, reason, sizeof(reason)))
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(reason));
 }

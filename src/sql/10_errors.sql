@@ -70,7 +70,7 @@ BEGIN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be an ISO 8601 date or time', field), field);
     END IF;
     RETURN value::timestamptz;
-EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format OR invalid_time_zone_displacement_value THEN
     PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be an ISO 8601 date or time', field), field);
 END
 $$;

@@ -206,9 +206,17 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ARRAY['send', 'verify', 'status', 'balance', 'contacts', 'campaigns', 'webhooks',
              'billing', 'analytics', 'api_keys', 'optouts'];
 
+-- A permission list as stored: sorted, without duplicates. NULL (every
+-- permission) stays NULL and an empty list stays empty (no permission): an
+-- aggregate over no row would turn it into NULL, that is into every one.
+CREATE FUNCTION envoisms.permissions_normalize(permissions text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN permissions IS NOT NULL THEN ARRAY(SELECT DISTINCT p FROM unnest(permissions) p ORDER BY p) END;
+
 -- Create an API key; returns the contract's POST /v1/api-keys response with
 -- the full key (shown once: only its SHA-256 is stored). NULL permissions =
--- all; the operator may set any rate limit or NULL (unlimited).
+-- all, an empty list = none; the operator may set any rate limit or NULL
+-- (unlimited).
 CREATE FUNCTION envoisms.api_key_create(account_id text, name text DEFAULT 'API key', live boolean DEFAULT true,
                                         permissions text[] DEFAULT NULL, ip_whitelist text[] DEFAULT NULL,
                                         rate_limit int DEFAULT 100)
@@ -240,7 +248,7 @@ BEGIN
     INSERT INTO envoisms.api_keys (account_id, api_key_id, name, key_prefix, key_hash, key_hint,
                                    permissions, ip_whitelist, rate_limit)
     VALUES (api_key_create.account_id, id, api_key_create.name, prefix, envoisms.sha256_hex(key), right(key, 4),
-            (SELECT array_agg(DISTINCT p ORDER BY p) FROM unnest(permissions) p), nets, api_key_create.rate_limit);
+            envoisms.permissions_normalize(permissions), nets, api_key_create.rate_limit);
     RETURN jsonb_build_object(
         'id', id,
         'name', api_key_create.name,

@@ -420,6 +420,17 @@ BEGIN
 END
 $$;
 
+-- A message's body as it may leave the database (the API, webhooks): an OTP
+-- message's has every run of four or more digits (a code has 4 to 8)
+-- masked digit for digit, so that nobody but the recipient reads a code
+-- that is still valid. Only the carrier gets the body itself.
+CREATE FUNCTION envoisms.message_body_shown(body text, metadata jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN metadata->>'purpose' = 'otp' AND metadata ? 'verify_session_id'
+            THEN regexp_replace(body, '(?<=[0-9]{3})[0-9]|[0-9](?=[0-9]{3})|(?<=[0-9])[0-9](?=[0-9]{2})|(?<=[0-9]{2})[0-9](?=[0-9])',
+                                '•', 'g')
+            ELSE body END;
+
 -- The contract's GET /v1/messages/:id shape (with its delivery log).
 -- (PL/pgSQL so its plans are cached: the status trigger renders it for webhooks.)
 CREATE FUNCTION envoisms.message_json(m envoisms.messages, with_events boolean DEFAULT true) RETURNS jsonb
@@ -429,7 +440,7 @@ BEGIN
         'id', m.message_id, 'account_id', m.account_id, 'api_key_id', m.api_key_id,
         'campaign_id', m.campaign_id, 'batch_id', m.batch_id, 'direction', m.direction,
         'to', m.to_number, 'channel', m.channel, 'cascade', m.cascade,
-        'body', m.body, 'sender_id', m.sender_id,
+        'body', envoisms.message_body_shown(m.body, m.metadata), 'sender_id', m.sender_id,
         'unicode', CASE WHEN m.encoding = 'ucs2' THEN 1 ELSE 0 END, 'segments', m.segments,
         'status', m.status, 'cost_eur', envoisms.money(m.cost_eur), 'cost_mad', envoisms.money(m.cost_mad),
         'metadata', CASE WHEN m.metadata IS NULL THEN NULL ELSE to_jsonb(m.metadata::text) END,
@@ -490,7 +501,8 @@ BEGIN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'direction must be "outbound" or "inbound"', 'direction');
     END IF;
     SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'id', m.message_id, 'to', m.to_number, 'channel', m.channel, 'body', m.body,
+               'id', m.message_id, 'to', m.to_number, 'channel', m.channel,
+               'body', envoisms.message_body_shown(m.body, m.metadata),
                'sender_id', m.sender_id, 'status', m.status, 'cost_mad', envoisms.money(m.cost_mad),
                'direction', m.direction, 'created_at', envoisms.iso_time(m.created_at))
                ORDER BY m.message_id DESC), '[]')

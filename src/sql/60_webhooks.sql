@@ -16,6 +16,12 @@ CREATE FUNCTION envoisms.webhook_default_events() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ARRAY(SELECT e FROM unnest(envoisms.webhook_event_types()) e WHERE e <> 'message.test');
 
+-- Why a delivery would refuse to connect to an address (loopback, private,
+-- link-local, NAT64, 6to4, Teredo …), or NULL: the guard that runs on every
+-- address a webhook delivery connects to, after DNS (worker_ssrf.c).
+CREATE FUNCTION envoisms.webhook_address_refusal(address inet) RETURNS text
+AS 'MODULE_PATHNAME', 'webhook_address_refusal' LANGUAGE C STRICT IMMUTABLE;
+
 -- Validate a webhook URL or raise VALIDATION_ERROR.
 CREATE FUNCTION envoisms.check_webhook_url(url text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$

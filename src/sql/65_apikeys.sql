@@ -2,13 +2,18 @@
 -- PATCH/DELETE /v1/api-keys/:id.
 --
 -- The operator creates keys with envoisms.api_key_create (20_accounts.sql);
--- here a key manages its account's keys, with three rules on top:
---   * no escalation: a key grants at most the permissions it has itself
---     (a key with NULL permissions has them all); a new key defaults to the
---     creating key's permissions;
+-- here a key manages its account's keys, with these rules on top:
+--   * no escalation: a key creates, changes or re-enables a key only within
+--     its own rights: no permission it lacks (a key with NULL permissions has
+--     them all, an empty list means none), no address outside its own IP
+--     allowlist (an empty allowlist is any address, so a key bound to
+--     addresses cannot make an unbound one), no higher rate limit (NULL is
+--     unlimited). A new key defaults to the creating key's permissions and
+--     allowlist, and to 100 requests per minute or the creator's lower limit.
+--     Deactivating or revoking a key is never an escalation;
 --   * a key is live or test like the key that creates it, unless the body
---     says "key_prefix": "env_test" / "env_live"; a test key cannot create a
---     live key;
+--     says "key_prefix": "env_test" / "env_live"; a test (sandbox) key cannot
+--     create a live key, nor change or revoke one;
 --   * revoking (DELETE, or PATCH active=false) is immediate — the dispatcher
 --     checks active and revoked_at on every request — and answers with a
 --     "warning" when the calling key revokes itself or when no active key is
@@ -36,22 +41,45 @@ LANGUAGE sql STABLE AS $$
       FROM envoisms.api_keys k WHERE k.account_id = api_key_list.account_id
 $$;
 
--- Raise FORBIDDEN unless every permission in `wanted` is held by `holder`
--- (NULL holder = every permission).
-CREATE FUNCTION envoisms.check_no_escalation(holder text[], wanted text[]) RETURNS void
+-- Raise FORBIDDEN unless a key with these permissions, IP allowlist and
+-- rate limit grants nothing that `holder` lacks: every permission held (NULL
+-- = every one), every allowed address inside holder's allowlist (NULL or
+-- empty = any address), a rate limit no higher (NULL = unlimited).
+CREATE FUNCTION envoisms.check_no_escalation(holder envoisms.api_keys, permissions text[],
+                                             ip_whitelist cidr[], rate_limit int) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
 DECLARE
     extra text[];
 BEGIN
-    IF holder IS NULL THEN
-        RETURN;                         -- a key with every permission may grant any
+    IF holder.permissions IS NOT NULL THEN
+        extra := ARRAY(SELECT DISTINCT p FROM unnest(coalesce(permissions, envoisms.api_permissions())) p
+                        WHERE NOT p = ANY (holder.permissions) ORDER BY 1);
+        IF cardinality(extra) > 0 THEN
+            PERFORM envoisms.raise_error('FORBIDDEN',
+                format('this API key cannot grant permissions it does not have: %s', array_to_string(extra, ', ')),
+                'permissions');
+        END IF;
     END IF;
-    extra := ARRAY(SELECT DISTINCT p FROM unnest(coalesce(wanted, envoisms.api_permissions())) p
-                    WHERE NOT p = ANY (holder) ORDER BY 1);
-    IF cardinality(extra) > 0 THEN
+    IF cardinality(holder.ip_whitelist) > 0
+       AND (coalesce(cardinality(ip_whitelist), 0) = 0
+            OR EXISTS (SELECT 1 FROM unnest(ip_whitelist) n WHERE NOT n <<= ANY (holder.ip_whitelist))) THEN
         PERFORM envoisms.raise_error('FORBIDDEN',
-            format('this API key cannot grant permissions it does not have: %s', array_to_string(extra, ', ')),
-            'permissions');
+            'this API key cannot allow addresses outside its own ip_whitelist', 'ip_whitelist');
+    END IF;
+    IF holder.rate_limit IS NOT NULL AND (rate_limit IS NULL OR rate_limit > holder.rate_limit) THEN
+        PERFORM envoisms.raise_error('FORBIDDEN',
+            format('this API key cannot grant a rate limit above its own (%s per minute)', holder.rate_limit),
+            'rate_limit');
+    END IF;
+END
+$$;
+
+-- Raise FORBIDDEN when a test (sandbox) key would manage a live key.
+CREATE FUNCTION envoisms.check_key_kind(caller envoisms.api_keys, target_prefix text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF caller.key_prefix = 'env_test' AND target_prefix = 'env_live' THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', 'a test key can only manage test keys', 'id');
     END IF;
 END
 $$;
@@ -90,23 +118,27 @@ END
 $$;
 
 -- Create a key on behalf of the key `issuer_key_id` (no escalation, live or
--- test like the issuer unless `live` says otherwise); returns the contract's
--- POST /v1/api-keys response with the full key, shown once.
+-- test like the issuer unless `live` says otherwise; NULL permissions, IP
+-- allowlist and rate limit default to the issuer's, the rate limit to at
+-- most 100); returns the contract's POST /v1/api-keys response with the
+-- full key, shown once.
 CREATE FUNCTION envoisms.api_key_issue(account_id text, issuer_key_id text, name text DEFAULT NULL,
                                        permissions text[] DEFAULT NULL, ip_whitelist text[] DEFAULT NULL,
-                                       rate_limit int DEFAULT 100, live boolean DEFAULT NULL)
+                                       rate_limit int DEFAULT NULL, live boolean DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     issuer envoisms.api_keys := envoisms.api_key_row(account_id, issuer_key_id);
 BEGIN
-    rate_limit := coalesce(rate_limit, 100);
     PERFORM envoisms.check_key_fields(permissions, rate_limit);
+    rate_limit := coalesce(rate_limit, least(100, issuer.rate_limit));
     IF live AND issuer.key_prefix = 'env_test' THEN
         PERFORM envoisms.raise_error('FORBIDDEN', 'a test key cannot create a live key', 'key_prefix');
     END IF;
     permissions := coalesce(permissions, issuer.permissions);
-    PERFORM envoisms.check_no_escalation(issuer.permissions, permissions);
+    ip_whitelist := coalesce(ip_whitelist, issuer.ip_whitelist::text[]);
+    PERFORM envoisms.check_no_escalation(issuer, permissions, envoisms.parse_ip_list(ip_whitelist, 'ip_whitelist'),
+                                         rate_limit);
     RETURN envoisms.api_key_create(account_id, coalesce(name, 'API key'),
                                    coalesce(live, issuer.key_prefix = 'env_live'),
                                    permissions, ip_whitelist, rate_limit);
@@ -125,8 +157,9 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Change a key's name, permissions, IP allowlist, rate limit or active flag
--- (NULL = unchanged). The caller cannot grant permissions it lacks. A
--- revoked key cannot be changed.
+-- (NULL = unchanged). With a caller (over HTTP), a key that is active after
+-- the change must be within the caller's rights (check_no_escalation), and a
+-- test key changes test keys only. A revoked key cannot be changed.
 CREATE FUNCTION envoisms.api_key_update(account_id text, caller_key_id text, api_key_id text,
                                         name text DEFAULT NULL, permissions text[] DEFAULT NULL,
                                         ip_whitelist text[] DEFAULT NULL, rate_limit int DEFAULT NULL,
@@ -151,18 +184,23 @@ BEGIN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be 1 to 100 characters', 'name');
     END IF;
     PERFORM envoisms.check_key_fields(permissions, rate_limit);
-    IF caller_key_id IS NOT NULL AND permissions IS NOT NULL THEN
-        caller := envoisms.api_key_row(account_id, caller_key_id);
-        PERFORM envoisms.check_no_escalation(caller.permissions, permissions);
-    END IF;
     nets := envoisms.parse_ip_list(ip_whitelist, 'ip_whitelist');
+    k.name := coalesce(btrim(name), k.name);
+    k.permissions := CASE WHEN permissions IS NOT NULL THEN envoisms.permissions_normalize(permissions)
+                          ELSE k.permissions END;
+    k.ip_whitelist := coalesce(nets, k.ip_whitelist);
+    k.rate_limit := coalesce(rate_limit, k.rate_limit);
+    k.active := coalesce(active, k.active);
+    IF caller_key_id IS NOT NULL THEN
+        caller := envoisms.api_key_row(account_id, caller_key_id);
+        PERFORM envoisms.check_key_kind(caller, k.key_prefix);
+        IF k.active THEN
+            PERFORM envoisms.check_no_escalation(caller, k.permissions, k.ip_whitelist, k.rate_limit);
+        END IF;
+    END IF;
     UPDATE envoisms.api_keys x
-       SET name = coalesce(btrim(api_key_update.name), x.name),
-           permissions = coalesce((SELECT array_agg(DISTINCT p ORDER BY p) FROM unnest(api_key_update.permissions) p),
-                                  x.permissions),
-           ip_whitelist = coalesce(nets, x.ip_whitelist),
-           rate_limit = coalesce(api_key_update.rate_limit, x.rate_limit),
-           active = coalesce(api_key_update.active, x.active)
+       SET name = k.name, permissions = k.permissions, ip_whitelist = k.ip_whitelist,
+           rate_limit = k.rate_limit, active = k.active
      WHERE x.account_id = k.account_id AND x.api_key_id = k.api_key_id;
     IF active = false THEN
         warning := envoisms.api_key_revoke_warning(account_id, api_key_id, caller_key_id);
@@ -172,17 +210,19 @@ END
 $$;
 
 -- Revoke a key for good (revoked_at, inactive); revoking a revoked key
--- changes nothing. Warns when the caller revokes itself or the account is
--- left without an active key.
+-- changes nothing. A test caller revokes test keys only. Warns when the
+-- caller revokes itself or the account is left without an active key.
 CREATE FUNCTION envoisms.api_key_revoke(account_id text, api_key_id text, caller_key_id text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    target envoisms.api_keys := envoisms.api_key_row(account_id, api_key_id);
 BEGIN
-    UPDATE envoisms.api_keys x SET revoked_at = coalesce(x.revoked_at, now()), active = false
-     WHERE x.account_id = api_key_revoke.account_id AND x.api_key_id = api_key_revoke.api_key_id;
-    IF NOT FOUND THEN
-        PERFORM envoisms.raise_error('NOT_FOUND', 'API key not found', 'id');
+    IF caller_key_id IS NOT NULL THEN
+        PERFORM envoisms.check_key_kind(envoisms.api_key_row(account_id, caller_key_id), target.key_prefix);
     END IF;
+    UPDATE envoisms.api_keys x SET revoked_at = coalesce(x.revoked_at, now()), active = false
+     WHERE x.account_id = target.account_id AND x.api_key_id = target.api_key_id;
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'revoked', true, 'id', api_key_id,
         'warning', envoisms.api_key_revoke_warning(account_id, api_key_id, caller_key_id)));
@@ -214,7 +254,7 @@ BEGIN
         envoisms.body_text(req.body, 'name'),
         envoisms.body_text_array(req.body, 'permissions'),
         envoisms.body_text_array(req.body, 'ip_whitelist'),
-        envoisms.body_int(req.body, 'rate_limit', 100, 10, 1000),
+        envoisms.body_int(req.body, 'rate_limit', NULL, 10, 1000),
         CASE prefix WHEN 'env_live' THEN true WHEN 'env_test' THEN false END));
 END
 $$;

@@ -80,9 +80,18 @@ $$;
 
 -- Remember the reply of a request made with an Idempotency-Key for 24 hours.
 -- Called by the dispatcher in the request's transaction, holding the key's lock.
+-- A secret the reply shows once (a new API key, a webhook's signing secret)
+-- is not kept: the replay says it was shown once instead of holding it in
+-- clear for a day.
 CREATE FUNCTION envoisms.idempotency_store(req envoisms.api_request, key text, rep envoisms.api_reply) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
+    IF jsonb_typeof(rep.body) = 'object' AND rep.body ?| ARRAY['api_key', 'secret'] THEN
+        rep.body := rep.body - 'api_key' - 'secret' || jsonb_build_object('warning',
+            format('This is a replay: the %s was shown once, in the first response to this request, and is not stored. '
+                   'If it was lost, revoke this one and create another.',
+                   CASE WHEN rep.body ? 'api_key' THEN 'full API key' ELSE 'secret' END));
+    END IF;
     INSERT INTO envoisms.idempotency_keys AS k (account_id, api_key_id, idempotency_key, request_hash, method, path,
                                                status, headers, body)
     VALUES (req.account_id, req.api_key_id, envoisms.idempotency_check_key(key),

@@ -27,9 +27,14 @@ CREATE FUNCTION envoisms.api_call(handler regprocedure, request envoisms.api_req
 RETURNS envoisms.api_reply
 AS 'MODULE_PATHNAME', 'api_call' LANGUAGE C STRICT VOLATILE;
 
-CREATE FUNCTION envoisms.ratelimit_take(key_id text, per_minute int,
+-- One token from the key's bucket and from its account's (ratelimit.c).
+CREATE FUNCTION envoisms.ratelimit_take(key_id text, per_minute int, account_key text DEFAULT NULL,
                                         OUT allowed boolean, OUT remaining int, OUT retry_after int)
 AS 'MODULE_PATHNAME', 'ratelimit_take' LANGUAGE C VOLATILE;
+
+-- The rate limiter's table: buckets in use, how many fit, evictions since start.
+CREATE FUNCTION envoisms.ratelimit_stats(OUT buckets bigint, OUT capacity int, OUT evictions bigint)
+AS 'MODULE_PATHNAME', 'ratelimit_stats' LANGUAGE C VOLATILE;
 
 CREATE FUNCTION envoisms.ratelimit_reset(key_id text) RETURNS boolean
 AS 'MODULE_PATHNAME', 'ratelimit_reset' LANGUAGE C STRICT VOLATILE;
@@ -205,6 +210,45 @@ RETURN jsonb_build_object('error', jsonb_strip_nulls(jsonb_build_object(
         'code', code, 'message', message, 'field', nullif(field, ''),
         'docs', 'https://envoisms.ma/docs#errors')));
 
+-- Raise the one answer every failed authentication gets (no oracle).
+CREATE FUNCTION envoisms.raise_unauthorized() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM envoisms.raise_error('UNAUTHORIZED',
+        'invalid or missing API key: send Authorization: Bearer env_live_... or env_test_... from an allowed address');
+END
+$$;
+
+-- Why an authenticated request is not served: no route (NOT_FOUND), not
+-- this method (METHOD_NOT_ALLOWED, with the Allow header's value), or a
+-- permission the key lacks (FORBIDDEN; 'billing' covers 'balance'); every
+-- field NULL when it is served. Only an unknown route is looked up here
+-- again, so that the request path pays nothing for it.
+CREATE FUNCTION envoisms.api_route_refusal(method text, path text, handler regprocedure, permission text,
+                                           key_permissions text[], OUT code text, OUT message text, OUT allow text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    tmpl text;
+BEGIN
+    IF handler IS NULL THEN
+        tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
+        SELECT string_agg(DISTINCT e.method, ', ') INTO allow
+          FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl);
+        IF allow IS NOT NULL THEN
+            code := 'METHOD_NOT_ALLOWED';
+            message := format('%s is not allowed on %s', left(method, 10), left(path, 200));
+        ELSE
+            code := 'NOT_FOUND';
+            message := format('no route for %s %s', left(method, 10), left(path, 200));
+        END IF;
+    ELSIF key_permissions IS NOT NULL AND NOT permission = ANY (key_permissions)
+          AND NOT (permission = 'balance' AND 'billing' = ANY (key_permissions)) THEN
+        code := 'FORBIDDEN';
+        message := format('this API key lacks the "%s" permission', permission);
+    END IF;
+END
+$$;
+
 CREATE FUNCTION envoisms.api(method text, path text, query text DEFAULT '', headers jsonb DEFAULT '{}',
                              body text DEFAULT NULL, client_ip inet DEFAULT NULL)
 RETURNS SETOF envoisms.api_reply
@@ -216,7 +260,7 @@ DECLARE
     out_headers jsonb := '{}';
     k record;           -- the key: api_key_lookup(), every field NULL when there is none
     r record;           -- the route: api_route(), every field NULL when none serves the request
-    tmpl text;
+    f record;           -- api_route_refusal(): why the route is not served
     rl record;
     err_state text;
     err_message text;
@@ -248,13 +292,14 @@ BEGIN
             -- and an unknown route is not revealed before the key is checked
             IF k.api_key_id IS NULL OR k.account_status = 'closed'
                OR (cardinality(k.ip_whitelist) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (k.ip_whitelist))) THEN
-                PERFORM envoisms.raise_error('UNAUTHORIZED',
-                    'invalid or missing API key: send Authorization: Bearer env_live_... or env_test_... from an allowed address');
+                PERFORM envoisms.raise_unauthorized();
             END IF;
 
-            -- 3. rate limit (shared memory, no row per request). X-Envoisms-Key-Id
-            -- names the key for the gateway's access log (which strips it).
-            rl := envoisms.ratelimit_take(k.api_key_id, k.rate_limit);
+            -- 3. rate limit (shared memory, no row per request): the key's
+            -- bucket and its account's, so that new keys bring no new budget.
+            -- X-Envoisms-Key-Id names the key for the gateway's access log
+            -- (which strips it).
+            rl := envoisms.ratelimit_take(k.api_key_id, k.rate_limit, k.account_id || ':' || k.key_prefix);
             out_headers := CASE WHEN k.rate_limit IS NULL THEN jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id)
                                 ELSE jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id, 'X-RateLimit-Limit', k.rate_limit::text,
                                                         'X-RateLimit-Remaining', rl.remaining::text) END;
@@ -273,21 +318,15 @@ BEGIN
                                 FOR UPDATE SKIP LOCKED);
             END IF;
 
-            -- (one test on the common path: every statement costs its own evaluation)
+            -- (one test on the common path: every statement costs its own
+            -- evaluation; api_route_refusal says why, on the refused path only)
             IF r.handler IS NULL OR (k.permissions IS NOT NULL AND NOT r.permission = ANY (k.permissions)
                                          AND NOT (r.permission = 'balance' AND 'billing' = ANY (k.permissions))) THEN
-                IF r.handler IS NULL THEN
-                    tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
-                    IF EXISTS (SELECT 1 FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl)) THEN
-                        out_headers := out_headers || jsonb_build_object('Allow',
-                            (SELECT string_agg(DISTINCT e.method, ', ') FROM envoisms.api_endpoints e
-                              WHERE e.template IN (path, tmpl)));
-                        PERFORM envoisms.raise_error('METHOD_NOT_ALLOWED', format('%s is not allowed on %s', method, path));
-                    END IF;
-                    PERFORM envoisms.raise_error('NOT_FOUND', format('no route for %s %s', left(method, 10), left(path, 200)));
+                f := envoisms.api_route_refusal(method, path, r.handler, r.permission, k.permissions);
+                IF f.allow IS NOT NULL THEN
+                    out_headers := out_headers || jsonb_build_object('Allow', f.allow);
                 END IF;
-                PERFORM envoisms.raise_error('FORBIDDEN',
-                    format('this API key lacks the "%s" permission', r.permission));
+                PERFORM envoisms.raise_error(f.code, f.message);
             END IF;
         END IF;
 
@@ -352,6 +391,56 @@ BEGIN
         END IF;
     END IF;
     RETURN NEXT ROW(err_http, out_headers, envoisms.error_envelope(err_code, err_message, err_column))::envoisms.api_reply;
+END
+$$;
+
+-- Whether a request may be read at all, from its head alone: no row when it
+-- may (a public route, or a key that authenticates and holds the route's
+-- permission), else the reply envoisms.api would give (401, 403, 404, 405).
+-- The gateway calls it before reading a large body, so that a refused
+-- request is answered without its body ever being read. It takes no
+-- rate-limit token and writes nothing: envoisms.api checks everything again.
+CREATE FUNCTION envoisms.api_precheck(method text, path text, headers jsonb DEFAULT '{}', client_ip inet DEFAULT NULL)
+RETURNS SETOF envoisms.api_reply
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    k record;
+    f record;
+    allow text;
+    err_state text;
+    err_message text;
+    e envoisms.error_codes;
+BEGIN
+    method := upper(coalesce(method, ''));
+    path := coalesce(nullif(rtrim(path, '/'), ''), '/');
+    BEGIN
+        r := envoisms.api_route(method, path);
+        IF coalesce(r.public, false) THEN
+            RETURN;
+        END IF;
+        k := envoisms.api_key_lookup(envoisms.api_key_hash(envoisms.headers_normalize(headers)->>'authorization'));
+        IF k.api_key_id IS NULL OR k.account_status = 'closed'
+           OR (cardinality(k.ip_whitelist) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (k.ip_whitelist))) THEN
+            PERFORM envoisms.raise_unauthorized();
+        END IF;
+        f := envoisms.api_route_refusal(method, path, r.handler, r.permission, k.permissions);
+        IF f.code IS NULL THEN
+            RETURN;
+        END IF;
+        allow := f.allow;
+        PERFORM envoisms.raise_error(f.code, f.message);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT;
+    END;
+    SELECT * INTO e FROM envoisms.error_codes x WHERE x.sqlstate = err_state;
+    IF NOT FOUND THEN
+        RAISE WARNING 'envoisms.api_precheck % %: unexpected error %: %', left(method, 10), left(path, 200), err_state, err_message;
+        SELECT * INTO e FROM envoisms.error_codes x WHERE x.code = 'INTERNAL_ERROR';
+        err_message := 'an unexpected error occurred; it was logged';
+    END IF;
+    RETURN NEXT ROW(e.http_status, CASE WHEN allow IS NOT NULL THEN jsonb_build_object('Allow', allow) ELSE '{}' END,
+                    envoisms.error_envelope(e.code, err_message))::envoisms.api_reply;
 END
 $$;
 

@@ -5,8 +5,10 @@
 -- grants what is meant, for example to the role the gateway connects as:
 --     GRANT USAGE ON SCHEMA envoisms TO gateway;
 --     GRANT EXECUTE ON FUNCTION envoisms.api(text, text, text, jsonb, text, inet) TO gateway;
--- envoisms.api is SECURITY DEFINER (with a fixed search_path), so that one
--- grant is all an HTTP front needs. Applications that send in their own
+--     GRANT EXECUTE ON FUNCTION envoisms.api_precheck(text, text, jsonb, inet) TO gateway;
+-- envoisms.api and envoisms.api_precheck (the gateway's check of a large
+-- request's head before it reads the body) are SECURITY DEFINER (with a
+-- fixed search_path), so these grants are all an HTTP front needs. Applications that send in their own
 -- transactions are granted the domain functions and tables they use.
 
 REVOKE ALL ON ALL TABLES IN SCHEMA envoisms FROM PUBLIC;

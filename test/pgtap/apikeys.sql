@@ -3,7 +3,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(76);
+SELECT plan(115);
 
 SELECT pg_temp.new_account(10) AS acc \gset
 SELECT pg_temp.new_key(:'acc') AS root \gset
@@ -106,6 +106,78 @@ SELECT is((SELECT body FROM pg_temp.call('DELETE', '/v1/api-keys/' || :'other_id
 SELECT * FROM pg_temp.fails_sql(format('SELECT envoisms.api_key_issue(%L, %L, permissions => %L)', :'acc',
                                        (SELECT api_key_id FROM envoisms.api_keys WHERE key_hash = envoisms.sha256_hex(:'limited')), '{billing}'),
                                 'FORBIDDEN', 'api_key_issue(escalation)');
+
+-- no escalation through an empty permission list
+SELECT pg_temp.new_key(:'acc', '{api_keys}') AS keyadmin \gset
+CREATE TEMP TABLE e AS SELECT * FROM pg_temp.call('POST', '/v1/api-keys', '{"permissions": []}', :'keyadmin');
+SELECT is((SELECT status || ' ' || (body->'permissions')::text FROM e), '201 []', 'an empty permission list is accepted: no permission');
+SELECT is((SELECT permissions FROM envoisms.api_keys WHERE api_key_id = (SELECT body->>'id' FROM e)), '{}'::text[],
+          'stored as an empty list, not as NULL (every permission)');
+SELECT body->>'api_key' AS emptykey, body->>'id' AS emptykey_id FROM e \gset
+SELECT * FROM pg_temp.fails('POST', '/v1/messages', '{"to": "+212612345678", "message": "x"}', 403, 'FORBIDDEN',
+                            'a key made with no permission sending a paid message', :'emptykey');
+SELECT * FROM pg_temp.fails('GET', '/v1/billing/balance', NULL, 403, 'FORBIDDEN', 'a key made with no permission reading the balance', :'emptykey');
+SELECT envoisms.api_key_create(:'acc', 'empty', true, '{}')->>'id' AS empty_id \gset
+SELECT is((SELECT permissions FROM envoisms.api_keys WHERE api_key_id = :'empty_id'), '{}'::text[],
+          'api_key_create(permissions => {}) stores no permission');
+SELECT body->>'id' AS kid2 FROM pg_temp.call('POST', '/v1/api-keys', '{"permissions": ["send"]}') \gset
+SELECT is((SELECT status FROM pg_temp.call('PATCH', '/v1/api-keys/' || :'kid2', '{"permissions": []}')), 200, 'PATCH permissions [] …');
+SELECT is((SELECT permissions FROM envoisms.api_keys WHERE api_key_id = :'kid2'), '{}'::text[],
+          '… empties the list instead of leaving it unchanged');
+
+-- no escalation through the IP allowlist or the rate limit
+SELECT envoisms.api_key_create(:'acc', 'bound', true, '{api_keys,send,status}', ARRAY['196.200.1.0/24'], 50)->>'api_key' AS bound \gset
+CREATE TEMP TABLE b AS SELECT * FROM pg_temp.call('POST', '/v1/api-keys', '{}', :'bound', client_ip => '196.200.1.4');
+SELECT is((SELECT status || ' ' || (body->'ip_whitelist')::text || ' ' || (body->>'rate_limit') FROM b), '201 ["196.200.1.0/24"] 50',
+          'a key bound to addresses makes keys bound to the same, at its own lower rate limit');
+SELECT body->>'id' AS bound_child FROM b \gset
+SELECT is((SELECT status FROM pg_temp.call('POST', '/v1/api-keys', '{"ip_whitelist": ["196.200.1.7"], "rate_limit": 10}', :'bound', client_ip => '196.200.1.4')),
+          201, 'a narrower allowlist and a lower rate limit are allowed');
+SELECT * FROM pg_temp.fails('POST', '/v1/api-keys', '{"ip_whitelist": []}', 403, 'FORBIDDEN',
+                            'a bound key creating an unbound key', :'bound', client_ip => '196.200.1.4');
+SELECT * FROM pg_temp.fails('POST', '/v1/api-keys', '{"ip_whitelist": ["196.200.0.0/16"]}', 403, 'FORBIDDEN',
+                            'a bound key creating a key with a wider allowlist', :'bound', client_ip => '196.200.1.4');
+SELECT * FROM pg_temp.fails('POST', '/v1/api-keys', '{"rate_limit": 51}', 403, 'FORBIDDEN',
+                            'a key creating a key with a higher rate limit', :'bound', client_ip => '196.200.1.4');
+SELECT * FROM pg_temp.fails('PATCH', '/v1/api-keys/' || :'bound_child', '{"ip_whitelist": []}', 403, 'FORBIDDEN',
+                            'a bound key clearing an allowlist', :'bound', client_ip => '196.200.1.4');
+SELECT * FROM pg_temp.fails('PATCH', '/v1/api-keys/' || :'bound_child', '{"rate_limit": 1000}', 403, 'FORBIDDEN',
+                            'a key raising a rate limit above its own', :'bound', client_ip => '196.200.1.4');
+
+-- no escalation by re-enabling or changing a stronger key
+SELECT envoisms.api_key_create(:'acc', 'strong', true)->>'id' AS strong_id \gset
+SELECT is((SELECT status FROM pg_temp.call('PATCH', '/v1/api-keys/' || :'strong_id', '{"active": false}', :'limited')), 200,
+          'a limited key may deactivate a stronger key (no escalation)');
+SELECT * FROM pg_temp.fails('PATCH', '/v1/api-keys/' || :'strong_id', '{"active": true}', 403, 'FORBIDDEN',
+                            'a limited key re-enabling a key with every permission', :'limited');
+SELECT is((SELECT active FROM envoisms.api_keys WHERE api_key_id = :'strong_id'), false, 'the stronger key stays inactive');
+SELECT envoisms.api_key_create(:'acc', 'strong2', true)->>'id' AS other2 \gset
+SELECT * FROM pg_temp.fails('PATCH', '/v1/api-keys/' || :'other2', '{"name": "mine now"}', 403, 'FORBIDDEN',
+                            'a limited key changing an active stronger key', :'limited');
+
+-- a sandbox key manages sandbox keys only
+SELECT envoisms.api_key_create(:'acc', 'live, suspended', true)->>'id' AS live_id \gset
+UPDATE envoisms.api_keys SET active = false WHERE api_key_id = :'live_id';
+SELECT * FROM pg_temp.fails('PATCH', '/v1/api-keys/' || :'live_id', '{"active": true}', 403, 'FORBIDDEN',
+                            'a test key re-activating a live key the operator suspended', :'testkey');
+SELECT envoisms.api_key_create(:'acc', 'live bound', true, NULL, ARRAY['196.200.1.4'])->>'id' AS kidlive \gset
+SELECT * FROM pg_temp.fails('PATCH', '/v1/api-keys/' || :'kidlive', '{"ip_whitelist": []}', 403, 'FORBIDDEN',
+                            'a test key clearing a live key''s allowlist', :'testkey');
+SELECT * FROM pg_temp.fails('DELETE', '/v1/api-keys/' || :'live_id', NULL, 403, 'FORBIDDEN', 'a test key revoking a live key', :'testkey');
+SELECT body->>'id' AS test_child FROM pg_temp.call('POST', '/v1/api-keys', '{}', :'testkey') \gset
+SELECT is((SELECT status FROM pg_temp.call('PATCH', '/v1/api-keys/' || :'test_child', '{"name": "sandbox 2"}', :'testkey')), 200,
+          'a test key manages test keys');
+
+-- an Idempotency-Key replay of a key creation does not hold the key
+CREATE TEMP TABLE i1 AS SELECT * FROM pg_temp.call('POST', '/v1/api-keys', '{"name": "replayed"}', headers => '{"Idempotency-Key": "mk-1"}');
+CREATE TEMP TABLE i2 AS SELECT * FROM pg_temp.call('POST', '/v1/api-keys', '{"name": "replayed"}', headers => '{"Idempotency-Key": "mk-1"}');
+SELECT matches((SELECT body->>'api_key' FROM i1), '^env_live_[0-9a-f]{48}$', 'the first answer shows the key');
+SELECT is((SELECT status || ' ' || (body ? 'api_key')::text || ' ' || (headers->>'Idempotent-Replayed') FROM i2), '201 false true',
+          'the replay answers 201 without the key');
+SELECT matches((SELECT body->>'warning' FROM i2), 'shown once', '… and says it was shown once');
+SELECT is((SELECT body->>'id' FROM i2), (SELECT body->>'id' FROM i1), '… for the same key');
+SELECT is((SELECT count(*)::int FROM envoisms.idempotency_keys x, i1 WHERE x.body::text LIKE '%' || (i1.body->>'api_key') || '%'), 0,
+          'the key is stored nowhere in clear');
 
 SELECT * FROM finish();
 ROLLBACK;

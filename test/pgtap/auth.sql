@@ -1,7 +1,7 @@
 -- auth.sql — authentication, permissions, IP allowlists, the shared-memory
 -- rate limiter, sandbox keys and channels, through envoisms.api.
 BEGIN;
-SELECT plan(48);
+SELECT plan(65);
 
 SELECT envoisms.account_create('Acme', 3) AS acc \gset
 SELECT envoisms.account_create('SmsOnly', 10, 'starter', '{sms}') AS smsonly \gset
@@ -107,6 +107,42 @@ SELECT is((SELECT headers ? 'X-RateLimit-Limit' FROM envoisms.api('POST', '/v1/c
 SELECT is((SELECT status::text || (body->'error'->>'code') FROM envoisms.api('POST', '/v1/carriers/dlrtest/dlr', '', '{"X-Carrier-Token": "wrong"}', '{"id": "nope", "status": "delivered"}')),
           '401UNAUTHORIZED', 'but the carrier''s own token is checked');
 SELECT is((SELECT status FROM envoisms.api('DELETE', '/v1/carriers/dlrtest/dlr', '', '{}')), 401, 'another method on a public path still needs a key');
+
+-- ---- the rate limit is the account's too: a new key brings no new budget
+SELECT envoisms.api_key_create(:'acc', 'rotated in', true, rate_limit => 10)->>'api_key' AS rotated \gset
+SELECT is((pg_temp.get(pg_temp.bearer(:'rotated'))).status, 429,
+          'a new key of the same account at the same limit finds the account''s minute spent (rotation multiplies nothing)');
+SELECT envoisms.api_key_create(:'acc', 'sandbox limited', false, rate_limit => 10)->>'api_key' AS test_limited \gset
+SELECT is((pg_temp.get(pg_temp.bearer(:'test_limited'))).status, 200, 'sandbox keys count apart from live keys');
+SELECT envoisms.api_key_create(:'smsonly', 'other account', true, rate_limit => 10)->>'api_key' AS other_limited \gset
+SELECT is((pg_temp.get(pg_temp.bearer(:'other_limited'))).status, 200, 'and another account is not touched');
+SELECT is((envoisms.ratelimit_take(:'acc' || ':k1', 5, :'acc' || ':direct')).remaining, 4, 'ratelimit_take: a key and its account');
+SELECT is((SELECT count(*)::int FROM generate_series(1, 6) i WHERE (envoisms.ratelimit_take(:'acc' || ':k2', 5, :'acc' || ':direct')).allowed),
+          4, 'a second key of the account gets only the account''s 4 tokens left (5 in all, not 10)');
+SELECT is((envoisms.ratelimit_take(:'acc' || ':k1', 5, :'acc' || ':direct')).allowed, false, '… and the first key too');
+SELECT ok((SELECT buckets > 0 AND capacity >= buckets FROM envoisms.ratelimit_stats()), 'ratelimit_stats: buckets within capacity');
+
+-- ---- api_precheck: the gateway's look at a request head before it reads a large body
+SELECT is((SELECT count(*)::int FROM envoisms.api_precheck('POST', '/v1/messages/bulk', pg_temp.bearer(:'live'), '127.0.0.1')), 0,
+          'precheck: a valid key with the permission → no refusal');
+SELECT is((SELECT status || ' ' || (body->'error'->>'code') FROM envoisms.api_precheck('POST', '/v1/messages/bulk', '{}', '127.0.0.1')),
+          '401 UNAUTHORIZED', 'precheck: no key → 401');
+SELECT is((SELECT body FROM envoisms.api_precheck('POST', '/v1/messages/bulk', pg_temp.bearer('env_live_nope'), '127.0.0.1')),
+          (SELECT body FROM envoisms.api('POST', '/v1/messages/bulk', '', pg_temp.bearer('env_live_nope'), '{}', '127.0.0.1')),
+          'precheck: the same 401 envelope as the request itself');
+SELECT is((SELECT status FROM envoisms.api_precheck('POST', '/v1/messages/bulk', pg_temp.bearer(:'office'), '8.8.8.8')), 401,
+          'precheck: an address outside the key''s allowlist → 401');
+SELECT is((SELECT status || ' ' || (body->'error'->>'code') FROM envoisms.api_precheck('POST', '/v1/messages/bulk', pg_temp.bearer(:'ro'), '127.0.0.1')),
+          '403 FORBIDDEN', 'precheck: a key without the permission → 403');
+SELECT is((SELECT status || ' ' || (headers->>'Allow') FROM envoisms.api_precheck('POST', '/v1/billing/balance', pg_temp.bearer(:'live'), '127.0.0.1')),
+          '405 GET', 'precheck: another method → 405 with Allow');
+SELECT is((SELECT status FROM envoisms.api_precheck('POST', '/v1/nothing', pg_temp.bearer(:'live'), '127.0.0.1')), 404,
+          'precheck: no route → 404');
+SELECT is((SELECT count(*)::int FROM envoisms.api_precheck('POST', '/v1/carriers/dlrtest/dlr', '{}', '127.0.0.1')), 0,
+          'precheck: a public route is read (its handler checks the carrier)');
+SELECT is((SELECT count(*)::int FROM generate_series(1, 20) i, envoisms.api_precheck('GET', '/v1/billing/balance', pg_temp.bearer(:'test_limited'), '127.0.0.1')),
+          0, 'precheck: takes no rate-limit token …');
+SELECT is((pg_temp.get(pg_temp.bearer(:'test_limited'))).headers->>'X-RateLimit-Remaining', '8', '… (the key''s next request has 8 left)');
 
 SELECT * FROM finish();
 ROLLBACK;

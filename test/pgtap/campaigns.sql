@@ -5,7 +5,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(112);
+SELECT plan(114);
 
 SELECT pg_temp.new_account(100) AS acc \gset
 SELECT pg_temp.use_key(pg_temp.new_key(:'acc')) IS NOT NULL AS ok \gset
@@ -66,6 +66,7 @@ SELECT * FROM pg_temp.fails('POST', '/v1/campaigns', '{"name": "n", "body": "b",
 SELECT is((SELECT status FROM pg_temp.call('POST', '/v1/campaigns', '{"name": "n", "body": "b", "sender_id": "ELEVENCHARS"}')), 201, 'sender_id of 11 characters');
 SELECT * FROM pg_temp.fails('POST', '/v1/campaigns', '{"name": "n", "body": "b", "scheduled_at": "2001-01-01T00:00:00Z"}', 400, 'VALIDATION_ERROR', 'scheduled_at in the past');
 SELECT * FROM pg_temp.fails('POST', '/v1/campaigns', '{"name": "n", "body": "b", "scheduled_at": "tomorrow"}', 400, 'VALIDATION_ERROR', 'scheduled_at not ISO 8601');
+SELECT * FROM pg_temp.fails('POST', '/v1/campaigns', '{"name": "n", "body": "b", "scheduled_at": "2030-01-01T00:00:00+16:00"}', 400, 'VALIDATION_ERROR', 'scheduled_at with an offset of +16:00');
 SELECT * FROM pg_temp.fails('POST', '/v1/campaigns', '{"name": "n", "body": "b", "buttons": [{"type": "url", "text": "t", "value": "https://x.ma"}]}',
                             400, 'VALIDATION_ERROR', 'buttons on an SMS campaign');
 SELECT * FROM pg_temp.fails('POST', '/v1/campaigns', '{"name": "n", "body": "b", "channel": "whatsapp", "buttons": [{"type": "url", "text": "t", "value": "https://x.ma"},{"type": "url", "text": "t", "value": "https://x.ma"},{"type": "url", "text": "t", "value": "https://x.ma"},{"type": "url", "text": "t", "value": "https://x.ma"}]}',

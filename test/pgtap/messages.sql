@@ -2,7 +2,7 @@
 -- envoisms.api, as the contract shows them, and every bad input next to the
 -- good one, each proving nothing changed (no message, no ledger row, same balance).
 BEGIN;
-SELECT plan(89);
+SELECT plan(96);
 
 SELECT envoisms.account_create('Acme', 100) AS acc \gset
 SELECT envoisms.account_create('Other', 100) AS other \gset
@@ -103,6 +103,10 @@ SELECT * FROM pg_temp.rejects('GET', '/v1/messages', NULL, :'live', 400, 'VALIDA
 SELECT * FROM pg_temp.rejects('GET', '/v1/messages', NULL, :'live', 400, 'VALIDATION_ERROR', 'offset=-5', 'offset=-5');
 SELECT * FROM pg_temp.rejects('GET', '/v1/messages', NULL, :'live', 400, 'VALIDATION_ERROR', 'status=lost', 'status=lost');
 SELECT * FROM pg_temp.rejects('GET', '/v1/messages', NULL, :'live', 400, 'VALIDATION_ERROR', 'from_date=yesterday', 'from_date=yesterday');
+SELECT * FROM pg_temp.rejects('GET', '/v1/messages', NULL, :'live', 400, 'VALIDATION_ERROR', 'a time zone offset of +16:00', 'from_date=2026-01-01T00:00:00%2B16:00');
+SELECT * FROM pg_temp.rejects('GET', '/v1/messages', NULL, :'live', 400, 'VALIDATION_ERROR', 'a time zone offset of -19:00', 'to_date=2026-01-01T00:00:00-1900');
+SELECT is((pg_temp.call('GET', '/v1/messages', NULL, :'live', 'from_date=2000-01-01T00:00:00%2B15:59')).status, 200, 'an offset of +15:59 is a time');
+SELECT * FROM pg_temp.rejects('GET', '/v1/analytics', NULL, :'live', 400, 'VALIDATION_ERROR', 'analytics: an offset of +16:00', 'from_date=2026-01-01T00:00:00%2B16:00');
 
 -- ---- bad input to POST /v1/messages: a clear error, nothing changed
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+2126', :'live', 400, 'INVALID_JSON', 'non-JSON body');

@@ -4,7 +4,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(111);
+SELECT plan(116);
 
 SELECT pg_temp.new_account(100) AS acc \gset
 SELECT pg_temp.use_key(pg_temp.new_key(:'acc')) IS NOT NULL AS ok \gset
@@ -187,14 +187,29 @@ SELECT * FROM pg_temp.fails_sql(format('SELECT envoisms.verify_check(%L, %L, %L)
                                 'verify_check(dead session)');
 SELECT is(envoisms.verify_get(:'acc', :'sid')->>'id', :'sid', 'verify_get returns the session');
 
--- the code leaves the message body once the message is final; other messages keep theirs
-SELECT envoisms.message_send(:'acc', '+212611000099', 'not a code')->>'id' AS plain_mid \gset
+-- the code leaves the database only towards the carrier: the API and the
+-- webhooks show the OTP message with its digits masked
+SELECT is((SELECT body->>'body' FROM pg_temp.call('GET', '/v1/messages/' || :'mid')),
+          'MonApp : votre code de vérification est ••••••. Il expire dans 10 min.', 'GET /v1/messages/:id masks the code while queued');
+SELECT is((SELECT count(*)::int FROM pg_temp.call('GET', '/v1/messages', query => 'limit=200') r, jsonb_array_elements(r.body->'data') d
+            WHERE d->>'body' LIKE '%' || :'code' || '%'), 0, 'GET /v1/messages shows the code nowhere');
+CREATE TEMP TABLE wh AS SELECT * FROM pg_temp.call('POST', '/v1/webhooks',
+    '{"url": "https://hooks.example.ma/sent", "events": ["message.sent", "message.delivered"]}');
+SELECT envoisms.message_send(:'acc', '+212611000099', 'not a code 123456')->>'id' AS plain_mid \gset
 UPDATE envoisms.messages SET status = 'sent' WHERE message_id IN (:'mid', :'plain_mid');
+SELECT is((SELECT (payload::jsonb)->'data'->>'body' FROM envoisms.webhook_deliveries
+            WHERE event_type = 'message.sent' AND (payload::jsonb)->'data'->>'id' = :'mid'),
+          'MonApp : votre code de vérification est ••••••. Il expire dans 10 min.', 'the message.sent webhook carries the code masked');
+SELECT is((SELECT count(*)::int FROM envoisms.webhook_deliveries WHERE payload LIKE '%' || :'code' || '%'), 0,
+          'no webhook payload carries the code');
+SELECT is((SELECT (payload::jsonb)->'data'->>'body' FROM envoisms.webhook_deliveries
+            WHERE event_type = 'message.sent' AND (payload::jsonb)->'data'->>'id' = :'plain_mid'), 'not a code 123456',
+          'other messages are shown as sent');
 SELECT ok((SELECT body FROM envoisms.messages WHERE message_id = :'mid') IS NOT NULL, 'OTP body kept while sent (a retry or cascade may need it)');
 UPDATE envoisms.messages SET status = 'delivered' WHERE message_id IN (:'mid', :'plain_mid');
 SELECT is((SELECT body FROM envoisms.messages WHERE message_id = :'mid'), NULL, 'OTP body purged once delivered');
 SELECT is((SELECT body->>'body' FROM pg_temp.call('GET', '/v1/messages/' || :'mid')), NULL, 'GET /v1/messages/:id no longer shows the code');
-SELECT is((SELECT body FROM envoisms.messages WHERE message_id = :'plain_mid'), 'not a code', 'a plain message keeps its body when delivered');
+SELECT is((SELECT body FROM envoisms.messages WHERE message_id = :'plain_mid'), 'not a code 123456', 'a plain message keeps its body when delivered');
 
 SELECT * FROM finish();
 ROLLBACK;

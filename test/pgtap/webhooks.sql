@@ -4,7 +4,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(70);
+SELECT plan(72);
 
 SELECT pg_temp.new_account(10) AS acc \gset
 SELECT pg_temp.use_key(pg_temp.new_key(:'acc')) IS NOT NULL AS ok \gset
@@ -97,6 +97,14 @@ SELECT * FROM pg_temp.fails('DELETE', '/v1/webhooks/' || :'whk2', NULL, 404, 'NO
 SELECT * FROM pg_temp.fails('POST', '/v1/webhooks/' || :'whk2' || '/test', '{}', 404, 'NOT_FOUND', 'test a deleted webhook');
 SELECT * FROM pg_temp.fails_sql(format('SELECT envoisms.webhook_create(%L, %L)', :'acc', 'http://x.ma'), 'VALIDATION_ERROR', 'webhook_create(http)');
 SELECT * FROM pg_temp.fails('GET', '/v1/webhooks', NULL, 403, 'FORBIDDEN', 'a key without webhooks', pg_temp.new_key(:'acc', '{send}'));
+
+-- an Idempotency-Key replay of a webhook creation does not hold the secret
+CREATE TEMP TABLE wi1 AS SELECT * FROM pg_temp.call('POST', '/v1/webhooks', '{"url": "https://hooks.example.ma/replay"}', headers => '{"Idempotency-Key": "wh-1"}');
+CREATE TEMP TABLE wi2 AS SELECT * FROM pg_temp.call('POST', '/v1/webhooks', '{"url": "https://hooks.example.ma/replay"}', headers => '{"Idempotency-Key": "wh-1"}');
+SELECT is((SELECT status || ' ' || (body ? 'secret')::text || ' ' || (body->>'id') FROM wi2),
+          (SELECT '201 false ' || (body->>'id') FROM wi1), 'the replay answers the same webhook without its secret');
+SELECT is((SELECT count(*)::int FROM envoisms.idempotency_keys x, wi1 WHERE x.body::text LIKE '%' || (wi1.body->>'secret') || '%'), 0,
+          'the secret is not kept for the replay');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -17,8 +17,11 @@ my $fingerprint_sql = do { local (@ARGV, $/) = ('test/tap/lib/schema_fingerprint
 my $fresh = $node->safe_psql('envoisms', $fingerprint_sql);
 ok(length($fresh) > 1000, "the fingerprint of a fresh $current install covers its objects");
 
-my @released = map { /envoisms--([0-9.]+)\.sql$/ ? $1 : () } map { basename($_) } glob('upgrade/envoisms--*.sql');
-@released = grep { $_ ne $current } @released;
+# every version an upgrade/ file names, whether its full script is kept or it
+# installs through the chain of upgrade scripts from an older one
+my %named = map { /^envoisms--([0-9.]+)(?:--([0-9.]+))?\.sql$/ ? ($1 => 1, (defined $2 ? ($2 => 1) : ())) : () }
+	map { basename($_) } glob('upgrade/envoisms--*.sql');
+my @released = sort grep { $_ ne $current } keys %named;
 ok(@released > 0, 'released versions to upgrade from: ' . join(', ', @released));
 
 my $state_sql = q{
