@@ -4,7 +4,9 @@
 set -euo pipefail
 
 ENVOISMS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PGBIN=/usr/lib/postgresql/15/bin
+# ENVOISMS_PGBIN points at another PostgreSQL 15 (a relocated copy: see
+# docs/testing.md) so that a build and its tests never touch the system's.
+PGBIN=${ENVOISMS_PGBIN:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PGBIN/pg_config
 export PATH="$PGBIN:$PATH"
 
