@@ -161,7 +161,9 @@ PG_FUNCTION_INFO_V1(message_send_reply);
 /*
  * message_send_reply(id, to, channel, cascade, cost_eur, cost_mad, segments,
  * created_at) — {"id", "to", "channel", "cascade", "status": "queued",
- * "cost": {"eur", "mad"}, "segments", "created_at"}.
+ * "cost": {"eur", "mad"}, "segments", "created_at"}, and the names the
+ * official clients read beside them: "message_id" (= id), "parts"
+ * (= segments), "cost_mad" and "cost_eur" (= cost).
  */
 Datum
 message_send_reply(PG_FUNCTION_ARGS)
@@ -173,6 +175,8 @@ message_send_reply(PG_FUNCTION_ARGS)
 
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	push_string(&state, WJB_KEY, "id", 2);
+	push_text(&state, PG_GETARG_DATUM(0), false);
+	push_string(&state, WJB_KEY, "message_id", 10);
 	push_text(&state, PG_GETARG_DATUM(0), false);
 	push_string(&state, WJB_KEY, "to", 2);
 	push_text(&state, PG_GETARG_DATUM(1), false);
@@ -189,9 +193,13 @@ message_send_reply(PG_FUNCTION_ARGS)
 	push_money(&state, "eur", PG_GETARG_DATUM(4));
 	push_money(&state, "mad", PG_GETARG_DATUM(5));
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	push_string(&state, WJB_KEY, "segments", 8);
+	push_money(&state, "cost_eur", PG_GETARG_DATUM(4));
+	push_money(&state, "cost_mad", PG_GETARG_DATUM(5));
 	v.type = jbvNumeric;
 	v.val.numeric = int64_to_numeric(PG_GETARG_INT32(6));
+	push_string(&state, WJB_KEY, "segments", 8);
+	pushJsonbValue(&state, WJB_VALUE, &v);
+	push_string(&state, WJB_KEY, "parts", 5);
 	pushJsonbValue(&state, WJB_VALUE, &v);
 	push_string(&state, WJB_KEY, "created_at", 10);
 	if (format_iso_time(PG_GETARG_TIMESTAMPTZ(7), created))

@@ -13,6 +13,12 @@
  *   X-EnvoiSMS.ma-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
  *       the contract's scheme; the key is the whole secret string as shown
  *       to the customer ("whsec_…"), as the contract's Node snippet uses it;
+ *       a webhook whose signature_format is "timestamped" gets instead
+ *       t=<unix>,v1=<hex HMAC-SHA256(secret, "<unix>.<raw body>")>, the
+ *       official SDKs' other form (they check t within 300 s);
+ *   X-EnvoiSMS-Signature: the same value, under the name the official SDKs
+ *       and receivers written from their READMEs read (a header name with a
+ *       dot is dropped by nginx and others by default);
  *   X-EnvoiSMS.ma-Timestamp: <unix seconds> (replay protection);
  *   webhook-id: <event id>, webhook-timestamp: <unix seconds>,
  *   webhook-signature: v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>
@@ -54,6 +60,7 @@ typedef struct WebhookItem
 	int			attempts;
 	char	   *url;
 	char	   *secret;
+	bool		timestamped;	/* signature_format = 'timestamped' */
 	char		endpoint[ENDPOINT_KEY_LEN];
 	HttpTransfer *transfer;
 } WebhookItem;
@@ -144,6 +151,8 @@ item_from_row(HeapTuple row, TupleDesc desc)
 	item->attempts = v ? atoi(v) : 1;
 	item->url = COPY(8);
 	item->secret = COPY(9);
+	v = SPI_getvalue(row, desc, 10);
+	item->timestamped = v != NULL && strcmp(v, "timestamped") == 0;
 #undef COPY
 	snprintf(item->endpoint, sizeof(item->endpoint), "%s/%s", item->account_id, item->webhook_id);
 	return item;
@@ -161,7 +170,7 @@ claim_txn(void *arg)
 	/* a claim lost in a crash only means a lease that never was: no need to wait for the flush */
 	SPI_execute("SET LOCAL synchronous_commit = off", false, 0);
 	snprintf(sql, sizeof(sql),
-			 "SELECT account_id, delivery_id, webhook_id, event_id, event_type, payload, attempts, url, secret "
+			 "SELECT account_id, delivery_id, webhook_id, event_id, event_type, payload, attempts, url, secret, signature_format "
 			 "FROM envoisms.webhook_claim(%d, make_interval(secs => %d), %d, $1::jsonb)",
 			 res->wanted, webhook_lease_s, webhook_max_per_endpoint);
 	values[0] = CStringGetTextDatum(res->busy);
@@ -226,8 +235,21 @@ start_item(WebhookItem *item)
 	long		ts = (long) time(NULL);
 	StringInfoData signed_content;
 	int			b64len;
+	char	   *signature;
 
-	EnvoismsHmacSha256Hex(item->secret, strlen(item->secret), item->payload, body_len, hex);
+	if (item->timestamped)
+	{
+		char	   *content = psprintf("%ld.%s", ts, item->payload);
+
+		EnvoismsHmacSha256Hex(item->secret, strlen(item->secret), content, strlen(content), hex);
+		signature = psprintf("t=%ld,v1=%s", ts, hex);
+		pfree(content);
+	}
+	else
+	{
+		EnvoismsHmacSha256Hex(item->secret, strlen(item->secret), item->payload, body_len, hex);
+		signature = psprintf("sha256=%s", hex);
+	}
 	keylen = standard_key(item->secret, key, sizeof(key));
 	initStringInfo(&signed_content);
 	appendStringInfo(&signed_content, "%s.%ld.", item->event_id, ts);
@@ -241,7 +263,8 @@ start_item(WebhookItem *item)
 	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(webhook_timeout_ms, 5000));
 	HttpTransferAddHeader(t, "Content-Type: application/json");
 	HttpTransferAddHeader(t, "User-Agent: EnvoiSMS.ma-Webhooks/1.0");
-	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Signature: sha256=%s", hex));
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Signature: %s", signature));
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS-Signature: %s", signature));
 	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Timestamp: %ld", ts));
 	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Event: %s", item->event_id));
 	HttpTransferAddHeader(t, psprintf("webhook-id: %s", item->event_id));

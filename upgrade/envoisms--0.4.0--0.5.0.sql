@@ -188,10 +188,18 @@ CREATE OR REPLACE FUNCTION envoisms.api_keys_create(req envoisms.api_request) RE
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     prefix text := envoisms.body_text(req.body, 'key_prefix');
+    scope text := envoisms.body_text(req.body, 'scope');
 BEGIN
     IF prefix IS NOT NULL AND prefix NOT IN ('env_live', 'env_test') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'key_prefix must be "env_live" or "env_test"', 'key_prefix');
     END IF;
+    IF scope IS NOT NULL AND scope NOT IN ('live', 'test') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'scope must be "live" or "test"', 'scope');
+    END IF;
+    IF scope IS NOT NULL AND prefix IS NOT NULL AND prefix <> 'env_' || scope THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'scope and key_prefix disagree', 'scope');
+    END IF;
+    prefix := coalesce(prefix, 'env_' || scope);
     IF req.body ? 'name' AND envoisms.body_text(req.body, 'name') IS NULL THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be 1 to 100 characters', 'name');
     END IF;
@@ -226,6 +234,7 @@ BEGIN
         'status', m.status, 'cost_eur', envoisms.money(m.cost_eur), 'cost_mad', envoisms.money(m.cost_mad),
         'metadata', CASE WHEN m.metadata IS NULL THEN NULL ELSE to_jsonb(m.metadata::text) END,
         'sandbox', m.sandbox, 'error_code', m.error_code, 'error_message', m.error_message,
+        'failure_reason', CASE WHEN m.status = 'failed' THEN coalesce(m.error_message, m.error_code) END,
         'created_at', envoisms.iso_time(m.created_at),
         'sent_at', envoisms.iso_time(m.sent_at), 'delivered_at', envoisms.iso_time(m.delivered_at))
     || CASE WHEN with_events THEN jsonb_build_object('events',
@@ -288,7 +297,9 @@ BEGIN
        AND (message_list.direction IS NULL OR x.direction = message_list.direction)
        AND (from_date IS NULL OR x.created_at >= from_date)
        AND (to_date IS NULL OR x.created_at <= to_date);
-    RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
+    -- the rows under "data" (the contract) and "messages" (what the official
+    -- Node client reads): one value referenced twice, serialised twice
+    RETURN jsonb_build_object('data', rows, 'messages', rows, 'limit', "limit", 'offset', "offset", 'total', n);
 END
 $$;
 
@@ -572,7 +583,436 @@ $$;
 CREATE FUNCTION envoisms.webhook_address_refusal(address inet) RETURNS text
 AS 'MODULE_PATHNAME', 'webhook_address_refusal' LANGUAGE C STRICT IMMUTABLE;
 
--- ---- 6. nothing is open to PUBLIC (as 95_grants.sql does at install)
+-- ---- 6. what the official clients read and call: aliases in replies,
+-- verify status and voiding, key scope, analytics?days, webhooks signed
+-- under X-EnvoiSMS-Signature too (and, per webhook, in the timestamped form)
+
+ALTER TABLE envoisms.webhooks
+    ADD COLUMN signature_format text NOT NULL DEFAULT 'sha256' CHECK (signature_format IN ('sha256', 'timestamped'));
+ALTER TABLE envoisms.verify_sessions DROP CONSTRAINT verify_sessions_status_check,
+    ADD CONSTRAINT verify_sessions_status_check CHECK (status IN ('sent', 'verified', 'failed', 'voided'));
+DROP FUNCTION envoisms.webhook_create(text, text, text[], text);
+DROP FUNCTION envoisms.webhook_update(text, text, text, text[], boolean);
+DROP FUNCTION envoisms.webhook_claim(int, interval, int, jsonb);
+
+CREATE OR REPLACE FUNCTION envoisms.message_send_bulk(account_id text, messages jsonb, "from" text DEFAULT 'ENVOISMS',
+                                           channel text DEFAULT 'sms', api_key_id text DEFAULT NULL,
+                                           sandbox boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    batch text := envoisms.new_id('batch');
+    sender text;
+    ids text[];
+    numbers text[];
+    bodies text[];
+    metas jsonb[];
+    encodings text[];
+    segments int[];
+    bad_ord int;
+    bad_error text;
+    bad_field text;
+    bad_detail text;
+    price record;
+    total int;
+    total_units int;
+    cost_mad numeric;
+    cost_eur numeric;
+    created timestamptz := now();
+    woken boolean;
+BEGIN
+    channel := coalesce(channel, 'sms');
+    price := envoisms.check_account_channel(account_id, channel);
+    sender := envoisms.check_sender_id("from");
+    IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'messages must be an array', 'messages');
+    END IF;
+    total := jsonb_array_length(messages);
+    IF total = 0 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'messages must hold 1 to 10000 entries', 'messages');
+    ELSIF total > 10000 THEN
+        PERFORM envoisms.raise_error('PAYLOAD_TOO_LARGE',
+            format('a bulk send holds at most 10000 messages; got %s', total), 'messages');
+    END IF;
+
+    -- Validate every entry in one set-based pass into column arrays (the
+    -- rows to insert), which also gives the first bad entry and the units.
+    SELECT array_agg(x.id), array_agg(x.e164), array_agg(x.body), array_agg(x.meta), array_agg(x.encoding),
+           array_agg(x.segments),
+           sum(CASE WHEN channel = 'whatsapp' THEN 1 ELSE x.segments END),
+           -- the first bad entry
+           (array_agg(x.ord) FILTER (WHERE x.error IS NOT NULL))[1],
+           (array_agg(x.error) FILTER (WHERE x.error IS NOT NULL))[1],
+           (array_agg(x.field) FILTER (WHERE x.error IS NOT NULL))[1],
+           (array_agg(x.detail) FILTER (WHERE x.error IS NOT NULL))[1]
+      INTO ids, numbers, bodies, metas, encodings, segments, total_units, bad_ord, bad_error, bad_field, bad_detail
+      FROM (SELECT v.ord, envoisms.new_id('msg') AS id, v.e164, v.body, v.meta, s.encoding, s.segments,
+                   CASE WHEN v.kind <> 'object' THEN 'VALIDATION_ERROR'
+                        WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'INVALID_PHONE'
+                        WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'VALIDATION_ERROR'
+                        WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'VALIDATION_ERROR'
+                        WHEN v.opted_out THEN 'OPTED_OUT' END AS error,
+                   CASE WHEN v.kind <> 'object' THEN 'messages'
+                        WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'to'
+                        WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'message'
+                        WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'metadata'
+                        ELSE 'to' END AS field,
+                   CASE WHEN v.kind <> 'object' THEN 'must be an object'
+                        WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+'
+                             THEN 'to must be E.164 format, for example +212612345678'
+                        WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600
+                             THEN format('message must be 1 to 1600 characters (got %s)', coalesce(length(v.body), 0))
+                        WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'metadata must be an object'
+                        ELSE 'the recipient opted out' END AS detail
+              FROM (SELECT w.*, w.e164 IS NOT NULL AND w.e164 IN (   -- hashed: one read of the account's opt-outs
+                               SELECT o.phone FROM envoisms.optouts o
+                                WHERE o.account_id = message_send_bulk.account_id) AS opted_out
+                      FROM (SELECT e.ord::int AS ord, jsonb_typeof(e.value) AS kind,
+                                   CASE WHEN jsonb_typeof(e.value) = 'object' THEN e.value->>'to' END AS raw_to,
+                                   CASE WHEN jsonb_typeof(e.value) = 'object' THEN envoisms.phone_e164(e.value->>'to') END AS e164,
+                                   CASE WHEN jsonb_typeof(e.value) = 'object'
+                                        THEN coalesce(e.value->>'message', e.value->>'body') END AS body,
+                                   CASE WHEN jsonb_typeof(e.value) = 'object' THEN nullif(e.value->'metadata', 'null') END AS meta
+                              FROM jsonb_array_elements(messages) WITH ORDINALITY AS e(value, ord)
+                            OFFSET 0) w          -- OFFSET 0: evaluate phone_e164 once per entry, not per reference
+                    OFFSET 0) v
+              LEFT JOIN LATERAL envoisms.sms_segments(CASE WHEN length(v.body) <= 1600 THEN v.body END) s ON true
+             ORDER BY v.ord                      -- the aggregates above take the entries in request order
+            OFFSET 0) x;
+
+    IF bad_ord IS NOT NULL THEN
+        PERFORM envoisms.raise_error(bad_error, format('messages[%s]: %s', bad_ord - 1, bad_detail),
+                                     format('messages[%s].%s', bad_ord - 1, bad_field));
+    END IF;
+
+    cost_mad := price.mad * total_units;
+    cost_eur := price.eur * total_units;
+    IF NOT sandbox THEN
+        PERFORM envoisms.balance_debit(account_id, cost_mad);
+    END IF;
+
+    INSERT INTO envoisms.batches (account_id, batch_id, channel, total, cost_mad, cost_eur, created_at)
+    VALUES (account_id, batch, channel, total, cost_mad, cost_eur, created);
+
+    INSERT INTO envoisms.messages (account_id, message_id, api_key_id, batch_id, to_number, sender_id, channel,
+                                   body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                   metadata, created_at, updated_at, next_attempt_at)
+    SELECT message_send_bulk.account_id, u.id, api_key_id, batch, u.to_number, sender, channel,
+           u.body, u.encoding, n.units, price.mad * n.units, price.eur * n.units,
+           CASE WHEN sandbox THEN 0 ELSE price.mad * n.units END, sandbox, u.metadata, created, created, created
+      FROM unnest(ids, numbers, bodies, metas, encodings, segments) AS u(id, to_number, body, metadata, encoding, segments)
+     CROSS JOIN LATERAL (SELECT CASE WHEN channel = 'whatsapp' THEN 1 ELSE u.segments END AS units) n;
+
+    woken := envoisms.wake_dispatcher();   -- an assignment, not PERFORM: no SPI statement
+    RETURN jsonb_build_object(
+        'batch_id', batch, 'total', total, 'queued', total, 'failed', 0, 'channel', channel,
+        'estimated_cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),
+        'messages', envoisms.message_bulk_items(ids, numbers));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.verify_json(s envoisms.verify_sessions) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', s.session_id, 'to', s.to_number, 'channel', s.channel, 'message_id', s.message_id,
+        'status', CASE WHEN s.status = 'sent' AND s.expires_at <= now() THEN 'expired'
+                       WHEN s.status = 'sent' THEN 'pending' ELSE s.status END,
+        'attempts', s.attempts,
+        'expires_at', envoisms.iso_time(s.expires_at), 'verified_at', envoisms.iso_time(s.verified_at),
+        'created_at', envoisms.iso_time(s.created_at))
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.verify_check(account_id text, session_id text, code text)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    s envoisms.verify_sessions;
+    given text;
+    failed jsonb;
+BEGIN
+    IF session_id IS NULL OR length(session_id) NOT BETWEEN 1 AND 64 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'session_id is required', 'session_id');
+    END IF;
+    IF code IS NULL OR length(btrim(code)) NOT BETWEEN 1 AND 32 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'code is required (the digits the user entered)', 'code');
+    END IF;
+    failed := jsonb_build_object('session_id', session_id, 'verified', false, 'status', 'failed', 'verified_at', NULL);
+    -- the HMAC is computed whatever happens next, so timing does not tell an unknown session
+    given := envoisms.verify_code_hmac(session_id, btrim(code));
+
+    -- the right code on a live session: verified (at most once: the condition
+    -- is re-checked on the newest row version if another check got there first)
+    UPDATE envoisms.verify_sessions x SET status = 'verified', verified_at = now()
+     WHERE x.account_id = verify_check.account_id AND x.session_id = verify_check.session_id
+       AND x.status = 'sent' AND x.attempts < x.max_attempts AND x.expires_at > now()
+       AND envoisms.secure_equals(given, x.code_hmac)
+    RETURNING * INTO s;
+    IF FOUND THEN
+        PERFORM envoisms.webhook_enqueue(s.account_id, 'verify.success', envoisms.verify_json(s));
+        RETURN jsonb_build_object('session_id', s.session_id, 'verified', true, 'status', 'verified',
+                                  'verified_at', envoisms.iso_time(s.verified_at));
+    END IF;
+    -- a wrong code on a live session: one more attempt, the last one kills it
+    UPDATE envoisms.verify_sessions x
+       SET attempts = x.attempts + 1,
+           status = CASE WHEN x.attempts + 1 >= x.max_attempts THEN 'failed' ELSE x.status END
+     WHERE x.account_id = verify_check.account_id AND x.session_id = verify_check.session_id
+       AND x.status = 'sent' AND x.attempts < x.max_attempts AND x.expires_at > now()
+       AND NOT envoisms.secure_equals(given, x.code_hmac);
+    IF FOUND THEN
+        RETURN failed;
+    END IF;
+    -- not live: say why where the contract needs it
+    SELECT * INTO s FROM envoisms.verify_sessions x
+     WHERE x.account_id = verify_check.account_id AND x.session_id = verify_check.session_id;
+    IF NOT FOUND OR s.status = 'verified' THEN
+        RETURN failed;
+    ELSIF s.status = 'failed' OR s.attempts >= s.max_attempts THEN
+        PERFORM envoisms.raise_error('TOO_MANY_ATTEMPTS',
+            format('too many wrong codes for this session (%s); send a new code', s.max_attempts), 'code');
+    END IF;
+    IF s.status = 'voided' THEN
+        PERFORM envoisms.raise_error('EXPIRED', 'the verification session was cancelled; send a new code', 'session_id');
+    END IF;
+    PERFORM envoisms.raise_error('EXPIRED', 'the verification session expired; send a new code', 'session_id');
+    RETURN failed;      -- not reached
+END
+$$;
+
+CREATE FUNCTION envoisms.verify_cancel(account_id text, session_id text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    s envoisms.verify_sessions;
+BEGIN
+    UPDATE envoisms.verify_sessions x SET status = 'voided'
+     WHERE x.account_id = verify_cancel.account_id AND x.session_id = verify_cancel.session_id
+       AND x.status = 'sent' AND x.expires_at > now()
+    RETURNING * INTO s;
+    IF NOT FOUND THEN
+        SELECT * INTO s FROM envoisms.verify_sessions x
+         WHERE x.account_id = verify_cancel.account_id AND x.session_id = verify_cancel.session_id;
+        IF NOT FOUND THEN
+            PERFORM envoisms.raise_error('NOT_FOUND', 'verification session not found', 'id');
+        ELSIF s.status = 'verified' THEN
+            PERFORM envoisms.raise_error('CONFLICT', 'the verification session is already verified', 'id');
+        END IF;
+    END IF;
+    RETURN envoisms.verify_json(s);
+END
+$$;
+
+CREATE FUNCTION envoisms.api_verify_cancel(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.verify_cancel(req.account_id, req.id));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.api_analytics(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    days int := envoisms.query_int(req.query, 'days', NULL, 1, 3660);
+BEGIN
+    RETURN envoisms.reply(200, envoisms.analytics_summary(
+        req.account_id,
+        coalesce(envoisms.parse_time(req.query->>'from_date', 'from_date'), now() - make_interval(days => days)),
+        envoisms.parse_time(req.query->>'to_date', 'to_date')));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.webhook_json(w envoisms.webhooks) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('id', w.webhook_id, 'url', w.url, 'events', to_jsonb(w.events), 'active', w.active,
+                              'last_triggered_at', envoisms.iso_time(w.last_triggered_at),
+                              'last_status', w.last_status, 'signature_format', w.signature_format,
+                              'created_at', envoisms.iso_time(w.created_at))
+$$;
+
+CREATE FUNCTION envoisms.check_webhook_signature_format(format text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF format IS NOT NULL AND format NOT IN ('sha256', 'timestamped') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'signature_format must be "sha256" (sha256=<hex>) or "timestamped" (t=<unix>,v1=<hex>)', 'signature_format');
+    END IF;
+    RETURN format;
+END
+$$;
+
+CREATE FUNCTION envoisms.webhook_create(account_id text, url text, events text[] DEFAULT NULL,
+                                        secret text DEFAULT NULL, signature_format text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    w envoisms.webhooks;
+BEGIN
+    url := envoisms.check_webhook_url(url);
+    events := envoisms.check_webhook_events(events);
+    IF secret IS NOT NULL AND (secret !~ '^[\x21-\x7e]+$' OR length(secret) NOT BETWEEN 16 AND 256) THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'secret must be 16 to 256 printable characters without spaces', 'secret');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM envoisms.accounts a WHERE a.account_id = webhook_create.account_id) THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
+    END IF;
+    IF (SELECT count(*) FROM envoisms.webhooks x
+         WHERE x.account_id = webhook_create.account_id AND x.deleted_at IS NULL) >= 20 THEN
+        PERFORM envoisms.raise_error('CONFLICT', 'an account has at most 20 webhooks; delete one first', 'url');
+    END IF;
+    INSERT INTO envoisms.webhooks (account_id, webhook_id, url, events, secret, signature_format)
+    VALUES (account_id, envoisms.new_id('whk'), url, events,
+            coalesce(secret, 'whsec_' || envoisms.random_bytes_hex(24)),
+            coalesce(envoisms.check_webhook_signature_format(signature_format), 'sha256'))
+    RETURNING * INTO w;
+    RETURN jsonb_build_object('id', w.webhook_id, 'url', w.url, 'events', to_jsonb(w.events),
+                              'secret', w.secret, 'active', w.active, 'signature_format', w.signature_format,
+                              'created_at', envoisms.iso_time(w.created_at));
+END
+$$;
+
+CREATE FUNCTION envoisms.webhook_update(account_id text, webhook_id text, url text DEFAULT NULL,
+                                        events text[] DEFAULT NULL, active boolean DEFAULT NULL,
+                                        signature_format text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    w envoisms.webhooks := envoisms.webhook_lock(account_id, webhook_id);
+BEGIN
+    IF url IS NULL AND events IS NULL AND active IS NULL AND signature_format IS NULL THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'give at least one of url, events, active, signature_format', 'url');
+    END IF;
+    signature_format := envoisms.check_webhook_signature_format(signature_format);
+    IF url IS NOT NULL THEN
+        url := envoisms.check_webhook_url(url);
+    END IF;
+    IF events IS NOT NULL THEN
+        events := envoisms.check_webhook_events(events);
+    END IF;
+    UPDATE envoisms.webhooks x
+       SET url = coalesce(webhook_update.url, x.url),
+           events = coalesce(webhook_update.events, x.events),
+           active = coalesce(webhook_update.active, x.active),
+           signature_format = coalesce(webhook_update.signature_format, x.signature_format),
+           failing_since = CASE WHEN webhook_update.active THEN NULL ELSE x.failing_since END,
+           disabled_reason = CASE WHEN webhook_update.active THEN NULL ELSE x.disabled_reason END
+     WHERE x.account_id = w.account_id AND x.webhook_id = w.webhook_id;
+    RETURN jsonb_build_object('updated', true, 'id', w.webhook_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.api_webhooks_create(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(201, envoisms.webhook_create(
+        req.account_id, envoisms.body_text(req.body, 'url'), envoisms.body_text_array(req.body, 'events'),
+        envoisms.body_text(req.body, 'secret'), envoisms.body_text(req.body, 'signature_format')));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.api_webhooks_update(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.webhook_update(
+        req.account_id, req.id, envoisms.body_text(req.body, 'url'), envoisms.body_text_array(req.body, 'events'),
+        envoisms.body_bool(req.body, 'active', NULL), envoisms.body_text(req.body, 'signature_format')));
+END
+$$;
+
+CREATE FUNCTION envoisms.webhook_claim(batch int, lease interval, per_endpoint int, busy jsonb DEFAULT '{}')
+RETURNS TABLE (account_id text, delivery_id bigint, webhook_id text, event_id text, event_type text,
+               payload text, attempts int, url text, secret text, signature_format text)
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT d.account_id, d.delivery_id, d.webhook_id, d.event_type, d.next_attempt_at,
+               d.account_id || '/' || d.webhook_id AS endpoint
+          FROM envoisms.webhook_deliveries d
+         WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+           AND (d.locked_until IS NULL OR d.locked_until < now())
+           AND coalesce((busy->>(d.account_id || '/' || d.webhook_id))::int, 0) < per_endpoint
+         ORDER BY d.next_attempt_at
+         LIMIT batch * 4
+    ), ranked AS (
+        SELECT c.*, w.url, w.secret, w.signature_format,
+               w.deleted_at IS NULL AND (w.active OR c.event_type = 'message.test') AS live,
+               row_number() OVER (PARTITION BY c.endpoint ORDER BY c.next_attempt_at) AS rn
+          FROM candidates c
+          JOIN envoisms.webhooks w ON w.account_id = c.account_id AND w.webhook_id = c.webhook_id
+    ), picked AS (
+        SELECT r.* FROM ranked r
+         WHERE NOT r.live OR r.rn <= per_endpoint - coalesce((busy->>r.endpoint)::int, 0)
+         ORDER BY r.next_attempt_at
+         LIMIT batch
+    ), locked AS (
+        SELECT p.account_id, p.delivery_id, p.url, p.secret, p.signature_format, p.live
+          FROM envoisms.webhook_deliveries d
+          JOIN picked p ON p.account_id = d.account_id AND p.delivery_id = d.delivery_id
+         WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until < now())
+           FOR UPDATE OF d SKIP LOCKED
+    ), cancelled AS (
+        UPDATE envoisms.webhook_deliveries d
+           SET status = 'cancelled', last_error = 'the webhook was disabled or deleted', locked_until = NULL
+          FROM locked l
+         WHERE NOT l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
+        RETURNING 1
+    ), leased AS (
+        UPDATE envoisms.webhook_deliveries d
+           SET locked_until = now() + lease, attempts = d.attempts + 1
+          FROM locked l
+         WHERE l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
+        RETURNING d.account_id, d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts,
+                  l.url, l.secret, l.signature_format
+    )
+    SELECT l.* FROM leased l;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.webhook_enqueue(account_id text, event_type text, data jsonb,
+                                         only_webhook text DEFAULT NULL)
+RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    event_id text := envoisms.new_id('evt');
+    payload text;
+    n int;
+BEGIN
+    -- most status changes have no subscriber: do not render a payload for nobody
+    IF NOT EXISTS (SELECT 1 FROM envoisms.webhooks w
+                    WHERE w.account_id = webhook_enqueue.account_id AND w.deleted_at IS NULL
+                      AND (only_webhook IS NOT NULL AND w.webhook_id = only_webhook
+                           OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events))) THEN
+        RETURN 0;
+    END IF;
+    -- "event" and "timestamp" repeat "type" and "created_at" under the names
+    -- the official SDKs' WebhookEvent reads
+    payload := jsonb_build_object('id', event_id, 'type', event_type, 'event', event_type,
+                                  'created_at', envoisms.iso_time(now()), 'timestamp', envoisms.iso_time(now()),
+                                  'data', data)::text;
+    INSERT INTO envoisms.webhook_deliveries (account_id, webhook_id, event_id, event_type, payload)
+    SELECT w.account_id, w.webhook_id, event_id, event_type, payload
+      FROM envoisms.webhooks w
+     WHERE w.account_id = webhook_enqueue.account_id AND w.deleted_at IS NULL
+       AND (only_webhook IS NOT NULL AND w.webhook_id = only_webhook
+            OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM envoisms.wake_webhooks();
+    END IF;
+    RETURN n;
+END
+$$;
+
+INSERT INTO envoisms.api_endpoints (method, template, handler, permission) VALUES
+    ('POST', '/v1/verify/:id/cancel', 'envoisms.api_verify_cancel(envoisms.api_request)', 'verify');
+
+-- ---- 7. nothing is open to PUBLIC (as 95_grants.sql does at install)
+REVOKE ALL ON FUNCTION envoisms.verify_cancel(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.api_verify_cancel(envoisms.api_request) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.check_webhook_signature_format(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.webhook_create(text, text, text[], text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.webhook_update(text, text, text, text[], boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.webhook_claim(int, interval, int, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.permissions_normalize(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.check_no_escalation(envoisms.api_keys, text[], cidr[], int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.check_key_kind(envoisms.api_keys, text) FROM PUBLIC;

@@ -220,6 +220,9 @@ CREATE TABLE envoisms.webhooks (
     failing_since     timestamptz,
     disabled_reason   text,
     created_at        timestamptz NOT NULL DEFAULT now(),
+    -- how deliveries are signed: "sha256=<hex>" of the body (the contract),
+    -- or "t=<unix>,v1=<hex>" of "<t>.<body>" (the official SDKs' other form)
+    signature_format  text NOT NULL DEFAULT 'sha256' CHECK (signature_format IN ('sha256', 'timestamped')),
     PRIMARY KEY (account_id, webhook_id)
 );
 

@@ -303,7 +303,9 @@ AS 'MODULE_PATHNAME', 'message_bulk_items' LANGUAGE C STRICT IMMUTABLE;
 
 -- Send up to 10,000 messages at once; returns the contract's
 -- POST /v1/messages/bulk response. All or nothing: one bad entry, or a
--- balance short of the whole batch, rejects it and nothing is written.
+-- balance short of the whole batch, rejects it and nothing is written (so
+-- the "queued" and "failed" counts the official clients read are always
+-- the total and 0).
 CREATE FUNCTION envoisms.message_send_bulk(account_id text, messages jsonb, "from" text DEFAULT 'ENVOISMS',
                                            channel text DEFAULT 'sms', api_key_id text DEFAULT NULL,
                                            sandbox boolean DEFAULT false)
@@ -414,7 +416,7 @@ BEGIN
 
     woken := envoisms.wake_dispatcher();   -- an assignment, not PERFORM: no SPI statement
     RETURN jsonb_build_object(
-        'batch_id', batch, 'total', total, 'channel', channel,
+        'batch_id', batch, 'total', total, 'queued', total, 'failed', 0, 'channel', channel,
         'estimated_cost', jsonb_build_object('eur', envoisms.money(cost_eur), 'mad', envoisms.money(cost_mad)),
         'messages', envoisms.message_bulk_items(ids, numbers));
 END
@@ -431,7 +433,9 @@ RETURN CASE WHEN metadata->>'purpose' = 'otp' AND metadata ? 'verify_session_id'
                                 '•', 'g')
             ELSE body END;
 
--- The contract's GET /v1/messages/:id shape (with its delivery log).
+-- The contract's GET /v1/messages/:id shape (with its delivery log), and
+-- "failure_reason" (the error of a failed message, else null) that the
+-- official clients read.
 -- (PL/pgSQL so its plans are cached: the status trigger renders it for webhooks.)
 CREATE FUNCTION envoisms.message_json(m envoisms.messages, with_events boolean DEFAULT true) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
@@ -445,6 +449,7 @@ BEGIN
         'status', m.status, 'cost_eur', envoisms.money(m.cost_eur), 'cost_mad', envoisms.money(m.cost_mad),
         'metadata', CASE WHEN m.metadata IS NULL THEN NULL ELSE to_jsonb(m.metadata::text) END,
         'sandbox', m.sandbox, 'error_code', m.error_code, 'error_message', m.error_message,
+        'failure_reason', CASE WHEN m.status = 'failed' THEN coalesce(m.error_message, m.error_code) END,
         'created_at', envoisms.iso_time(m.created_at),
         'sent_at', envoisms.iso_time(m.sent_at), 'delivered_at', envoisms.iso_time(m.delivered_at))
     || CASE WHEN with_events THEN jsonb_build_object('events',
@@ -523,7 +528,9 @@ BEGIN
        AND (message_list.direction IS NULL OR x.direction = message_list.direction)
        AND (from_date IS NULL OR x.created_at >= from_date)
        AND (to_date IS NULL OR x.created_at <= to_date);
-    RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
+    -- the rows under "data" (the contract) and "messages" (what the official
+    -- Node client reads): one value referenced twice, serialised twice
+    RETURN jsonb_build_object('data', rows, 'messages', rows, 'limit', "limit", 'offset', "offset", 'total', n);
 END
 $$;
 

@@ -57,8 +57,11 @@ BEGIN
                            OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events))) THEN
         RETURN 0;
     END IF;
-    payload := jsonb_build_object('id', event_id, 'type', event_type,
-                                  'created_at', envoisms.iso_time(now()), 'data', data)::text;
+    -- "event" and "timestamp" repeat "type" and "created_at" under the names
+    -- the official SDKs' WebhookEvent reads
+    payload := jsonb_build_object('id', event_id, 'type', event_type, 'event', event_type,
+                                  'created_at', envoisms.iso_time(now()), 'timestamp', envoisms.iso_time(now()),
+                                  'data', data)::text;
     INSERT INTO envoisms.webhook_deliveries (account_id, webhook_id, event_id, event_type, payload)
     SELECT w.account_id, w.webhook_id, event_id, event_type, payload
       FROM envoisms.webhooks w

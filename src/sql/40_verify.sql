@@ -60,7 +60,7 @@ CREATE TABLE envoisms.verify_sessions (
     channel      text NOT NULL CHECK (channel IN ('sms', 'whatsapp')),
     message_id   text NOT NULL,
     code_hmac    text NOT NULL CHECK (code_hmac ~ '^[0-9a-f]{64}$'),
-    status       text NOT NULL DEFAULT 'sent' CHECK (status IN ('sent', 'verified', 'failed')),
+    status       text NOT NULL DEFAULT 'sent' CHECK (status IN ('sent', 'verified', 'failed', 'voided')),
     attempts     int  NOT NULL DEFAULT 0 CHECK (attempts BETWEEN 0 AND 10),
     max_attempts int  NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 10),   -- the account's limit at send time
     sandbox      boolean NOT NULL DEFAULT false,
@@ -105,12 +105,16 @@ BEGIN
 END
 $$;
 
--- The contract's GET /v1/verify/:id shape (status: sent, verified, expired, failed).
+-- The contract's GET /v1/verify/:id shape, with what the official clients
+-- read beside it: "status" in their set (pending, verified, failed, expired,
+-- voided) and "attempts" (wrong codes so far).
 CREATE FUNCTION envoisms.verify_json(s envoisms.verify_sessions) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'id', s.session_id, 'to', s.to_number, 'channel', s.channel, 'message_id', s.message_id,
-        'status', CASE WHEN s.status = 'sent' AND s.expires_at <= now() THEN 'expired' ELSE s.status END,
+        'status', CASE WHEN s.status = 'sent' AND s.expires_at <= now() THEN 'expired'
+                       WHEN s.status = 'sent' THEN 'pending' ELSE s.status END,
+        'attempts', s.attempts,
         'expires_at', envoisms.iso_time(s.expires_at), 'verified_at', envoisms.iso_time(s.verified_at),
         'created_at', envoisms.iso_time(s.created_at))
 $$;
@@ -221,10 +225,12 @@ BEGIN
 END
 $$;
 
--- Check a code; returns the contract's POST /v1/verify/check response.
+-- Check a code; returns the contract's POST /v1/verify/check response, with
+-- "status" ("verified", or "failed" for this check) for the official clients.
 -- Right code: {"verified": true} once, and a verify.success webhook event.
 -- Wrong code, unknown session or used session: {"verified": false} (200).
--- Expired: EXPIRED (410). Dead after too many wrong codes: TOO_MANY_ATTEMPTS (429).
+-- Expired or voided: EXPIRED (410). Dead after too many wrong codes:
+-- TOO_MANY_ATTEMPTS (429).
 CREATE FUNCTION envoisms.verify_check(account_id text, session_id text, code text)
 RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
@@ -239,7 +245,7 @@ BEGIN
     IF code IS NULL OR length(btrim(code)) NOT BETWEEN 1 AND 32 THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'code is required (the digits the user entered)', 'code');
     END IF;
-    failed := jsonb_build_object('session_id', session_id, 'verified', false, 'verified_at', NULL);
+    failed := jsonb_build_object('session_id', session_id, 'verified', false, 'status', 'failed', 'verified_at', NULL);
     -- the HMAC is computed whatever happens next, so timing does not tell an unknown session
     given := envoisms.verify_code_hmac(session_id, btrim(code));
 
@@ -252,7 +258,7 @@ BEGIN
     RETURNING * INTO s;
     IF FOUND THEN
         PERFORM envoisms.webhook_enqueue(s.account_id, 'verify.success', envoisms.verify_json(s));
-        RETURN jsonb_build_object('session_id', s.session_id, 'verified', true,
+        RETURN jsonb_build_object('session_id', s.session_id, 'verified', true, 'status', 'verified',
                                   'verified_at', envoisms.iso_time(s.verified_at));
     END IF;
     -- a wrong code on a live session: one more attempt, the last one kills it
@@ -274,8 +280,37 @@ BEGIN
         PERFORM envoisms.raise_error('TOO_MANY_ATTEMPTS',
             format('too many wrong codes for this session (%s); send a new code', s.max_attempts), 'code');
     END IF;
+    IF s.status = 'voided' THEN
+        PERFORM envoisms.raise_error('EXPIRED', 'the verification session was cancelled; send a new code', 'session_id');
+    END IF;
     PERFORM envoisms.raise_error('EXPIRED', 'the verification session expired; send a new code', 'session_id');
     RETURN failed;      -- not reached
+END
+$$;
+
+-- Void a session (the user gave up, the app moved on): no code verifies it
+-- any more. Voiding a voided session changes nothing; a verified one is a
+-- CONFLICT, an expired or dead one is left as it is. Returns the session as
+-- GET /v1/verify/:id shows it.
+CREATE FUNCTION envoisms.verify_cancel(account_id text, session_id text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    s envoisms.verify_sessions;
+BEGIN
+    UPDATE envoisms.verify_sessions x SET status = 'voided'
+     WHERE x.account_id = verify_cancel.account_id AND x.session_id = verify_cancel.session_id
+       AND x.status = 'sent' AND x.expires_at > now()
+    RETURNING * INTO s;
+    IF NOT FOUND THEN
+        SELECT * INTO s FROM envoisms.verify_sessions x
+         WHERE x.account_id = verify_cancel.account_id AND x.session_id = verify_cancel.session_id;
+        IF NOT FOUND THEN
+            PERFORM envoisms.raise_error('NOT_FOUND', 'verification session not found', 'id');
+        ELSIF s.status = 'verified' THEN
+            PERFORM envoisms.raise_error('CONFLICT', 'the verification session is already verified', 'id');
+        END IF;
+    END IF;
+    RETURN envoisms.verify_json(s);
 END
 $$;
 
@@ -338,7 +373,15 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION envoisms.api_verify_cancel(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN envoisms.reply(200, envoisms.verify_cancel(req.account_id, req.id));
+END
+$$;
+
 INSERT INTO envoisms.api_endpoints (method, template, handler, permission) VALUES
     ('POST', '/v1/verify/send',  'envoisms.api_verify_send(envoisms.api_request)',  'verify'),
     ('POST', '/v1/verify/check', 'envoisms.api_verify_check(envoisms.api_request)', 'verify'),
-    ('GET',  '/v1/verify/:id',   'envoisms.api_verify_get(envoisms.api_request)',   'verify');
+    ('GET',  '/v1/verify/:id',   'envoisms.api_verify_get(envoisms.api_request)',   'verify'),
+    ('POST', '/v1/verify/:id/cancel', 'envoisms.api_verify_cancel(envoisms.api_request)', 'verify');

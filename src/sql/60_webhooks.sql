@@ -66,12 +66,25 @@ BEGIN
 END
 $$;
 
--- The contract's webhook shape (never the secret).
+-- The contract's webhook shape (never the secret), and how it is signed.
 CREATE FUNCTION envoisms.webhook_json(w envoisms.webhooks) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('id', w.webhook_id, 'url', w.url, 'events', to_jsonb(w.events), 'active', w.active,
                               'last_triggered_at', envoisms.iso_time(w.last_triggered_at),
-                              'last_status', w.last_status, 'created_at', envoisms.iso_time(w.created_at))
+                              'last_status', w.last_status, 'signature_format', w.signature_format,
+                              'created_at', envoisms.iso_time(w.created_at))
+$$;
+
+-- Validate a signature format: NULL, "sha256" or "timestamped".
+CREATE FUNCTION envoisms.check_webhook_signature_format(format text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF format IS NOT NULL AND format NOT IN ('sha256', 'timestamped') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'signature_format must be "sha256" (sha256=<hex>) or "timestamped" (t=<unix>,v1=<hex>)', 'signature_format');
+    END IF;
+    RETURN format;
+END
 $$;
 
 -- One live (not deleted) webhook of the account, locked, or NOT_FOUND.
@@ -94,7 +107,7 @@ $$;
 -- Register a webhook; returns the contract's POST /v1/webhooks response,
 -- the only one that shows the secret.
 CREATE FUNCTION envoisms.webhook_create(account_id text, url text, events text[] DEFAULT NULL,
-                                        secret text DEFAULT NULL)
+                                        secret text DEFAULT NULL, signature_format text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
@@ -113,12 +126,14 @@ BEGIN
          WHERE x.account_id = webhook_create.account_id AND x.deleted_at IS NULL) >= 20 THEN
         PERFORM envoisms.raise_error('CONFLICT', 'an account has at most 20 webhooks; delete one first', 'url');
     END IF;
-    INSERT INTO envoisms.webhooks (account_id, webhook_id, url, events, secret)
+    INSERT INTO envoisms.webhooks (account_id, webhook_id, url, events, secret, signature_format)
     VALUES (account_id, envoisms.new_id('whk'), url, events,
-            coalesce(secret, 'whsec_' || envoisms.random_bytes_hex(24)))
+            coalesce(secret, 'whsec_' || envoisms.random_bytes_hex(24)),
+            coalesce(envoisms.check_webhook_signature_format(signature_format), 'sha256'))
     RETURNING * INTO w;
     RETURN jsonb_build_object('id', w.webhook_id, 'url', w.url, 'events', to_jsonb(w.events),
-                              'secret', w.secret, 'active', w.active, 'created_at', envoisms.iso_time(w.created_at));
+                              'secret', w.secret, 'active', w.active, 'signature_format', w.signature_format,
+                              'created_at', envoisms.iso_time(w.created_at));
 END
 $$;
 
@@ -129,18 +144,21 @@ LANGUAGE sql STABLE AS $$
       FROM envoisms.webhooks w WHERE w.account_id = webhook_list.account_id AND w.deleted_at IS NULL
 $$;
 
--- Change a webhook's url, events or active flag (NULL = unchanged; at least
--- one must be given). Re-activating clears an automatic disable.
+-- Change a webhook's url, events, active flag or signature format (NULL =
+-- unchanged; at least one must be given). Re-activating clears an automatic
+-- disable.
 CREATE FUNCTION envoisms.webhook_update(account_id text, webhook_id text, url text DEFAULT NULL,
-                                        events text[] DEFAULT NULL, active boolean DEFAULT NULL)
+                                        events text[] DEFAULT NULL, active boolean DEFAULT NULL,
+                                        signature_format text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     w envoisms.webhooks := envoisms.webhook_lock(account_id, webhook_id);
 BEGIN
-    IF url IS NULL AND events IS NULL AND active IS NULL THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'give at least one of url, events, active', 'url');
+    IF url IS NULL AND events IS NULL AND active IS NULL AND signature_format IS NULL THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'give at least one of url, events, active, signature_format', 'url');
     END IF;
+    signature_format := envoisms.check_webhook_signature_format(signature_format);
     IF url IS NOT NULL THEN
         url := envoisms.check_webhook_url(url);
     END IF;
@@ -151,6 +169,7 @@ BEGIN
        SET url = coalesce(webhook_update.url, x.url),
            events = coalesce(webhook_update.events, x.events),
            active = coalesce(webhook_update.active, x.active),
+           signature_format = coalesce(webhook_update.signature_format, x.signature_format),
            failing_since = CASE WHEN webhook_update.active THEN NULL ELSE x.failing_since END,
            disabled_reason = CASE WHEN webhook_update.active THEN NULL ELSE x.disabled_reason END
      WHERE x.account_id = w.account_id AND x.webhook_id = w.webhook_id;
@@ -201,7 +220,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     RETURN envoisms.reply(201, envoisms.webhook_create(
         req.account_id, envoisms.body_text(req.body, 'url'), envoisms.body_text_array(req.body, 'events'),
-        envoisms.body_text(req.body, 'secret')));
+        envoisms.body_text(req.body, 'secret'), envoisms.body_text(req.body, 'signature_format')));
 END
 $$;
 
@@ -210,7 +229,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     RETURN envoisms.reply(200, envoisms.webhook_update(
         req.account_id, req.id, envoisms.body_text(req.body, 'url'), envoisms.body_text_array(req.body, 'events'),
-        envoisms.body_bool(req.body, 'active', NULL)));
+        envoisms.body_bool(req.body, 'active', NULL), envoisms.body_text(req.body, 'signature_format')));
 END
 $$;
 

@@ -238,14 +238,25 @@ BEGIN
 END
 $$;
 
+-- The kind of key asked for: "key_prefix" ("env_live" | "env_test") or
+-- "scope" ("live" | "test", as the official Python client's README says);
+-- both may be given if they agree.
 CREATE FUNCTION envoisms.api_keys_create(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     prefix text := envoisms.body_text(req.body, 'key_prefix');
+    scope text := envoisms.body_text(req.body, 'scope');
 BEGIN
     IF prefix IS NOT NULL AND prefix NOT IN ('env_live', 'env_test') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'key_prefix must be "env_live" or "env_test"', 'key_prefix');
     END IF;
+    IF scope IS NOT NULL AND scope NOT IN ('live', 'test') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'scope must be "live" or "test"', 'scope');
+    END IF;
+    IF scope IS NOT NULL AND prefix IS NOT NULL AND prefix <> 'env_' || scope THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'scope and key_prefix disagree', 'scope');
+    END IF;
+    prefix := coalesce(prefix, 'env_' || scope);
     IF req.body ? 'name' AND envoisms.body_text(req.body, 'name') IS NULL THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be 1 to 100 characters', 'name');
     END IF;

@@ -520,12 +520,16 @@ BEGIN
 END
 $$;
 
+-- GET /v1/analytics: from_date and to_date (the contract), or "days" (the
+-- last N days, what the official clients send) when from_date is absent.
 CREATE FUNCTION envoisms.api_analytics(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    days int := envoisms.query_int(req.query, 'days', NULL, 1, 3660);
 BEGIN
     RETURN envoisms.reply(200, envoisms.analytics_summary(
         req.account_id,
-        envoisms.parse_time(req.query->>'from_date', 'from_date'),
+        coalesce(envoisms.parse_time(req.query->>'from_date', 'from_date'), now() - make_interval(days => days)),
         envoisms.parse_time(req.query->>'to_date', 'to_date')));
 END
 $$;

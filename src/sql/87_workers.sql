@@ -53,7 +53,7 @@ CREATE VIEW envoisms.worker_stats AS
 -- disabled one).
 CREATE FUNCTION envoisms.webhook_claim(batch int, lease interval, per_endpoint int, busy jsonb DEFAULT '{}')
 RETURNS TABLE (account_id text, delivery_id bigint, webhook_id text, event_id text, event_type text,
-               payload text, attempts int, url text, secret text)
+               payload text, attempts int, url text, secret text, signature_format text)
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     RETURN QUERY
@@ -67,7 +67,7 @@ BEGIN
          ORDER BY d.next_attempt_at
          LIMIT batch * 4
     ), ranked AS (
-        SELECT c.*, w.url, w.secret,
+        SELECT c.*, w.url, w.secret, w.signature_format,
                w.deleted_at IS NULL AND (w.active OR c.event_type = 'message.test') AS live,
                row_number() OVER (PARTITION BY c.endpoint ORDER BY c.next_attempt_at) AS rn
           FROM candidates c
@@ -78,7 +78,7 @@ BEGIN
          ORDER BY r.next_attempt_at
          LIMIT batch
     ), locked AS (
-        SELECT p.account_id, p.delivery_id, p.url, p.secret, p.live
+        SELECT p.account_id, p.delivery_id, p.url, p.secret, p.signature_format, p.live
           FROM envoisms.webhook_deliveries d
           JOIN picked p ON p.account_id = d.account_id AND p.delivery_id = d.delivery_id
          WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until < now())
@@ -95,7 +95,7 @@ BEGIN
           FROM locked l
          WHERE l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
         RETURNING d.account_id, d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts,
-                  l.url, l.secret
+                  l.url, l.secret, l.signature_format
     )
     SELECT l.* FROM leased l;
 END

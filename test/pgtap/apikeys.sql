@@ -3,7 +3,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(115);
+SELECT plan(123);
 
 SELECT pg_temp.new_account(10) AS acc \gset
 SELECT pg_temp.new_key(:'acc') AS root \gset
@@ -167,6 +167,14 @@ SELECT * FROM pg_temp.fails('DELETE', '/v1/api-keys/' || :'live_id', NULL, 403, 
 SELECT body->>'id' AS test_child FROM pg_temp.call('POST', '/v1/api-keys', '{}', :'testkey') \gset
 SELECT is((SELECT status FROM pg_temp.call('PATCH', '/v1/api-keys/' || :'test_child', '{"name": "sandbox 2"}', :'testkey')), 200,
           'a test key manages test keys');
+
+-- "scope" (the official Python client's README) chooses the kind like key_prefix
+SELECT is((SELECT body->>'key_prefix' FROM pg_temp.call('POST', '/v1/api-keys', '{"name": "ci", "scope": "test"}')), 'env_test', 'scope test → a test key');
+SELECT is((SELECT body->>'key_prefix' FROM pg_temp.call('POST', '/v1/api-keys', '{"scope": "live"}')), 'env_live', 'scope live → a live key');
+SELECT * FROM pg_temp.fails('POST', '/v1/api-keys', '{"scope": "live"}', 403, 'FORBIDDEN', 'a test key asking for scope live', :'testkey');
+SELECT * FROM pg_temp.fails('POST', '/v1/api-keys', '{"scope": "prod"}', 400, 'VALIDATION_ERROR', 'an unknown scope');
+SELECT * FROM pg_temp.fails('POST', '/v1/api-keys', '{"scope": "test", "key_prefix": "env_live"}', 400, 'VALIDATION_ERROR',
+                            'scope and key_prefix that disagree');
 
 -- an Idempotency-Key replay of a key creation does not hold the key
 CREATE TEMP TABLE i1 AS SELECT * FROM pg_temp.call('POST', '/v1/api-keys', '{"name": "replayed"}', headers => '{"Idempotency-Key": "mk-1"}');

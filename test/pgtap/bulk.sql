@@ -2,7 +2,7 @@
 -- messages, and all-or-nothing rejection (one bad entry or a short balance
 -- writes nothing), plus billing and analytics routes.
 BEGIN;
-SELECT plan(31);
+SELECT plan(34);
 
 SELECT envoisms.account_create('Acme', 5000, 'croissance') AS acc \gset
 SELECT envoisms.api_key_create(:'acc', 'live', true, rate_limit => NULL)->>'api_key' AS live \gset
@@ -39,7 +39,9 @@ SELECT pg_temp.call('POST', '/v1/messages/bulk', $${
 SELECT is((:'r'::envoisms.api_reply).status, 201, 'bulk: 201');
 SELECT (:'r'::envoisms.api_reply).body AS b \gset
 SELECT ok(:'b'::jsonb->>'batch_id' ~ '^batch_[0-9a-f]{28}$', 'bulk: batch_id');
-SELECT is(:'b'::jsonb - 'batch_id' - 'messages', '{"total": 2, "channel": "sms", "estimated_cost": {"eur": 0.056, "mad": 0.62}}'::jsonb, 'bulk: total, channel, estimated_cost');
+SELECT is(:'b'::jsonb - 'batch_id' - 'messages', '{"total": 2, "channel": "sms", "estimated_cost": {"eur": 0.056, "mad": 0.62},
+                                                   "queued": 2, "failed": 0}'::jsonb,
+          'bulk: total, channel, estimated_cost, and the queued and failed counts the official clients read');
 SELECT is(jsonb_path_query_array(:'b'::jsonb, '$.messages[*].to'), '["+212611111111", "+212622222222"]'::jsonb, 'bulk: messages in request order');
 SELECT is(jsonb_path_query_array(:'b'::jsonb, '$.messages[*].status'), '["queued", "queued"]'::jsonb, 'bulk: queued');
 SELECT ok((SELECT bool_and(id #>> '{}' ~ '^msg_') FROM jsonb_path_query(:'b'::jsonb, '$.messages[*].id') id(id)), 'bulk: message ids');
@@ -90,6 +92,13 @@ SELECT envoisms.message_refund(:'poor', message_id) FROM envoisms.messages WHERE
 SELECT is((pg_temp.call('GET', '/v1/analytics', NULL, :'poorkey')).body,
           '{"summary": {"total": 3, "delivered": 2, "failed": 1, "delivery_rate": 66.7, "cost_mad": 0.62}}'::jsonb, 'analytics: totals, rate, billed cost after the refund');
 SELECT ok((SELECT bool_and(ok) FROM envoisms.balance_check(:'poor')), 'refund: the ledger explains the balance');
+UPDATE envoisms.messages SET created_at = now() - interval '40 days' WHERE account_id = :'poor' AND to_number = '+212610000001';
+SELECT is((pg_temp.call('GET', '/v1/analytics', NULL, :'poorkey', 'days=30')).body->'summary'->'total', '2'::jsonb,
+          'analytics?days=30 (what the official clients send): the last 30 days');
+SELECT is((pg_temp.call('GET', '/v1/analytics', NULL, :'poorkey', 'days=30&from_date=2000-01-01')).body->'summary'->'total', '3'::jsonb,
+          'from_date wins over days');
+SELECT is((SELECT status || ' ' || (body #>> '{error,field}') FROM pg_temp.call('GET', '/v1/analytics', NULL, :'poorkey', 'days=0')),
+          '400 days', 'analytics?days=0 → 400 naming days');
 SELECT is(envoisms.message_refund(:'poor', (SELECT message_id FROM envoisms.messages WHERE account_id = :'poor' AND status = 'failed')), 0::numeric, 'a second refund refunds nothing');
 
 SELECT * FROM finish();

@@ -5,7 +5,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(38);
+SELECT plan(40);
 
 SELECT pg_temp.new_account(10) AS a \gset
 SELECT pg_temp.new_account(10) AS b \gset
@@ -26,6 +26,7 @@ SELECT envoisms.optout_add(:'b', '+212612345671') IS NOT NULL AS ok \gset
 CREATE TEMP TABLE probes (method text, path text, body text, covers text);
 INSERT INTO probes VALUES
     ('GET',    '/v1/verify/' || :'b_vrf',                NULL, '/v1/verify/:id'),
+    ('POST',   '/v1/verify/' || :'b_vrf' || '/cancel',   '{}', '/v1/verify/:id/cancel'),
     ('GET',    '/v1/messages/' || :'b_msg',              NULL, '/v1/messages/:id'),
     ('DELETE', '/v1/contacts/' || :'b_ctc',              NULL, '/v1/contacts/:id'),
     ('GET',    '/v1/campaigns/' || :'b_cmp',             NULL, '/v1/campaigns/:id'),

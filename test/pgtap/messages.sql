@@ -2,7 +2,7 @@
 -- envoisms.api, as the contract shows them, and every bad input next to the
 -- good one, each proving nothing changed (no message, no ledger row, same balance).
 BEGIN;
-SELECT plan(96);
+SELECT plan(102);
 
 SELECT envoisms.account_create('Acme', 100) AS acc \gset
 SELECT envoisms.account_create('Other', 100) AS other \gset
@@ -44,9 +44,12 @@ SELECT pg_temp.call('POST', '/v1/messages', $${
 SELECT is((:'r'::envoisms.api_reply).status, 201, 'send: 201');
 SELECT (:'r'::envoisms.api_reply).body AS b \gset
 SELECT ok(:'b'::jsonb->>'id' ~ '^msg_[0-9a-f]{28}$', 'send: id is msg_…');
-SELECT is(:'b'::jsonb - 'id' - 'created_at',
+SELECT is(:'b'::jsonb - 'id' - 'created_at' - 'message_id' - 'parts' - 'cost_mad' - 'cost_eur',
           '{"to": "+212612345678", "channel": "whatsapp", "cascade": false, "status": "queued",
             "cost": {"eur": 0.0118, "mad": 0.13}, "segments": 1}'::jsonb, 'send: the contract''s fields and values');
+SELECT is(jsonb_build_array(:'b'::jsonb->'message_id', :'b'::jsonb->'parts', :'b'::jsonb->'cost_mad', :'b'::jsonb->'cost_eur'),
+          jsonb_build_array(:'b'::jsonb->'id', :'b'::jsonb->'segments', :'b'::jsonb#>'{cost,mad}', :'b'::jsonb#>'{cost,eur}'),
+          'send: message_id, parts, cost_mad and cost_eur, the names the official clients read, repeat id, segments and cost');
 SELECT ok(:'b'::jsonb->>'created_at' ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$', 'send: created_at in the contract''s format');
 SELECT is(jsonb_typeof(:'b'::jsonb->'cost'->'mad'), 'number', 'send: cost is a JSON number');
 SELECT is(envoisms.account_balance(:'acc'), 99.87::numeric, 'send: 0.13 MAD debited');
@@ -86,7 +89,8 @@ SELECT * FROM pg_temp.rejects('GET', '/v1/messages/' || :'btn_id', NULL, :'other
 
 -- ---- GET /v1/messages
 SELECT pg_temp.call('GET', '/v1/messages', NULL, :'live', 'limit=50&offset=0') AS r \gset
-SELECT is((:'r'::envoisms.api_reply).body - 'data', '{"limit": 50, "offset": 0, "total": 5}'::jsonb, 'list: limit, offset, total');
+SELECT is((:'r'::envoisms.api_reply).body - 'data' - 'messages', '{"limit": 50, "offset": 0, "total": 5}'::jsonb, 'list: limit, offset, total');
+SELECT is((:'r'::envoisms.api_reply).body->'messages', (:'r'::envoisms.api_reply).body->'data', 'list: the rows also under "messages" (the Node client reads it)');
 SELECT ok((:'r'::envoisms.api_reply).body->'data'->0 ?& ARRAY['id', 'to', 'channel', 'body', 'sender_id', 'status', 'cost_mad', 'created_at'],
           'list: the contract''s fields');
 SELECT is((:'r'::envoisms.api_reply).body->'data'->0->>'id', :'btn_id', 'list: newest first');
@@ -135,6 +139,23 @@ SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678'' O
 SELECT pg_temp.call('POST', '/v1/messages', $${"to": "+212612345678", "message": "'); DELETE FROM envoisms.messages; -- $1 %s \\\"}"}$$, :'live') AS r \gset
 SELECT is((SELECT body FROM envoisms.messages WHERE message_id = (:'r'::envoisms.api_reply).body->>'id'),
           $$'); DELETE FROM envoisms.messages; -- $1 %s \"}$$, 'SQL metacharacters are stored verbatim');
+
+-- ---- a 5xx leaves nothing behind: an error nobody expected, raised after
+-- the message row and its debit were written, rolls both back, so a client
+-- that retries after a 500 does not send or pay twice
+CREATE FUNCTION pg_temp.explode() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'a fault after the insert' USING ERRCODE = 'XX001';
+END
+$$;
+CREATE TRIGGER explode AFTER INSERT ON envoisms.messages FOR EACH ROW EXECUTE FUNCTION pg_temp.explode();
+SET LOCAL client_min_messages = error;   -- the 500's logged WARNING
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x"}', :'live', 500, 'INTERNAL_ERROR',
+                              'a send that fails after its insert');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages/bulk', '{"messages": [{"to": "+212612345678", "message": "x"}]}', :'live', 500,
+                              'INTERNAL_ERROR', 'a bulk that fails after its insert');
+DROP TRIGGER explode ON envoisms.messages;
+RESET client_min_messages;
 
 SELECT * FROM finish();
 ROLLBACK;

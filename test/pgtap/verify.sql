@@ -4,7 +4,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(116);
+SELECT plan(129);
 
 SELECT pg_temp.new_account(100) AS acc \gset
 SELECT pg_temp.use_key(pg_temp.new_key(:'acc')) IS NOT NULL AS ok \gset
@@ -58,7 +58,7 @@ SELECT cmp_ok((SELECT sum((n - 2000.0) ^ 2 / 2000.0)::float8 FROM (
 CREATE TEMP TABLE c1 AS SELECT * FROM pg_temp.call('POST', '/v1/verify/check',
     format('{"session_id": "%s", "code": "%s"}', :'sid', CASE WHEN :'code' = '000000' THEN '111111' ELSE '000000' END));
 SELECT is((SELECT status FROM c1), 200, 'wrong code → 200');
-SELECT is((SELECT body FROM c1), jsonb_build_object('session_id', :'sid', 'verified', false, 'verified_at', NULL),
+SELECT is((SELECT body FROM c1), jsonb_build_object('session_id', :'sid', 'verified', false, 'status', 'failed', 'verified_at', NULL),
           'wrong code → verified false');
 SELECT is((SELECT attempts FROM envoisms.verify_sessions WHERE session_id = :'sid'), 1, 'wrong code counts an attempt');
 CREATE TEMP TABLE c2 AS SELECT * FROM pg_temp.call('POST', '/v1/verify/check',
@@ -66,17 +66,18 @@ CREATE TEMP TABLE c2 AS SELECT * FROM pg_temp.call('POST', '/v1/verify/check',
 SELECT is((SELECT status FROM c2), 200, 'right code → 200');
 SELECT is((SELECT body->'verified' FROM c2), 'true'::jsonb, 'right code → verified true');
 SELECT is((SELECT array_agg(k ORDER BY k) FROM c2, jsonb_object_keys(body) k),
-          ARRAY['session_id', 'verified', 'verified_at'], 'check: the contract''s fields');
+          ARRAY['session_id', 'status', 'verified', 'verified_at'], 'check: the contract''s fields, and status (the official clients read it)');
+SELECT is((SELECT body->>'status' FROM c2), 'verified', 'right code → status verified');
 SELECT is((SELECT count(*)::int FROM envoisms.webhook_deliveries WHERE event_type = 'verify.success'
              AND payload::jsonb #>> '{data,id}' = :'sid'), 1, 'verify.success is queued for the subscribed webhook');
 SELECT is((SELECT body FROM pg_temp.call('POST', '/v1/verify/check',
              format('{"session_id": "%s", "code": "%s"}', :'sid', :'code'))),
-          jsonb_build_object('session_id', :'sid', 'verified', false, 'verified_at', NULL),
+          jsonb_build_object('session_id', :'sid', 'verified', false, 'status', 'failed', 'verified_at', NULL),
           'single use: a second right check fails');
 SELECT is((SELECT count(*)::int FROM envoisms.webhook_deliveries WHERE event_type = 'verify.success'), 1,
           'single use: no second verify.success');
 SELECT is((SELECT body FROM pg_temp.call('POST', '/v1/verify/check', '{"session_id": "vrf_0000", "code": "123456"}')),
-          jsonb_build_object('session_id', 'vrf_0000', 'verified', false, 'verified_at', NULL),
+          jsonb_build_object('session_id', 'vrf_0000', 'verified', false, 'status', 'failed', 'verified_at', NULL),
           'unknown session: the same answer as a wrong code');
 CREATE TEMP TABLE g AS SELECT * FROM pg_temp.call('GET', '/v1/verify/' || :'sid');
 SELECT is((SELECT status FROM g), 200, 'GET /v1/verify/:id → 200');
@@ -104,6 +105,25 @@ UPDATE envoisms.verify_sessions SET expires_at = now() - interval '1 second', cr
 SELECT * FROM pg_temp.fails('POST', '/v1/verify/check', format('{"session_id": "%s", "code": "123456"}', :'sid3'),
                             410, 'EXPIRED', 'check of an expired session');
 SELECT is((SELECT body->>'status' FROM pg_temp.call('GET', '/v1/verify/' || :'sid3')), 'expired', 'GET: status expired');
+
+-- ---- pending sessions count their attempts; a session can be voided
+SELECT (envoisms.verify_send(:'acc', '+212611000003'))->>'session_id' AS sid4 \gset
+SELECT substring(m.body FROM '[0-9]{6}') AS code4 FROM envoisms.messages m WHERE m.metadata->>'verify_session_id' = :'sid4' \gset
+SELECT is(envoisms.verify_check(:'acc', :'sid4', '000')->'verified', 'false'::jsonb, 'a wrong check on a fresh session');
+SELECT is((SELECT body->>'status' || ' ' || (body->>'attempts') FROM pg_temp.call('GET', '/v1/verify/' || :'sid4')), 'pending 1',
+          'GET: status pending (the official clients'' name for a live session) and attempts');
+CREATE TEMP TABLE v AS SELECT * FROM pg_temp.call('POST', '/v1/verify/' || :'sid4' || '/cancel', '{}');
+SELECT is((SELECT status || ' ' || (body->>'status') || ' ' || (body->>'id') FROM v), '200 voided ' || :'sid4',
+          'POST /v1/verify/:id/cancel → 200, status voided');
+SELECT * FROM pg_temp.fails('POST', '/v1/verify/check', format('{"session_id": "%s", "code": "%s"}', :'sid4', :'code4'),
+                            410, 'EXPIRED', 'the right code on a voided session');
+SELECT is((SELECT status || ' ' || (body->>'status') FROM pg_temp.call('POST', '/v1/verify/' || :'sid4' || '/cancel', '{}')), '200 voided',
+          'voiding twice answers the same');
+SELECT is((SELECT body->>'status' FROM pg_temp.call('GET', '/v1/verify/' || :'sid4')), 'voided', 'GET: status voided');
+SELECT * FROM pg_temp.fails('POST', '/v1/verify/' || :'sid' || '/cancel', '{}', 409, 'CONFLICT', 'voiding a verified session');
+SELECT * FROM pg_temp.fails('POST', '/v1/verify/vrf_01a2000000000000000000000000/cancel', '{}', 404, 'NOT_FOUND', 'voiding an unknown session');
+SELECT is((SELECT status || ' ' || (body->>'status') FROM pg_temp.call('POST', '/v1/verify/' || :'sid3' || '/cancel', '{}')), '200 expired',
+          'voiding an expired session leaves it expired');
 
 -- ---- check: bad input
 SELECT * FROM pg_temp.fails('POST', '/v1/verify/check', '{"code": "123456"}', 400, 'VALIDATION_ERROR', 'check without session_id');

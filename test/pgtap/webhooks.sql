@@ -13,7 +13,8 @@ CREATE TEMP TABLE w AS SELECT * FROM pg_temp.call('POST', '/v1/webhooks',
     '{"url": "https://mon-serveur.ma/api/envoisms-receiver", "events": ["message.delivered", "message.failed"]}');
 SELECT is((SELECT status FROM w), 201, 'POST /v1/webhooks → 201');
 SELECT is((SELECT body - 'id' - 'secret' - 'created_at' FROM w),
-          '{"url": "https://mon-serveur.ma/api/envoisms-receiver", "events": ["message.delivered", "message.failed"], "active": true}'::jsonb,
+          '{"url": "https://mon-serveur.ma/api/envoisms-receiver", "events": ["message.delivered", "message.failed"], "active": true,
+            "signature_format": "sha256"}'::jsonb,
           'create: the contract''s fields');
 SELECT matches((SELECT body->>'id' FROM w), '^whk_[0-9a-f]{28}$', 'webhook id is whk_…');
 SELECT matches((SELECT body->>'secret' FROM w), '^whsec_[0-9a-f]{48}$', 'a secret whsec_… is generated and shown on create');
@@ -23,7 +24,8 @@ SELECT is((SELECT secret FROM envoisms.webhooks WHERE webhook_id = :'whk'), :'se
 CREATE TEMP TABLE l AS SELECT * FROM pg_temp.call('GET', '/v1/webhooks');
 SELECT is((SELECT status FROM l), 200, 'GET /v1/webhooks → 200');
 SELECT is((SELECT array_agg(k ORDER BY k) FROM l, jsonb_object_keys(body->'data'->0) k),
-          ARRAY['active', 'created_at', 'events', 'id', 'last_status', 'last_triggered_at', 'url'], 'list: the contract''s fields, no secret');
+          ARRAY['active', 'created_at', 'events', 'id', 'last_status', 'last_triggered_at', 'signature_format', 'url'],
+          'list: the contract''s fields and signature_format, no secret');
 
 CREATE TEMP TABLE w2 AS SELECT * FROM pg_temp.call('POST', '/v1/webhooks', '{"url": "https://example.ma/all", "secret": "my-own-secret-1234"}');
 SELECT is((SELECT body->'events' FROM w2), to_jsonb(envoisms.webhook_default_events()), 'events default to every event');
