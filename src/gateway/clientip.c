@@ -46,6 +46,7 @@ IpParse(const char *text, IpAddr *out)
 	return false;
 }
 
+/* "a.b.c.d/n", "x::y/n" or a bare address, for --trusted-proxy. */
 bool
 CidrParse(const char *text, Cidr *out)
 {
@@ -78,6 +79,7 @@ CidrParse(const char *text, Cidr *out)
 	return true;
 }
 
+/* Whether ip lies in cidr (families must match). */
 static bool
 CidrContains(const Cidr *cidr, const IpAddr *ip)
 {
@@ -98,6 +100,7 @@ CidrContains(const Cidr *cidr, const IpAddr *ip)
 	return true;
 }
 
+/* Whether ip is one of the --trusted-proxy networks. */
 static bool
 IsTrusted(const IpAddr *ip)
 {
@@ -107,6 +110,7 @@ IsTrusted(const IpAddr *ip)
 	return false;
 }
 
+/* The address as PostgreSQL's inet reads it; empty when it cannot be written. */
 static void
 IpFormat(const IpAddr *ip, char *out, size_t outlen)
 {
@@ -144,6 +148,7 @@ ForwardedItem(const char *start, size_t len, IpAddr *out)
 	return IpParse(p, out);
 }
 
+/* The peer, or behind a trusted proxy the right-most untrusted hop (see the top). */
 void
 ClientIpResolve(const struct sockaddr *peer, const char *forwarded_for,
 				char *out, size_t outlen)

@@ -19,6 +19,7 @@
 
 GatewayConfig config;
 
+/* The --help text; every flag with its default and environment variable. */
 static void
 Usage(FILE *out)
 {
@@ -59,6 +60,7 @@ Usage(FILE *out)
 			"SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n");
 }
 
+/* Stops the process on a bad setting, naming it; nothing is silently clamped. */
 static void
 Fail(const char *setting, const char *value, const char *why)
 {
@@ -66,6 +68,7 @@ Fail(const char *setting, const char *value, const char *why)
 	exit(2);
 }
 
+/* A whole number within [min, max], or Fail(). */
 static long long
 ParseInteger(const char *setting, const char *value, long long min, long long max)
 {
@@ -86,6 +89,7 @@ ParseInteger(const char *setting, const char *value, long long min, long long ma
 	return v;
 }
 
+/* --listen ADDR:PORT or [IPv6]:PORT. */
 static void
 ParseListen(const char *value)
 {
@@ -116,6 +120,7 @@ ParseListen(const char *value)
 	config.listen_port = (int) ParseInteger("--listen port", colon + 1, 0, 65535);
 }
 
+/* One --trusted-proxy network. */
 static void
 AddTrusted(const char *value)
 {
@@ -126,6 +131,7 @@ AddTrusted(const char *value)
 	config.ntrusted++;
 }
 
+/* One --cors-origin; "*" allows any. */
 static void
 AddOrigin(const char *value)
 {
@@ -158,6 +164,7 @@ EachItem(const char *list, void (*add) (const char *))
 	free(copy);
 }
 
+/* Defaults, then the environment, then the flags; then the checks across settings. */
 void
 ConfigLoad(int argc, char **argv)
 {

@@ -40,6 +40,7 @@ static bool stopping;
 static pthread_t reaper;
 static bool reaper_started;
 
+/* libmicrohttpd's connection callback: a connection starts or ends being tracked. */
 void
 ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 				void **socket_context, enum MHD_ConnectionNotificationCode code)
@@ -83,6 +84,7 @@ ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 	}
 }
 
+/* Busy: exempt from the reaper. Not busy: a request ended, its clock restarts. */
 void
 ConnTrackBusy(struct MHD_Connection *connection, bool busy)
 {
@@ -102,6 +104,7 @@ ConnTrackBusy(struct MHD_Connection *connection, bool busy)
 	pthread_mutex_unlock(&lock);
 }
 
+/* Connections that have not finished a first request (shutdown waits for them). */
 int
 ConnTrackPending(void)
 {
@@ -115,6 +118,7 @@ ConnTrackPending(void)
 	return n;
 }
 
+/* Every quarter second, shuts down the connections past --timeout. */
 static void *
 ReaperMain(void *arg)
 {
@@ -146,6 +150,7 @@ ReaperMain(void *arg)
 	return NULL;
 }
 
+/* Starts the reaper thread. */
 bool
 ConnTrackStart(void)
 {
@@ -155,6 +160,7 @@ ConnTrackStart(void)
 	return true;
 }
 
+/* Stops and joins the reaper thread. */
 void
 ConnTrackStop(void)
 {

@@ -27,6 +27,7 @@ static bool stopping;
 static pthread_t *workers;
 static int	nworkers;
 
+/* One worker: takes jobs in FIFO order until told to stop and the queue is empty. */
 static void *
 WorkerMain(void *arg)
 {
@@ -58,6 +59,7 @@ WorkerMain(void *arg)
 	}
 }
 
+/* Starts count workers; false when a thread cannot be created. */
 bool
 DbWorkStart(int count)
 {
@@ -70,6 +72,7 @@ DbWorkStart(int count)
 	return true;
 }
 
+/* Queues a job for the next free worker. */
 void
 DbWorkSubmit(DbJob *job)
 {
@@ -85,6 +88,7 @@ DbWorkSubmit(DbJob *job)
 	pthread_mutex_unlock(&lock);
 }
 
+/* Lets the workers finish the queue, then joins them. */
 void
 DbWorkStop(void)
 {

@@ -4,10 +4,11 @@
  * The gateway is a thin HTTP front for envoisms.api(): main.c starts it and
  * waits for a signal, config.c reads flags and environment, http.c turns a
  * request into one call through pool.c (libpq connections, one prepared
- * statement each) on the worker threads of dbwork.c, clientip.c decides the
- * client address, conntrack.c drops slow clients, metrics.c counts and
- * renders /metrics, log.c writes the access log. No business rule lives here: auth, limits, routing and error
- * codes are all answered by SQL.
+ * statement each) on the worker threads of dbwork.c and response.c writes
+ * the answer, clientip.c decides the client address, conntrack.c drops slow
+ * clients, metrics.c counts and renders /metrics, log.c writes the access
+ * log. No business rule lives here: auth, limits, routing and error codes
+ * are all answered by SQL.
  */
 #ifndef ENVOISMS_GATEWAY_H
 #define ENVOISMS_GATEWAY_H
@@ -26,6 +27,7 @@
 #define MAX_CIDRS 64
 #define MAX_ORIGINS 64
 #define DOCS_URL "https://envoisms.ma/docs#errors"
+#define JSON_TYPE "application/json; charset=utf-8"
 
 /* ---- config.c */
 
@@ -146,6 +148,22 @@ extern bool ConnTrackStart(void);
 extern void ConnTrackStop(void);
 /* Connections accepted that have not finished a first request. */
 extern int	ConnTrackPending(void);
+
+/* ---- response.c */
+
+/*
+ * Queues a response: body (len bytes, copied), content type, CORS headers,
+ * "Connection: close" when close, and the headers of SQL's JSON object
+ * sql_headers (or NULL); X-Envoisms-Key-Id is copied to key_id instead
+ * of being sent.
+ */
+extern enum MHD_Result ResponseQueue(struct MHD_Connection *connection, int status,
+									 const char *body, size_t len,
+									 const char *content_type,
+									 const char *sql_headers, bool close,
+									 char *key_id, size_t key_id_len);
+/* The answer to a CORS preflight (OPTIONS): 204 with the allowed methods. */
+extern enum MHD_Result ResponseQueuePreflight(struct MHD_Connection *connection);
 
 /* ---- http.c */
 

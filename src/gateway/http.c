@@ -25,9 +25,8 @@
  *
  * The gateway never parses a request body: it only checks that it is UTF-8
  * without NUL bytes (a text parameter cannot carry anything else). Request
- * headers go to SQL as a JSON object, names as received. Response headers
- * come back from SQL as a JSON object of strings; X-Envoisms-Key-Id is taken
- * for the access log and not sent.
+ * headers go to SQL as a JSON object, names as received; response.c writes
+ * the answer.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -37,9 +36,7 @@
 
 #include "gateway.h"
 
-#define KEY_ID_HEADER "X-Envoisms-Key-Id"
 #define DISCARD_LIMIT (1024 * 1024)
-#define JSON_TYPE "application/json; charset=utf-8"
 
 typedef struct Request
 {
@@ -65,6 +62,7 @@ static volatile int shutting_down;
 static char *openapi_json;
 static size_t openapi_len;
 
+/* Reads the OpenAPI document once; a missing one only makes its route 404. */
 bool
 HttpInit(void)
 {
@@ -93,18 +91,21 @@ HttpInit(void)
 	return true;
 }
 
+/* Requests between their request line and their completion. */
 int
 HttpInFlight(void)
 {
 	return __atomic_load_n(&in_flight, __ATOMIC_SEQ_CST);
 }
 
+/* From now on every response closes its connection. */
 void
 HttpBeginShutdown(void)
 {
 	shutting_down = 1;
 }
 
+/* Starts a request's record at its request line. */
 void *
 HttpUriLog(void *cls, const char *uri, struct MHD_Connection *connection)
 {
@@ -114,10 +115,16 @@ HttpUriLog(void *cls, const char *uri, struct MHD_Connection *connection)
 		return NULL;
 	req->start = NowSeconds();
 	req->target = strdup(uri ? uri : "");
+	if (req->target == NULL)
+	{
+		free(req);
+		return NULL;
+	}
 	__atomic_add_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
 	return req;
 }
 
+/* Logs and counts a finished request, then frees everything it held. */
 void
 HttpCompleted(void *cls, struct MHD_Connection *connection, void **req_cls,
 			  enum MHD_RequestTerminationCode toe)
@@ -146,187 +153,16 @@ HttpCompleted(void *cls, struct MHD_Connection *connection, void **req_cls,
 	*req_cls = NULL;
 }
 
-/* CORS headers of every response: the origin, when it is allowed. */
-static bool
-AddCorsHeaders(struct MHD_Connection *connection, struct MHD_Response *resp)
-{
-	const char *origin = MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Origin");
-
-	if (config.cors_any)
-		return MHD_add_response_header(resp, "Access-Control-Allow-Origin", "*") == MHD_YES;
-	if (origin == NULL)
-		return true;
-	for (int i = 0; i < config.ncors; i++)
-	{
-		if (strcmp(origin, config.cors_origins[i]) == 0)
-			return MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin) == MHD_YES &&
-				MHD_add_response_header(resp, "Vary", "Origin") == MHD_YES;
-	}
-	return MHD_add_response_header(resp, "Vary", "Origin") == MHD_YES;
-}
-
-/* Reads one JSON string at *p (after the opening quote) into sb, unescaped. */
-static bool
-JsonString(const char **p, StrBuf *sb)
-{
-	const char *s = *p;
-
-	while (*s && *s != '"')
-	{
-		char		out[4];
-		size_t		n = 1;
-
-		if (*s != '\\')
-		{
-			out[0] = *s++;
-		}
-		else
-		{
-			s++;
-			switch (*s)
-			{
-				case 'n':
-					out[0] = '\n';
-					break;
-				case 'r':
-					out[0] = '\r';
-					break;
-				case 't':
-					out[0] = '\t';
-					break;
-				case 'b':
-					out[0] = '\b';
-					break;
-				case 'f':
-					out[0] = '\f';
-					break;
-				case 'u':
-					{
-						unsigned int cp;
-
-						if (sscanf(s + 1, "%4x", &cp) != 1)
-							return false;
-						s += 4;
-						/* header values are ASCII; anything else is dropped later */
-						if (cp < 0x80)
-							out[0] = (char) cp;
-						else
-							out[0] = '?';
-						break;
-					}
-				case '\0':
-					return false;
-				default:
-					out[0] = *s;
-			}
-			s++;
-		}
-		if (!StrBufAppend(sb, out, n))
-			return false;
-	}
-	if (*s != '"')
-		return false;
-	*p = s + 1;
-	if (sb->data == NULL)
-		return StrBufAppend(sb, "", 0);
-	return true;
-}
-
-/*
- * Adds the headers of SQL's JSON object to the response. Values may be
- * strings or other scalars (written as they are). The key id header is
- * copied to req->key_id instead.
- */
-static bool
-AddSqlHeaders(Request *req, struct MHD_Response *resp, const char *json)
-{
-	const char *p = json;
-
-	while (*p == ' ' || *p == '\n' || *p == '\t')
-		p++;
-	if (*p++ != '{')
-		return false;
-	for (;;)
-	{
-		StrBuf		name = {0};
-		StrBuf		value = {0};
-		bool		ok;
-
-		while (*p == ' ' || *p == ',' || *p == '\n' || *p == '\t')
-			p++;
-		if (*p == '}')
-			return true;
-		if (*p++ != '"' || !JsonString(&p, &name))
-		{
-			StrBufFree(&name);
-			return false;
-		}
-		while (*p == ' ' || *p == ':')
-			p++;
-		if (*p == '"')
-		{
-			p++;
-			ok = JsonString(&p, &value);
-		}
-		else
-		{
-			size_t		n = strcspn(p, ",}");
-
-			while (n > 0 && p[n - 1] == ' ')
-				n--;
-			ok = n > 0 && StrBufAppend(&value, p, n);
-			p += strcspn(p, ",}");
-		}
-		if (!ok)
-		{
-			StrBufFree(&name);
-			StrBufFree(&value);
-			return false;
-		}
-		if (strcasecmp(name.data, KEY_ID_HEADER) == 0)
-			snprintf(req->key_id, sizeof(req->key_id), "%s", value.data);
-		else if (strcmp(value.data, "null") != 0 &&
-				 MHD_add_response_header(resp, name.data, value.data) != MHD_YES)
-			ErrorLog("cannot add response header %s", name.data);
-		StrBufFree(&name);
-		StrBufFree(&value);
-	}
-}
-
-/* Queues a response; extra_json is SQL's header object (or NULL). */
+/* Queues a response and records its status for the log. */
 static enum MHD_Result
 Respond(Request *req, struct MHD_Connection *connection, int status,
 		const char *body, size_t len, const char *content_type,
-		const char *extra_json, bool close)
+		const char *sql_headers, bool close)
 {
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
-	bool		ok;
+	enum MHD_Result ret = ResponseQueue(connection, status, body, len, content_type,
+										sql_headers, close || shutting_down,
+										req->key_id, sizeof(req->key_id));
 
-	resp = MHD_create_response_from_buffer(len, (void *) (body ? body : ""),
-										   MHD_RESPMEM_MUST_COPY);
-	if (resp == NULL)
-	{
-		ErrorLog("cannot create a response");
-		return MHD_NO;
-	}
-	ok = (content_type == NULL ||
-		  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) == MHD_YES) &&
-		AddCorsHeaders(connection, resp) &&
-		MHD_add_response_header(resp, "Access-Control-Expose-Headers",
-								"X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After") == MHD_YES;
-	if (ok && (close || shutting_down))
-		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") == MHD_YES;
-	if (ok && extra_json != NULL && !AddSqlHeaders(req, resp, extra_json))
-		ErrorLog("envoisms.api returned unreadable headers: %.200s", extra_json);
-	if (!ok)
-	{
-		ErrorLog("cannot add response headers");
-		MHD_destroy_response(resp);
-		return MHD_NO;
-	}
-	ret = MHD_queue_response(connection, status, resp);
-	MHD_destroy_response(resp);
 	if (ret == MHD_YES)
 	{
 		req->responded = true;
@@ -335,7 +171,6 @@ Respond(Request *req, struct MHD_Connection *connection, int status,
 	return ret;
 }
 
-/* The contract's error envelope, for errors the gateway answers itself. */
 /* The contract's error envelope, for errors the gateway answers itself. */
 static enum MHD_Result
 RespondError(Request *req, struct MHD_Connection *connection, int status,
@@ -351,28 +186,12 @@ RespondError(Request *req, struct MHD_Connection *connection, int status,
 	return ret;
 }
 
+/* The CORS preflight, recorded like any response. */
 static enum MHD_Result
 RespondPreflight(Request *req, struct MHD_Connection *connection)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
-	enum MHD_Result ret;
+	enum MHD_Result ret = ResponseQueuePreflight(connection);
 
-	if (resp == NULL)
-		return MHD_NO;
-	if (!AddCorsHeaders(connection, resp) ||
-		MHD_add_response_header(resp, "Access-Control-Allow-Methods",
-								"GET, POST, PATCH, DELETE, OPTIONS") != MHD_YES ||
-		MHD_add_response_header(resp, "Access-Control-Allow-Headers",
-								"Content-Type, Authorization, X-EnvoiSMS.ma-Signature, "
-								"X-EnvoiSMS.ma-Version, Idempotency-Key") != MHD_YES ||
-		MHD_add_response_header(resp, "Access-Control-Max-Age", "86400") != MHD_YES ||
-		MHD_add_response_header(resp, "Allow", "GET, POST, PATCH, DELETE, OPTIONS") != MHD_YES)
-	{
-		MHD_destroy_response(resp);
-		return MHD_NO;
-	}
-	ret = MHD_queue_response(connection, MHD_HTTP_NO_CONTENT, resp);
-	MHD_destroy_response(resp);
 	if (ret == MHD_YES)
 	{
 		req->responded = true;
@@ -388,6 +207,7 @@ typedef struct HeaderWalk
 	bool		ok;
 } HeaderWalk;
 
+/* Counts one header's bytes and, when asked, adds it to the JSON object. */
 static enum MHD_Result
 EachHeader(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
@@ -415,6 +235,7 @@ StartJob(Request *req, struct MHD_Connection *connection)
 	return MHD_YES;
 }
 
+/* The whole request is in: its one call of envoisms.api(). */
 static enum MHD_Result
 StartApi(Request *req, struct MHD_Connection *connection, const char *path, const char *query)
 {
@@ -469,6 +290,7 @@ FinishJob(Request *req, struct MHD_Connection *connection)
 	return ret;
 }
 
+/* Routes a whole request: the gateway's own endpoints, or envoisms.api(). */
 static enum MHD_Result
 Dispatch(Request *req, struct MHD_Connection *connection)
 {
@@ -509,6 +331,7 @@ Dispatch(Request *req, struct MHD_Connection *connection)
 	return StartApi(req, connection, path, query);
 }
 
+/* libmicrohttpd's access handler: see the phases at the top of this file. */
 enum MHD_Result
 HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 		   const char *method, const char *version, const char *upload_data,

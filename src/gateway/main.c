@@ -28,6 +28,7 @@
 
 #define SHUTDOWN_GRACE 30.0
 
+/* Each connection is a descriptor: take as many as the hard limit allows. */
 static void
 RaiseFileLimit(void)
 {
@@ -41,6 +42,7 @@ RaiseFileLimit(void)
 	}
 }
 
+/* libmicrohttpd's messages, as our error lines. */
 static void
 MhdLog(void *cls, const char *fmt, va_list ap)
 {
@@ -50,6 +52,7 @@ MhdLog(void *cls, const char *fmt, va_list ap)
 	ErrorLog("libmicrohttpd: %s", msg);
 }
 
+/* Starts everything, waits for a signal, then stops in order (see above). */
 int
 main(int argc, char **argv)
 {

@@ -50,6 +50,7 @@ static const char *API_SQL =
 "SELECT status, headers::text, body::text "
 "FROM envoisms.api($1, $2, $3, $4::jsonb, $5, $6::inet)";
 
+/* Allocates the pool; connections open lazily on first use. */
 bool
 PoolInit(const char *conninfo, int size)
 {
@@ -61,6 +62,7 @@ PoolInit(const char *conninfo, int size)
 	return true;
 }
 
+/* Closes the idle connections at shutdown. */
 void
 PoolClose(void)
 {
@@ -76,6 +78,7 @@ PoolClose(void)
 	pthread_mutex_unlock(&lock);
 }
 
+/* The gauges /metrics shows. */
 void
 PoolStats(int *size, int *in_use, int *connected)
 {
@@ -115,6 +118,7 @@ Acquire(void)
 	return pick;
 }
 
+/* Gives a connection back and wakes a waiter. */
 static void
 Release(PoolConn *pc)
 {
@@ -125,6 +129,7 @@ Release(PoolConn *pc)
 	pthread_mutex_unlock(&lock);
 }
 
+/* Drops a broken connection; the next use reconnects. */
 static void
 Discard(PoolConn *pc)
 {
@@ -156,6 +161,7 @@ IdleConnectionBroken(PGconn *conn)
 	return (pfd.revents & (POLLHUP | POLLERR)) != 0;
 }
 
+/* Prepares one statement on a fresh connection; false (logged) on failure. */
 static bool
 Prepare(PGconn *conn, const char *name, const char *sql, int nparams)
 {
@@ -221,6 +227,7 @@ EnsureConnected(PoolConn *pc)
 	return true;
 }
 
+/* Whether an error means the connection itself is gone. */
 static bool
 ConnectionLost(PGconn *conn, const char *sqlstate)
 {
@@ -233,6 +240,7 @@ ConnectionLost(PGconn *conn, const char *sqlstate)
 		strcmp(sqlstate, "57P03") == 0;
 }
 
+/* Fills result with an error the gateway answers for the database. */
 static void
 Envelope(ApiResult *result, int status, const char *code, const char *message,
 		 const char *headers)
@@ -242,6 +250,7 @@ Envelope(ApiResult *result, int status, const char *code, const char *message,
 	result->headers = headers ? strdup(headers) : NULL;
 }
 
+/* The 503 of a database that cannot be reached. */
 static void
 Unavailable(ApiResult *result)
 {
@@ -251,6 +260,7 @@ Unavailable(ApiResult *result)
 			 "{\"Retry-After\": \"" RETRY_AFTER "\"}");
 }
 
+/* A column of the first row, malloc'd; NULL for SQL NULL. */
 static char *
 CopyValue(PGresult *res, int col)
 {
@@ -259,6 +269,7 @@ CopyValue(PGresult *res, int col)
 	return strdup(PQgetvalue(res, 0, col));
 }
 
+/* The one call of envoisms.api() of a request. */
 void
 PoolCallApi(const char *method, const char *path, const char *query,
 			const char *headers_json, const char *body,
@@ -348,6 +359,7 @@ PoolCallApi(const char *method, const char *path, const char *query,
 	}
 }
 
+/* /healthz: SELECT 1, once more on a fresh connection if a reused one died. */
 bool
 PoolHealthCheck(void)
 {
