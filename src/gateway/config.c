@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "gateway.h"
@@ -41,8 +42,11 @@ Usage(FILE *out)
 			"                          bodies get 413 unread         env ENVOISMS_GATEWAY_MAX_BODY\n"
 			"  --max-url BYTES         longest request target (default 8192) -> 414\n"
 			"  --max-headers BYTES     largest header block (default 32768) -> 431\n"
-			"  --trusted-proxy CIDR    peer whose X-Forwarded-For is believed; repeatable\n"
+			"  --trusted-proxy CIDR    peer whose --proxy-header is believed; repeatable\n"
 			"                          (default none)  env ENVOISMS_GATEWAY_TRUSTED_PROXIES (comma list)\n"
+			"  --proxy-header NAME     the header the trusted proxies append the client to:\n"
+			"                          X-Forwarded-For (default) or Forwarded (RFC 7239)\n"
+			"                                                        env ENVOISMS_GATEWAY_PROXY_HEADER\n"
 			"  --cors-origin ORIGIN    allowed browser origin; repeatable (default '*')\n"
 			"                                          env ENVOISMS_GATEWAY_CORS_ORIGINS (comma list)\n"
 			"  --timeout SECONDS       a request must arrive within this time; idle\n"
@@ -120,6 +124,18 @@ ParseListen(const char *value)
 	config.listen_port = (int) ParseInteger("--listen port", colon + 1, 0, 65535);
 }
 
+/* --proxy-header: one of the two names, in any case. */
+static void
+ParseProxyHeader(const char *setting, const char *value)
+{
+	if (strcasecmp(value, "X-Forwarded-For") == 0)
+		config.proxy_header = PROXY_HEADER_X_FORWARDED_FOR;
+	else if (strcasecmp(value, "Forwarded") == 0)
+		config.proxy_header = PROXY_HEADER_FORWARDED;
+	else
+		Fail(setting, value, "expected X-Forwarded-For or Forwarded");
+}
+
 /* One --trusted-proxy network. */
 static void
 AddTrusted(const char *value)
@@ -177,6 +193,7 @@ ConfigLoad(int argc, char **argv)
 		{"max-url", required_argument, NULL, 'u'},
 		{"max-headers", required_argument, NULL, 'H'},
 		{"trusted-proxy", required_argument, NULL, 'x'},
+		{"proxy-header", required_argument, NULL, 'F'},
 		{"cors-origin", required_argument, NULL, 'c'},
 		{"timeout", required_argument, NULL, 'T'},
 		{"max-connections", required_argument, NULL, 'm'},
@@ -210,6 +227,7 @@ ConfigLoad(int argc, char **argv)
 	config.timeout = 15;
 	config.max_connections = 4096;
 	config.openapi_path = OPENAPI_PATH;
+	config.proxy_header = PROXY_HEADER_X_FORWARDED_FOR;
 
 	if ((env = getenv("ENVOISMS_GATEWAY_LISTEN")) && *env)
 		ParseListen(env);
@@ -229,6 +247,8 @@ ConfigLoad(int argc, char **argv)
 		config.max_connections = (int) ParseInteger("ENVOISMS_GATEWAY_MAX_CONNECTIONS", env, 1, 1000000);
 	if ((env = getenv("ENVOISMS_GATEWAY_OPENAPI")) && *env)
 		config.openapi_path = strdup(env);
+	if ((env = getenv("ENVOISMS_GATEWAY_PROXY_HEADER")) && *env)
+		ParseProxyHeader("ENVOISMS_GATEWAY_PROXY_HEADER", env);
 	if ((env = getenv("ENVOISMS_GATEWAY_TRUSTED_PROXIES")) && *env)
 		EachItem(env, AddTrusted);
 	if ((env = getenv("ENVOISMS_GATEWAY_CORS_ORIGINS")) && *env)
@@ -252,7 +272,7 @@ ConfigLoad(int argc, char **argv)
 				break;
 			case 'p':
 				config.pool_size = (int) ParseInteger("--pool", optarg, 1, 1024);
-						break;
+				break;
 			case 'b':
 				config.max_body = ParseInteger("--max-body", optarg, 1, 1LL << 32);
 				break;
@@ -268,6 +288,9 @@ ConfigLoad(int argc, char **argv)
 					config.ntrusted = 0;
 				trusted_given = true;
 				AddTrusted(optarg);
+				break;
+			case 'F':
+				ParseProxyHeader("--proxy-header", optarg);
 				break;
 			case 'c':
 				if (!cors_flag)

@@ -38,6 +38,12 @@ typedef struct Cidr
 	int			bits;
 } Cidr;
 
+typedef enum ProxyHeader
+{
+	PROXY_HEADER_X_FORWARDED_FOR,
+	PROXY_HEADER_FORWARDED		/* RFC 7239 */
+} ProxyHeader;
+
 typedef struct GatewayConfig
 {
 	char		listen_host[256];
@@ -53,6 +59,7 @@ typedef struct GatewayConfig
 	char	   *openapi_path;
 	Cidr		trusted[MAX_CIDRS];
 	int			ntrusted;
+	ProxyHeader proxy_header;	/* the header the trusted proxies write */
 	char	   *cors_origins[MAX_ORIGINS];
 	int			ncors;
 	bool		cors_any;
@@ -68,12 +75,16 @@ extern void ConfigLoad(int argc, char **argv);
 /* Parses "a.b.c.d/n", "x::y/n" or a bare address; false when invalid. */
 extern bool CidrParse(const char *text, Cidr *out);
 
+/* The request header --proxy-header names: "X-Forwarded-For" or "Forwarded". */
+extern const char *ProxyHeaderName(void);
+
 /*
  * Writes the client's address to out (INET6_ADDRSTRLEN): the peer address,
- * or, when the peer is a trusted proxy, the right-most address of
- * X-Forwarded-For that is not itself trusted.
+ * or, when the peer is a trusted proxy, the right-most address of the proxy
+ * header that is not itself trusted. forwarded is every line of that header,
+ * in order, joined with ", " (NULL when there is none).
  */
-extern void ClientIpResolve(const struct sockaddr *peer, const char *forwarded_for,
+extern void ClientIpResolve(const struct sockaddr *peer, const char *forwarded,
 							char *out, size_t outlen);
 
 /* ---- pool.c */

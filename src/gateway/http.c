@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "gateway.h"
 
@@ -223,6 +224,48 @@ EachHeader(void *cls, enum MHD_ValueKind kind, const char *key, const char *valu
 	return w->ok ? MHD_YES : MHD_NO;
 }
 
+typedef struct HeaderJoin
+{
+	const char *name;
+	StrBuf		joined;
+	bool		ok;
+} HeaderJoin;
+
+/* Appends the value of every line named join->name, ", " between them. */
+static enum MHD_Result
+JoinHeader(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	HeaderJoin *join = cls;
+
+	if (strcasecmp(key, join->name) != 0 || value == NULL)
+		return MHD_YES;
+	if (join->joined.data != NULL && !StrBufAppend(&join->joined, ", ", 2))
+		join->ok = false;
+	join->ok = join->ok && StrBufAppend(&join->joined, value, strlen(value));
+	return join->ok ? MHD_YES : MHD_NO;
+}
+
+/*
+ * Decides req->client_ip. The proxy header is read in all its lines (RFC
+ * 9110 5.3: repeated lines are one comma-separated list), since a proxy may
+ * append a line of its own after one the client sent.
+ */
+static bool
+ResolveClient(Request *req, struct MHD_Connection *connection)
+{
+	const union MHD_ConnectionInfo *peer =
+		MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	HeaderJoin	join = {ProxyHeaderName(), {0}, true};
+
+	if (config.ntrusted > 0)
+		MHD_get_connection_values(connection, MHD_HEADER_KIND, JoinHeader, &join);
+	if (join.ok)
+		ClientIpResolve(peer ? peer->client_addr : NULL, join.joined.data,
+						req->client_ip, sizeof(req->client_ip));
+	StrBufFree(&join.joined);
+	return join.ok;
+}
+
 /* Hands the request to a database worker; the connection sleeps meanwhile. */
 static enum MHD_Result
 StartJob(Request *req, struct MHD_Connection *connection)
@@ -344,8 +387,6 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 
 	if (!req->seen)
 	{
-		const union MHD_ConnectionInfo *peer =
-			MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 		const char *length = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
 														 MHD_HTTP_HEADER_CONTENT_LENGTH);
 		HeaderWalk	walk = {NULL, 0, true};
@@ -355,9 +396,8 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 		snprintf(req->method, sizeof(req->method), "%s", method);
 		snprintf(path, sizeof(path), "%.*s", (int) strcspn(req->target, "?"), req->target);
 		RouteTemplate(path, req->route, sizeof(req->route));
-		ClientIpResolve(peer ? peer->client_addr : NULL,
-						MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Forwarded-For"),
-						req->client_ip, sizeof(req->client_ip));
+		if (!ResolveClient(req, connection))
+			return MHD_NO;
 
 		if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
 			MHD_lookup_connection_value(connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST) == NULL)
