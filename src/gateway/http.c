@@ -17,7 +17,9 @@
  *                   without auth and without the database. /healthz and
  *                   every other request become a DbJob: the connection is
  *                   suspended and a dbwork.c worker runs SELECT 1 or the
- *                   one call of envoisms.api() on its pool connection.
+ *                   one call of envoisms.api() on its pool connection. HEAD
+ *                   is called as GET; libmicrohttpd sends its headers
+ *                   (Content-Length included) without the body.
  *   HttpHandle again  the worker resumed the connection: the row (status,
  *                   headers, body) becomes the response.
  *   HttpCompleted   response done (or connection gone): metrics, access log,
@@ -266,6 +268,13 @@ ResolveClient(Request *req, struct MHD_Connection *connection)
 	return join.ok;
 }
 
+/* The method envoisms.api() is called with: HEAD is answered as GET. */
+static const char *
+ApiMethod(const Request *req)
+{
+	return strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
+}
+
 /* Hands the request to a database worker; the connection sleeps meanwhile. */
 static enum MHD_Result
 StartJob(Request *req, struct MHD_Connection *connection)
@@ -297,7 +306,7 @@ StartApi(Request *req, struct MHD_Connection *connection, const char *path, cons
 	if (!walk.ok || !StrBufAppend(&req->headers_json, "}", 1))
 		return MHD_NO;
 	req->job.health = false;
-	req->job.method = req->method;
+	req->job.method = ApiMethod(req);
 	req->job.path = path;
 	req->job.query = query;
 	req->job.headers_json = req->headers_json.data;
@@ -340,7 +349,7 @@ Dispatch(Request *req, struct MHD_Connection *connection)
 	char	   *path = req->target;
 	char	   *question = strchr(path, '?');
 	const char *query = "";
-	bool		get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+	bool		get = strcmp(ApiMethod(req), "GET") == 0;
 
 	if (question)
 	{

@@ -216,12 +216,12 @@ ResponseQueuePreflight(struct MHD_Connection *connection)
 		return MHD_NO;
 	if (!AddCorsHeaders(connection, resp) ||
 		MHD_add_response_header(resp, "Access-Control-Allow-Methods",
-								"GET, POST, PATCH, DELETE, OPTIONS") != MHD_YES ||
+								"GET, HEAD, POST, PATCH, DELETE, OPTIONS") != MHD_YES ||
 		MHD_add_response_header(resp, "Access-Control-Allow-Headers",
 								"Content-Type, Authorization, X-EnvoiSMS.ma-Signature, "
 								"X-EnvoiSMS.ma-Version, Idempotency-Key") != MHD_YES ||
 		MHD_add_response_header(resp, "Access-Control-Max-Age", "86400") != MHD_YES ||
-		MHD_add_response_header(resp, "Allow", "GET, POST, PATCH, DELETE, OPTIONS") != MHD_YES)
+		MHD_add_response_header(resp, "Allow", "GET, HEAD, POST, PATCH, DELETE, OPTIONS") != MHD_YES)
 	{
 		MHD_destroy_response(resp);
 		return MHD_NO;

@@ -1,7 +1,7 @@
 # 053_gateway_hardening.pl — what an adversarial review got through the
 # gateway, each case next to the good one: a client address spoofed with
-# an X-Forwarded-For (or Forwarded) line of its own ahead of the proxy's.
-# Only loopback connections: the addresses in headers are just strings.
+# an X-Forwarded-For (or Forwarded) line of its own ahead of the proxy's;
+# HEAD on a GET route. Only loopback connections: the addresses in headers are just strings.
 use strict;
 use warnings;
 
@@ -163,5 +163,35 @@ is($balance->($fwd, $pinned, 'Forwarded: for=203.0.113.7', 'Forwarded: for=198.5
 	'Forwarded: the client\'s own line ahead of the proxy\'s: 401');
 
 EnvoismsTest::stop_gateway($_) for $xff, $fwd;
+
+# ---- 4. HEAD: the GET's status and headers, no body
+
+{
+	my $gw = EnvoismsTest::start_gateway($node);
+	my (undef, $key) = EnvoismsTest::demo_key($node);
+	my @auth = ("Authorization: Bearer $key");
+	for my $case (
+		[ '/v1/billing/balance', \@auth, 200, 'a GET route' ],
+		[ '/v1/messages/msg_doesnotexist', \@auth, 404, 'an unknown id' ],
+		[ '/v1/billing/balance', [], 401, 'no key' ],
+		[ '/healthz', [], 200, 'the gateway\'s /healthz' ])
+	{
+		my ($path, $lines, $want, $what) = @$case;
+		my ($gs, $gh, $gb) = request($gw, 'GET', $path, $lines);
+		my ($hs, $hh, undef, $raw) = request($gw, 'HEAD', $path, $lines);
+		is($gs, $want, "GET $what: $want");
+		is($hs, $gs, "HEAD $what: the GET's status");
+		is($hh->{'content-length'}[0], length($gb), "HEAD $what: the Content-Length of the GET's body");
+		is_deeply([ sort grep { !/^(date|x-ratelimit-remaining)$/ } keys %$hh ],
+			[ sort grep { !/^(date|x-ratelimit-remaining)$/ } keys %$gh ], "HEAD $what: the GET's headers");
+		like($raw, qr/\r\n\r\n\z/, "HEAD $what: no body");
+	}
+	my ($gs, $gh) = request($gw, 'GET', '/v1/api-keys/key_1', \@auth);
+	my ($hs, $hh, undef, $raw) = request($gw, 'HEAD', '/v1/api-keys/key_1', \@auth);
+	is($hs, 405, 'HEAD on a route without GET: 405');
+	is($hh->{allow}[0] // '', $gh->{allow}[0] // 'none', '... with the Allow of the GET');
+	like($raw, qr/\r\n\r\n\z/, '... and no body');
+	is(EnvoismsTest::stop_gateway($gw), 0, 'the gateway stops cleanly');
+}
 
 done_testing();
