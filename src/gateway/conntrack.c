@@ -12,6 +12,12 @@
  * While a request is being served (database call, response being written)
  * the connection is exempt; MHD's inactivity timeout covers slow readers.
  *
+ * A connection reaches libmicrohttpd only once acceptor.c has seen its first
+ * head whole, so the first request is rarely still arriving here; the
+ * acceptor applies the same --timeout to the head it waits for. A CLOSED
+ * notification also tells the acceptor that a slot of --max-connections is
+ * free.
+ *
  * Locking: one mutex guards the list. MHD notifies CLOSED before it closes
  * the descriptor, so the reaper never shuts down a reused descriptor.
  */
@@ -68,6 +74,7 @@ ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 	{
 		Tracked    *t = *socket_context;
 
+		AcceptorConnectionClosed();
 		if (t == NULL)
 			return;
 		pthread_mutex_lock(&lock);

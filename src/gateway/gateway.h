@@ -2,13 +2,15 @@
  * gateway.h — the parts of envoisms-gateway that the files share.
  *
  * The gateway is a thin HTTP front for envoisms.api(): main.c starts it and
- * waits for a signal, config.c reads flags and environment, http.c turns a
- * request into one call through pool.c (libpq connections, one prepared
- * statement each) on the worker threads of dbwork.c and response.c writes
- * the answer, clientip.c decides the client address, conntrack.c drops slow
- * clients, metrics.c counts and renders /metrics, log.c writes the access
- * log. No business rule lives here: auth, limits, routing and error codes
- * are all answered by SQL.
+ * waits for a signal, config.c reads flags and environment, acceptor.c
+ * accepts connections and holds each until its first request head has
+ * arrived and passed head.c's framing rules, http.c turns a request into one
+ * call through pool.c (libpq connections, one prepared statement each) on
+ * the worker threads of dbwork.c and response.c writes the answer,
+ * clientip.c decides the client address, conntrack.c drops slow clients,
+ * metrics.c counts and renders /metrics, log.c writes the access log. No
+ * business rule lives here: auth, limits, routing and error codes are all
+ * answered by SQL.
  */
 #ifndef ENVOISMS_GATEWAY_H
 #define ENVOISMS_GATEWAY_H
@@ -160,6 +162,46 @@ extern void ConnTrackStop(void);
 /* Connections accepted that have not finished a first request. */
 extern int	ConnTrackPending(void);
 
+/* ---- acceptor.c */
+
+/* Opens the listening socket; false (with errno) when it cannot. */
+extern bool AcceptorListen(const struct sockaddr *addr, socklen_t addrlen);
+/* Starts accepting; connections go to daemon once their first head passed. */
+extern bool AcceptorStart(struct MHD_Daemon *daemon);
+/* Closes the listening socket (new connections are refused); returns when done. */
+extern void AcceptorQuiesce(void);
+/* Connections accepted whose first head has not yet been handed over or refused. */
+extern int	AcceptorPending(void);
+/* Closes what is still pending and ends the thread. */
+extern void AcceptorStop(void);
+/* A connection handed to libmicrohttpd closed: its slot of --max-connections is free. */
+extern void AcceptorConnectionClosed(void);
+
+/* ---- head.c */
+
+typedef struct HeadRefusal
+{
+	int			status;			/* 400, 413, 414, 431, 501 or 505 */
+	const char *code;			/* the envelope's error code */
+	char		message[128];
+} HeadRefusal;
+
+typedef enum HeadState
+{
+	HEAD_INCOMPLETE,			/* no end of head yet, and no rule broken so far */
+	HEAD_COMPLETE,				/* the head is whole and well framed */
+	HEAD_REFUSED				/* *refusal says why */
+} HeadState;
+
+/* Checks the raw bytes of a first request head (request line, header lines). */
+extern HeadState HeadInspect(const char *buf, size_t len, HeadRefusal *refusal);
+/*
+ * Checks the header fields libmicrohttpd parsed, on every request: true
+ * (and *refusal) when the request must be refused before its body is read.
+ */
+extern bool HeadFieldsRefused(struct MHD_Connection *connection, const char *version,
+							  HeadRefusal *refusal);
+
 /* ---- response.c */
 
 /*
@@ -175,6 +217,13 @@ extern enum MHD_Result ResponseQueue(struct MHD_Connection *connection, int stat
 									 char *key_id, size_t key_id_len);
 /* The answer to a CORS preflight (OPTIONS): 204 with the allowed methods. */
 extern enum MHD_Result ResponseQueuePreflight(struct MHD_Connection *connection);
+/*
+ * A whole HTTP/1.1 response with the error envelope and "Connection: close",
+ * for a connection libmicrohttpd does not hold (malloc'd; NULL when out of
+ * memory).
+ */
+extern char *ResponseRawError(int status, const char *code, const char *message,
+							  size_t *len);
 
 /* ---- http.c */
 

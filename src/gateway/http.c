@@ -4,10 +4,11 @@
  * libmicrohttpd calls in phases for each request:
  *   HttpUriLog      request line read: the raw target (path?query, still
  *                   percent-encoded) is kept, the clock starts.
- *   HttpHandle #1   headers read: limits are checked before any body byte
- *                   is read (target length 414, header block 431,
- *                   Content-Length over --max-body 413, answered at once so
- *                   the body is never read).
+ *   HttpHandle #1   headers read: framing and limits are checked before
+ *                   any body byte is read (head.c's rules 400, or 501 for a
+ *                   Transfer-Encoding other than chunked; target length
+ *                   414, header block 431, Content-Length over --max-body
+ *                   413), answered at once so the body is never read.
  *   HttpHandle #n   body chunks: appended, counted against --max-body. A
  *                   chunked body that outgrows it is discarded unstored and
  *                   answered 413 at its end (MHD cannot answer mid-upload),
@@ -399,6 +400,7 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 		const char *length = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
 														 MHD_HTTP_HEADER_CONTENT_LENGTH);
 		HeaderWalk	walk = {NULL, 0, true};
+		HeadRefusal refusal;
 		char		path[2048];
 
 		req->seen = true;
@@ -408,10 +410,9 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 		if (!ResolveClient(req, connection))
 			return MHD_NO;
 
-		if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
-			MHD_lookup_connection_value(connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST) == NULL)
-			return RespondError(req, connection, 400, "INVALID_REQUEST",
-								"an HTTP/1.1 request must have a Host header", true);
+		if (HeadFieldsRefused(connection, version, &refusal))
+			return RespondError(req, connection, refusal.status, refusal.code,
+								refusal.message, true);
 		if (strlen(req->target) > config.max_url)
 			return RespondError(req, connection, 414, "URI_TOO_LONG",
 								"the request target is too long", true);

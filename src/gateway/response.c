@@ -1,8 +1,9 @@
 /*
  * response.c — what goes out: a response with the gateway's fixed headers
  * (content type, CORS, Connection: close when the connection must end) plus
- * the headers SQL chose, given as a JSON object of strings; and the CORS
- * preflight answer.
+ * the headers SQL chose, given as a JSON object of strings; the CORS
+ * preflight answer; and, for the acceptor, which answers heads that never
+ * reach libmicrohttpd, a whole response as bytes.
  *
  * The JSON object of headers comes from envoisms.api() (jsonb as text), so
  * only the subset jsonb writes is read: one flat object of strings or other
@@ -229,4 +230,32 @@ ResponseQueuePreflight(struct MHD_Connection *connection)
 	ret = MHD_queue_response(connection, MHD_HTTP_NO_CONTENT, resp);
 	MHD_destroy_response(resp);
 	return ret;
+}
+
+/* The answer to a head refused before libmicrohttpd saw it. */
+char *
+ResponseRawError(int status, const char *code, const char *message, size_t *len)
+{
+	char	   *body = ErrorEnvelope(code, message);
+	const char *reason = MHD_get_reason_phrase_for((unsigned int) status);
+	StrBuf		sb = {0};
+	char		head[256];
+	int			n;
+
+	if (body == NULL)
+		return NULL;
+	n = snprintf(head, sizeof(head),
+				 "HTTP/1.1 %d %s\r\nContent-Type: " JSON_TYPE "\r\n"
+				 "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+				 status, reason ? reason : "Error", strlen(body));
+	if (n < 0 || (size_t) n >= sizeof(head) ||
+		!StrBufAppend(&sb, head, n) || !StrBufAppend(&sb, body, strlen(body)))
+	{
+		free(body);
+		StrBufFree(&sb);
+		return NULL;
+	}
+	free(body);
+	*len = sb.len;
+	return sb.data;
 }

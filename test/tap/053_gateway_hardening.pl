@@ -1,7 +1,9 @@
 # 053_gateway_hardening.pl — what an adversarial review got through the
 # gateway, each case next to the good one: a client address spoofed with
 # an X-Forwarded-For (or Forwarded) line of its own ahead of the proxy's;
-# HEAD on a GET route. Only loopback connections: the addresses in headers are just strings.
+# requests whose framing libmicrohttpd reads one way and a proxy another
+# (answered in HTML, or twice, or not at all); HEAD on a GET route. Only
+# loopback connections: the addresses in headers are just strings.
 use strict;
 use warnings;
 
@@ -163,6 +165,104 @@ is($balance->($fwd, $pinned, 'Forwarded: for=203.0.113.7', 'Forwarded: for=198.5
 	'Forwarded: the client\'s own line ahead of the proxy\'s: 401');
 
 EnvoismsTest::stop_gateway($_) for $xff, $fwd;
+
+# ---- 3. framing: one well-framed JSON answer, and the connection closed
+
+{
+	my $gw = EnvoismsTest::start_gateway($node, args => ['--timeout', '5']);
+	for my $case (
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhelloxx",
+			400, 'two different Content-Length lines' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 7\r\n\r\nhelloxx",
+			400, 'a Content-Length list' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+			501, 'an unknown Transfer-Encoding' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+			501, 'a Transfer-Encoding other than chunked alone' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+			400, 'Transfer-Encoding and Content-Length together' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+			400, 'Content-Length: -1' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+			400, 'a Content-Length that is no number' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+			413, 'a Content-Length beyond 64 bits' ],
+		[ "GET /v1/messages\r\nHost: x\r\n\r\n", 400, 'a request line without an HTTP version' ],
+		[ "GET /v1/messages HTTP/2.0\r\nHost: x\r\n\r\n", 505, 'HTTP/2.0 in a request line' ],
+		[ "GARBAGE\r\n\r\n", 400, 'a request line of one word' ],
+		[ "\x00\x01\x02\xff\r\n\r\n", 400, 'binary noise' ],
+		[ "GET /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n",
+			400, 'two Authorization lines' ],
+		[ "GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, 'two Host lines' ],
+		[ "GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400, 'a header line without a colon' ],
+		[ "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n", 400, 'a space before the colon' ],
+		[ "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n", 400, 'a folded header line' ],
+		[ "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: b\rc\r\n\r\n", 400, 'a bare CR in a header value' ],
+		[ "GET /healthz HTTP/1.1\r\n\r\n", 400, 'HTTP/1.1 without Host' ],
+		[ "GET /v1/messages?" . ('a' x 9000) . " HTTP/1.1\r\nHost: x\r\n\r\n", 414, 'a 9,000-byte target' ],
+		[ "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " . ('b' x 40000) . "\r\n\r\n", 431, 'a 40 kB header' ])
+	{
+		my ($bytes, $want, $what) = @$case;
+		my $t0 = time();
+		my ($resp, $closed) = exchange($gw, $bytes, 4);
+		my $took = time() - $t0;
+		my ($status, $h, $body, $rest) = parse_response($resp);
+		my $json = EnvoismsTest::json($body // '') // {};
+		is($status // 'none', $want, "$what: $want");
+		like($json->{error}{code} // '', qr/^(VALIDATION_ERROR|INVALID_REQUEST|PAYLOAD_TOO_LARGE|URI_TOO_LONG|HEADERS_TOO_LARGE)$/,
+			"$what: the JSON error envelope") or diag substr($resp, 0, 300);
+		is($json->{error}{docs} // '', 'https://envoisms.ma/docs#errors', "$what: the envelope links the docs");
+		is(lc(($h->{connection} // [''])->[0]), 'close', "$what: Connection: close");
+		ok($closed && defined $rest && $rest eq '', "$what: exactly one response, then the connection closed")
+		  or diag "after the response: " . substr($rest // $resp, 0, 200);
+		cmp_ok($took, '<', 2, "$what: answered at once");
+	}
+
+	# the good ones next to them
+	for my $case (
+		[ "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200, 'a plain GET' ],
+		[ "GET /healthz HTTP/1.0\r\n\r\n", 200, 'HTTP/1.0 without Host' ],
+		[ "\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200, 'an empty line before the request line' ],
+		[ "GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n", 200, 'bare LF line ends' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+			401, 'the same Content-Length twice (read, then refused for its missing key)' ],
+		[ "POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+			401, 'Transfer-Encoding: chunked in any case' ])
+	{
+		my ($resp, $closed) = exchange($gw, $case->[0], 4);
+		my ($status, undef, undef, $rest) = parse_response($resp);
+		is($status // 'none', $case->[1], "$case->[2]: $case->[1]");
+		ok($closed && defined $rest && $rest eq '', "$case->[2]: one response") or diag substr($resp, 0, 300);
+	}
+
+	# on a kept-alive connection the second request is checked as well
+	{
+		my ($resp, $closed) = exchange($gw, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+			  . "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", 4);
+		my ($s1, undef, undef, $rest) = parse_response($resp);
+		my ($s2, $h2, $b2, $rest2) = parse_response($rest // '');
+		is($s1 // 'none', 200, 'kept alive: the first request is answered');
+		is($s2 // 'none', 400, 'kept alive: a second request with two Content-Length values: 400');
+		is((EnvoismsTest::json($b2 // '') // {})->{error}{code} // '', 'VALIDATION_ERROR', '... in the envelope');
+		ok($closed && defined $rest2 && $rest2 eq '', '... and then the connection closed');
+	}
+
+	# a connection that never completes its head is dropped after --timeout
+	{
+		my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $gw->{port}, Timeout => 5);
+		syswrite($sock, "GET /healthz HTTP/1.1\r\nHost: x\r\n");
+		my $t0 = time();
+		my $rin = '';
+		vec($rin, fileno($sock), 1) = 1;
+		select(my $rout = $rin, undef, undef, 10);
+		my $n = sysread($sock, my $buf, 100);
+		ok(!$n, sprintf('an unfinished head: closed after %.1f s (--timeout 5)', time() - $t0));
+		cmp_ok(time() - $t0, '<', 7, '... within the timeout and a tick');
+	}
+	my ($s) = EnvoismsTest::http('GET', "$gw->{url}/healthz");
+	is($s, 200, 'after all that the gateway still serves');
+	is(EnvoismsTest::stop_gateway($gw), 0, 'the gateway stops cleanly');
+}
 
 # ---- 4. HEAD: the GET's status and headers, no body
 
