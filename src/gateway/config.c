@@ -40,6 +40,13 @@ Usage(FILE *out)
 			"                          + 4, at least 8)              env ENVOISMS_GATEWAY_POOL\n"
 			"  --max-body BYTES        largest request body (default 16777216); larger\n"
 			"                          bodies get 413 unread         env ENVOISMS_GATEWAY_MAX_BODY\n"
+			"  --max-body-total BYTES  request bodies held at once, all connections\n"
+			"                          together (default 67108864, at least --max-body);\n"
+			"                          past it 503 with Retry-After, the body unread\n"
+			"                                                        env ENVOISMS_GATEWAY_MAX_BODY_TOTAL\n"
+			"  --precheck-above BYTES  a body larger than this (or chunked) is read only\n"
+			"                          after envoisms.api_precheck() accepted the key\n"
+			"                          (default 65536)               env ENVOISMS_GATEWAY_PRECHECK_ABOVE\n"
 			"  --max-url BYTES         longest request target (default 8192) -> 414\n"
 			"  --max-headers BYTES     largest header block (default 32768) -> 431\n"
 			"  --trusted-proxy CIDR    peer whose --proxy-header is believed; repeatable\n"
@@ -190,6 +197,8 @@ ConfigLoad(int argc, char **argv)
 		{"threads", required_argument, NULL, 't'},
 		{"pool", required_argument, NULL, 'p'},
 		{"max-body", required_argument, NULL, 'b'},
+		{"max-body-total", required_argument, NULL, 'B'},
+		{"precheck-above", required_argument, NULL, 'P'},
 		{"max-url", required_argument, NULL, 'u'},
 		{"max-headers", required_argument, NULL, 'H'},
 		{"trusted-proxy", required_argument, NULL, 'x'},
@@ -222,6 +231,8 @@ ConfigLoad(int argc, char **argv)
 	 */
 	config.pool_size = cpus > 2 ? (int) (2 * cpus + 4) : 8;
 	config.max_body = 16 * 1024 * 1024;
+	config.max_body_total = 64 * 1024 * 1024;
+	config.precheck_above = 64 * 1024;
 	config.max_url = 8192;
 	config.max_headers = 32768;
 	config.timeout = 15;
@@ -241,6 +252,10 @@ ConfigLoad(int argc, char **argv)
 	}
 	if ((env = getenv("ENVOISMS_GATEWAY_MAX_BODY")) && *env)
 		config.max_body = ParseInteger("ENVOISMS_GATEWAY_MAX_BODY", env, 1, 1LL << 32);
+	if ((env = getenv("ENVOISMS_GATEWAY_MAX_BODY_TOTAL")) && *env)
+		config.max_body_total = ParseInteger("ENVOISMS_GATEWAY_MAX_BODY_TOTAL", env, 1, 1LL << 40);
+	if ((env = getenv("ENVOISMS_GATEWAY_PRECHECK_ABOVE")) && *env)
+		config.precheck_above = ParseInteger("ENVOISMS_GATEWAY_PRECHECK_ABOVE", env, 0, 1LL << 32);
 	if ((env = getenv("ENVOISMS_GATEWAY_TIMEOUT")) && *env)
 		config.timeout = (int) ParseInteger("ENVOISMS_GATEWAY_TIMEOUT", env, 1, 86400);
 	if ((env = getenv("ENVOISMS_GATEWAY_MAX_CONNECTIONS")) && *env)
@@ -275,6 +290,12 @@ ConfigLoad(int argc, char **argv)
 				break;
 			case 'b':
 				config.max_body = ParseInteger("--max-body", optarg, 1, 1LL << 32);
+				break;
+			case 'B':
+				config.max_body_total = ParseInteger("--max-body-total", optarg, 1, 1LL << 40);
+				break;
+			case 'P':
+				config.precheck_above = ParseInteger("--precheck-above", optarg, 0, 1LL << 32);
 				break;
 			case 'u':
 				config.max_url = ParseInteger("--max-url", optarg, 256, 1 << 20);
@@ -322,4 +343,12 @@ ConfigLoad(int argc, char **argv)
 		Fail("argument", argv[optind], "unexpected; see --help");
 	if (!cors_given)
 		config.cors_any = true;
+	if (config.max_body_total < config.max_body)
+	{
+		char		value[32];
+
+		/* a body of --max-body could then never be accepted */
+		snprintf(value, sizeof(value), "%zu", config.max_body_total);
+		Fail("--max-body-total", value, "must be at least --max-body");
+	}
 }

@@ -111,6 +111,21 @@ ConnTrackBusy(struct MHD_Connection *connection, bool busy)
 	pthread_mutex_unlock(&lock);
 }
 
+/* A precheck answered and the body is to be read: the reaper may look again. */
+void
+ConnTrackReceiving(struct MHD_Connection *connection)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	Tracked    *t = info ? info->socket_context : NULL;
+
+	if (t == NULL)
+		return;
+	pthread_mutex_lock(&lock);
+	t->busy = false;
+	pthread_mutex_unlock(&lock);
+}
+
 /* Connections that have not finished a first request (shutdown waits for them). */
 int
 ConnTrackPending(void)

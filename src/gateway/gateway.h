@@ -10,7 +10,8 @@
  * clientip.c decides the client address, conntrack.c drops slow clients,
  * metrics.c counts and renders /metrics, log.c writes the access log. No
  * business rule lives here: auth, limits, routing and error codes are all
- * answered by SQL.
+ * answered by SQL. body.c keeps request bodies within --max-body-total;
+ * util.c has the small string helpers.
  */
 #ifndef ENVOISMS_GATEWAY_H
 #define ENVOISMS_GATEWAY_H
@@ -30,6 +31,27 @@
 #define MAX_ORIGINS 64
 #define DOCS_URL "https://envoisms.ma/docs#errors"
 #define JSON_TYPE "application/json; charset=utf-8"
+
+/* ---- util.c */
+
+typedef struct StrBuf
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+} StrBuf;
+
+/* Appends; false (and the buffer unchanged) when memory runs out. */
+extern bool StrBufAppend(StrBuf *sb, const char *s, size_t n);
+extern void StrBufFree(StrBuf *sb);
+/* Appends s as a JSON string literal; invalid UTF-8 bytes become U+FFFD. */
+extern bool JsonQuote(StrBuf *sb, const char *s);
+extern bool Utf8Valid(const char *s, size_t len);
+/* {"error": {"code", "message", "docs"}} (malloc'd; NULL when out of memory). */
+extern char *ErrorEnvelope(const char *code, const char *message);
+/* Grows the buffer to hold at least cap bytes (with its NUL); false when out of memory. */
+extern bool StrBufReserve(StrBuf *sb, size_t cap);
+extern double NowSeconds(void);
 
 /* ---- config.c */
 
@@ -54,6 +76,8 @@ typedef struct GatewayConfig
 	int			threads;
 	int			pool_size;
 	size_t		max_body;
+	size_t		max_body_total; /* request bodies held at once, all connections */
+	size_t		precheck_above; /* larger bodies wait for envoisms.api_precheck() */
 	size_t		max_url;
 	size_t		max_headers;
 	int			timeout;		/* seconds to receive a request; idle limit */
@@ -109,6 +133,16 @@ extern void PoolCallApi(const char *method, const char *path, const char *query,
 						const char *headers_json, const char *body,
 						const char *client_ip, ApiResult *result);
 
+/*
+ * Calls envoisms.api_precheck(): *refused and a filled *result when the key
+ * may not make this request (or the database is unavailable), else
+ * *refused = false and an empty result. A database without the function
+ * lets every request proceed, as before it existed.
+ */
+extern void PoolCallPrecheck(const char *method, const char *path,
+							 const char *headers_json, const char *client_ip,
+							 ApiResult *result, bool *refused);
+
 /* SELECT 1 through the pool; true when the database answered. */
 extern bool PoolHealthCheck(void);
 
@@ -116,11 +150,18 @@ extern void PoolStats(int *size, int *in_use, int *connected);
 
 /* ---- dbwork.c */
 
+typedef enum DbJobKind
+{
+	DB_JOB_API,					/* envoisms.api() */
+	DB_JOB_PRECHECK,			/* envoisms.api_precheck(), before a large body */
+	DB_JOB_HEALTH				/* SELECT 1 */
+} DbJobKind;
+
 typedef struct DbJob
 {
 	struct DbJob *next;
 	struct MHD_Connection *connection;	/* resumed when done */
-	bool		health;			/* SELECT 1 rather than envoisms.api() */
+	DbJobKind	kind;
 	const char *method;
 	const char *path;
 	const char *query;
@@ -129,6 +170,7 @@ typedef struct DbJob
 	const char *client_ip;
 	ApiResult	result;
 	bool		healthy;
+	bool		refused;		/* the precheck answered with an error */
 	bool		done;
 } DbJob;
 
@@ -157,6 +199,8 @@ extern void ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 							enum MHD_ConnectionNotificationCode code);
 /* Marks the connection busy (handler running) or waiting for a request. */
 extern void ConnTrackBusy(struct MHD_Connection *connection, bool busy);
+/* Marks the connection as receiving again (a precheck done) without resetting its clock. */
+extern void ConnTrackReceiving(struct MHD_Connection *connection);
 extern bool ConnTrackStart(void);
 extern void ConnTrackStop(void);
 /* Connections accepted that have not finished a first request. */
@@ -225,6 +269,28 @@ extern enum MHD_Result ResponseQueuePreflight(struct MHD_Connection *connection)
 extern char *ResponseRawError(int status, const char *code, const char *message,
 							  size_t *len);
 
+/* ---- body.c */
+
+typedef struct Body
+{
+	StrBuf		buf;
+	size_t		reserved;		/* bytes of --max-body-total held: buf's capacity */
+} Body;
+
+typedef enum BodyStore
+{
+	BODY_STORED,
+	BODY_OVER_BUDGET,			/* --max-body-total (or --max-body) would be exceeded */
+	BODY_NO_MEMORY
+} BodyStore;
+
+/* Reserves a declared body whole (length bytes) before it is read. */
+extern BodyStore BodyReserve(Body *body, size_t length);
+/* Appends n bytes, reserving more first when the buffer must grow. */
+extern BodyStore BodyAppend(Body *body, const char *data, size_t n);
+/* Frees the body and gives its reservation back. */
+extern void BodyRelease(Body *body);
+
 /* ---- http.c */
 
 extern bool HttpInit(void);
@@ -245,24 +311,5 @@ extern void AccessLog(const char *method, const char *route, int status,
 					  size_t bytes_in);
 extern void ErrorLog(const char *fmt,...) __attribute__((format(printf, 1, 2)));
 extern void InfoLog(const char *fmt,...) __attribute__((format(printf, 1, 2)));
-
-/* ---- util.c */
-
-typedef struct StrBuf
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-} StrBuf;
-
-/* Appends; false (and the buffer unchanged) when memory runs out. */
-extern bool StrBufAppend(StrBuf *sb, const char *s, size_t n);
-extern void StrBufFree(StrBuf *sb);
-/* Appends s as a JSON string literal; invalid UTF-8 bytes become U+FFFD. */
-extern bool JsonQuote(StrBuf *sb, const char *s);
-extern bool Utf8Valid(const char *s, size_t len);
-/* {"error": {"code", "message", "docs"}} (malloc'd; NULL when out of memory). */
-extern char *ErrorEnvelope(const char *code, const char *message);
-extern double NowSeconds(void);
 
 #endif							/* ENVOISMS_GATEWAY_H */

@@ -34,6 +34,24 @@ StrBufAppend(StrBuf *sb, const char *s, size_t n)
 	return true;
 }
 
+/* Grows the buffer to an exact capacity (a body of known size). */
+bool
+StrBufReserve(StrBuf *sb, size_t cap)
+{
+	char	   *data;
+
+	if (cap <= sb->cap)
+		return true;
+	data = realloc(sb->data, cap);
+	if (data == NULL)
+		return false;
+	if (sb->data == NULL)
+		data[0] = '\0';
+	sb->data = data;
+	sb->cap = cap;
+	return true;
+}
+
 /* Frees the buffer and makes it empty again. */
 void
 StrBufFree(StrBuf *sb)

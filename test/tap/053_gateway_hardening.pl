@@ -1,9 +1,10 @@
 # 053_gateway_hardening.pl — what an adversarial review got through the
 # gateway, each case next to the good one: a client address spoofed with
 # an X-Forwarded-For (or Forwarded) line of its own ahead of the proxy's;
-# requests whose framing libmicrohttpd reads one way and a proxy another
-# (answered in HTML, or twice, or not at all); HEAD on a GET route. Only
-# loopback connections: the addresses in headers are just strings.
+# large bodies read, and held, before their key was checked; requests whose
+# framing libmicrohttpd reads one way and a proxy another (answered in HTML,
+# or twice, or not at all); HEAD on a GET route. Only loopback connections:
+# the addresses in headers are just strings.
 use strict;
 use warnings;
 
@@ -15,7 +16,7 @@ use Time::HiRes qw(time sleep);
 
 use EnvoismsTest;
 
-my $node = EnvoismsTest::node('hardening');
+my $node = EnvoismsTest::node('hardening', conf => ["track_functions = 'all'"]);
 
 # ---- helpers
 
@@ -96,6 +97,13 @@ sub client_of
 	return "no access line (status $status)";
 }
 
+sub vm
+{
+	my ($gw, $field) = @_;
+	my ($kb) = slurp_file("/proc/$gw->{pid}/status") =~ /^$field:\s+(\d+) kB/m;
+	return $kb / 1024;
+}
+
 # ---- 1. the client address behind a trusted proxy: every line of the
 # header, walked from the right
 
@@ -165,6 +173,160 @@ is($balance->($fwd, $pinned, 'Forwarded: for=203.0.113.7', 'Forwarded: for=198.5
 	'Forwarded: the client\'s own line ahead of the proxy\'s: 401');
 
 EnvoismsTest::stop_gateway($_) for $xff, $fwd;
+
+# ---- 2. large bodies: the key is checked before the body is read, and the
+# bodies held at once are bounded
+
+# Calls of api_precheck counted so far. An idle backend reports its counts
+# only every ten seconds, an exiting one at once: call this once the
+# gateway has stopped.
+my $precheck_calls = sub {
+	for (1 .. 100)
+	{
+		last if $node->safe_psql('envoisms',
+			"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'envoisms-gateway'") == 0;
+		sleep 0.1;
+	}
+	return $node->safe_psql('envoisms',
+		"SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'api_precheck'");
+};
+
+# Opens $n connections that each send $head and then push $size body bytes,
+# all at once. Returns each connection's response once it answered, closed
+# or $timeout passed.
+sub flood
+{
+	my ($gw, $n, $head, $size, $timeout) = @_;
+	my @c;
+	for (1 .. $n)
+	{
+		my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $gw->{port},
+			Proto => 'tcp', Timeout => 5) or die "connect: $!";
+		$s->blocking(0);
+		push @c, { sock => $s, out => $head, left => $size, resp => '' };
+	}
+	local $SIG{PIPE} = 'IGNORE';
+	my $chunk = 'x' x 65536;
+	my $deadline = time() + $timeout;
+	while (time() < $deadline)
+	{
+		my @open = grep { !$_->{done} } @c;
+		last unless @open;
+		my ($rin, $win) = ('', '');
+		for my $c (@open)
+		{
+			vec($rin, fileno($c->{sock}), 1) = 1;
+			vec($win, fileno($c->{sock}), 1) = 1 if length $c->{out} || $c->{left} > 0;
+		}
+		next unless select(my $rout = $rin, my $wout = $win, undef, 0.1);
+		for my $c (@open)
+		{
+			my $fd = fileno($c->{sock});
+			if (vec($rout, $fd, 1))
+			{
+				my $r = sysread($c->{sock}, my $buf, 65536);
+				if (!$r) { $c->{done} = 1; next; }
+				$c->{resp} .= $buf;
+				my (undef, undef, $body) = parse_response($c->{resp});
+				$c->{done} = 1 if defined $body && $body =~ /\}\s*$/;
+			}
+			if (vec($wout, $fd, 1) && !$c->{done})
+			{
+				if (!length $c->{out})
+				{
+					my $k = min(65536, $c->{left});
+					$c->{out} = substr($chunk, 0, $k);
+					$c->{left} -= $k;
+				}
+				my $w = syswrite($c->{sock}, $c->{out});
+				if (defined $w) { substr($c->{out}, 0, $w) = ''; }
+				elsif (!$!{EAGAIN}) { $c->{out} = ''; $c->{left} = 0; }
+			}
+		}
+	}
+	close $_->{sock} for @c;
+	return map { $_->{resp} } @c;
+}
+
+{
+	my $gw = EnvoismsTest::start_gateway($node, args => ['--threads', '4']);
+	my (undef, $key) = EnvoismsTest::demo_key($node, rate_limit => undef);
+	my $size = 8 * 1024 * 1024;
+	EnvoismsTest::http('GET', "$gw->{url}/healthz") for 1 .. 5;
+	my $base = vm($gw, 'VmHWM');
+	my $t0 = time();
+	my @resps = flood($gw, 24,
+		"POST /v1/messages/bulk HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+		  . "Content-Length: $size\r\n\r\n", $size, 60);
+	my $took = time() - $t0;
+	my @unauthorized = grep { ((parse_response($_))[0] // 0) == 401 } @resps;
+	my $grown = vm($gw, 'VmHWM') - $base;
+	is(scalar @unauthorized, 24, sprintf('24 unauthenticated 8 MiB bodies at once: all 401 (in %.1f s)', $took));
+	cmp_ok($grown, '<', 24, sprintf('... and the peak RSS grew by %.1f MB (from %.1f MB), not by the 192 MB sent',
+		$grown, $base));
+	my @bulk = grep { $_->{route} eq '/v1/messages/bulk' } access_lines($gw);
+	is(scalar(grep { $_->{status} == 401 && $_->{bytes_in} == 0 } @bulk), 24,
+		'... each answered with no body byte read (bytes_in 0 in the access log)');
+
+	my ($resp) = exchange($gw, "POST /v1/messages/bulk HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+		  . "Content-Length: $size\r\n\r\n", 3);
+	like($resp, qr{^HTTP/1\.1 401 }, 'Expect: 100-continue without a key: 401, and no 100 Continue asking for the body');
+
+	($resp) = exchange($gw, "POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+		  . "10000\r\n" . ('x' x 65536) . "\r\n", 3);
+	like($resp, qr{^HTTP/1\.1 401 }, 'a chunked body without a key: 401 before the body is read');
+
+	note sprintf('RSS: peak %.1f MB, now %.1f MB', vm($gw, 'VmHWM'), vm($gw, 'VmRSS'));
+	is(EnvoismsTest::stop_gateway($gw), 0, 'the gateway stops cleanly');
+
+	# a legit large body goes through the precheck, a small one does not
+	my $calls = $precheck_calls->();
+	$gw = EnvoismsTest::start_gateway($node);
+	my ($s) = EnvoismsTest::http('POST', "$gw->{url}/v1/messages",
+		{ Authorization => "Bearer $key", 'Content-Type' => 'application/json' },
+		'{"to": "+212612345678", "message": "Bonjour"}');
+	is($s, 201, 'a small body is sent as before');
+	my $items = join(', ', map { sprintf('{"to": "+2126%08d", "message": "Bonjour %d"}', $_, $_) } 1 .. 10_000);
+	my $bulk = qq({"messages": [$items], "from": "ENVOISMS", "channel": "sms"});
+	my ($bs, undef, $bc) = EnvoismsTest::http('POST', "$gw->{url}/v1/messages/bulk",
+		{ Authorization => "Bearer $key", 'Content-Type' => 'application/json' }, $bulk, timeout => 120);
+	is($bs, 201, sprintf('an authorised %.1f MB bulk still goes through', length($bulk) / 1e6))
+	  or diag substr($bc, 0, 300);
+	is(EnvoismsTest::stop_gateway($gw), 0, 'the gateway stops cleanly');
+	is($precheck_calls->(), $calls + 1, 'one precheck: the bulk\'s, none for the small body');
+}
+
+# --max-body-total: bodies past it wait for nobody, they get 503 unread
+{
+	my $mib = 1024 * 1024;
+	my $gw = EnvoismsTest::start_gateway($node,
+		args => ['--max-body', 4 * $mib, '--max-body-total', 10 * $mib]);
+	my (undef, $key) = EnvoismsTest::demo_key($node, rate_limit => undef);
+	my $head = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer $key\r\n"
+	  . "Content-Type: application/json\r\nContent-Length: " . (3 * $mib) . "\r\n\r\n";
+	my @held;
+	for (1 .. 3)
+	{
+		my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $gw->{port}, Timeout => 5);
+		syswrite($s, $head . ('x' x 1000));
+		push @held, $s;
+	}
+	sleep 0.5;    # their prechecks pass; 9 MiB of 10 are reserved
+	my ($resp, $closed) = exchange($gw, $head, 3);
+	my ($status, $h, $body) = parse_response($resp);
+	is($status // 0, 503, 'a fourth 3 MiB body while three are held: 503 at once');
+	is((EnvoismsTest::json($body // '') // {})->{error}{code}, 'SERVICE_UNAVAILABLE', '... SERVICE_UNAVAILABLE envelope');
+	like($h->{'retry-after'}[0] // '', qr/^\d+$/, '... with Retry-After');
+	ok($closed, '... and the connection closed, the body unread');
+	close $_ for @held;
+	sleep 0.5;
+	($status, $h, $body) = request($gw, 'POST', '/v1/messages',
+		[ "Authorization: Bearer $key", 'Content-Type: application/json' ],
+		'{"message": "' . ('a' x (3 * $mib)) . '"}');
+	ok($status == 400 && (EnvoismsTest::json($body) // {})->{error}{code} =~ /^(VALIDATION_ERROR|INVALID_PHONE)$/,
+		"once they are gone a 3 MiB body is read and reaches SQL (answered $status)");
+	is(EnvoismsTest::stop_gateway($gw), 0, 'the gateway stops cleanly');
+}
 
 # ---- 3. framing: one well-framed JSON answer, and the connection closed
 
