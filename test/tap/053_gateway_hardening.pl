@@ -456,4 +456,15 @@ sub flood
 	is(EnvoismsTest::stop_gateway($gw), 0, 'the gateway stops cleanly');
 }
 
+# ---- the README's flag table and --help name the same flags (new ones
+# came with these fixes)
+{
+	my $bin = EnvoismsTest::gateway_binary();
+	my $help = `$bin --help`;
+	my %in_help = map { $_ => 1 } grep { $_ ne '--help' } $help =~ /^\s+(--[a-z-]+)/mg;
+	my ($section) = slurp_file("$EnvoismsTest::ROOT/README.md") =~ /^## Gateway\n(.*?)^## /ms;
+	my %in_readme = map { $_ => 1 } map { /`(--[a-z-]+)/g } grep { /^\| `--/ } split /\n/, $section;
+	is_deeply([ sort keys %in_readme ], [ sort keys %in_help ], 'README\'s Gateway table lists exactly the flags of --help');
+}
+
 done_testing();
