@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "gateway.h"
@@ -19,6 +20,7 @@
 
 GatewayConfig config;
 
+/* The --help text; every flag with its default and environment variable. */
 static void
 Usage(FILE *out)
 {
@@ -38,10 +40,20 @@ Usage(FILE *out)
 			"                          + 4, at least 8)              env ENVOISMS_GATEWAY_POOL\n"
 			"  --max-body BYTES        largest request body (default 16777216); larger\n"
 			"                          bodies get 413 unread         env ENVOISMS_GATEWAY_MAX_BODY\n"
+			"  --max-body-total BYTES  request bodies held at once, all connections\n"
+			"                          together (default 67108864, at least --max-body);\n"
+			"                          past it 503 with Retry-After, the body unread\n"
+			"                                                        env ENVOISMS_GATEWAY_MAX_BODY_TOTAL\n"
+			"  --precheck-above BYTES  a body larger than this (or chunked) is read only\n"
+			"                          after envoisms.api_precheck() accepted the key\n"
+			"                          (default 65536)               env ENVOISMS_GATEWAY_PRECHECK_ABOVE\n"
 			"  --max-url BYTES         longest request target (default 8192) -> 414\n"
 			"  --max-headers BYTES     largest header block (default 32768) -> 431\n"
-			"  --trusted-proxy CIDR    peer whose X-Forwarded-For is believed; repeatable\n"
+			"  --trusted-proxy CIDR    peer whose --proxy-header is believed; repeatable\n"
 			"                          (default none)  env ENVOISMS_GATEWAY_TRUSTED_PROXIES (comma list)\n"
+			"  --proxy-header NAME     the header the trusted proxies append the client to:\n"
+			"                          X-Forwarded-For (default) or Forwarded (RFC 7239)\n"
+			"                                                        env ENVOISMS_GATEWAY_PROXY_HEADER\n"
 			"  --cors-origin ORIGIN    allowed browser origin; repeatable (default '*')\n"
 			"                                          env ENVOISMS_GATEWAY_CORS_ORIGINS (comma list)\n"
 			"  --timeout SECONDS       a request must arrive within this time; idle\n"
@@ -59,6 +71,7 @@ Usage(FILE *out)
 			"SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n");
 }
 
+/* Stops the process on a bad setting, naming it; nothing is silently clamped. */
 static void
 Fail(const char *setting, const char *value, const char *why)
 {
@@ -66,6 +79,7 @@ Fail(const char *setting, const char *value, const char *why)
 	exit(2);
 }
 
+/* A whole number within [min, max], or Fail(). */
 static long long
 ParseInteger(const char *setting, const char *value, long long min, long long max)
 {
@@ -86,6 +100,7 @@ ParseInteger(const char *setting, const char *value, long long min, long long ma
 	return v;
 }
 
+/* --listen ADDR:PORT or [IPv6]:PORT. */
 static void
 ParseListen(const char *value)
 {
@@ -116,6 +131,19 @@ ParseListen(const char *value)
 	config.listen_port = (int) ParseInteger("--listen port", colon + 1, 0, 65535);
 }
 
+/* --proxy-header: one of the two names, in any case. */
+static void
+ParseProxyHeader(const char *setting, const char *value)
+{
+	if (strcasecmp(value, "X-Forwarded-For") == 0)
+		config.proxy_header = PROXY_HEADER_X_FORWARDED_FOR;
+	else if (strcasecmp(value, "Forwarded") == 0)
+		config.proxy_header = PROXY_HEADER_FORWARDED;
+	else
+		Fail(setting, value, "expected X-Forwarded-For or Forwarded");
+}
+
+/* One --trusted-proxy network. */
 static void
 AddTrusted(const char *value)
 {
@@ -126,6 +154,7 @@ AddTrusted(const char *value)
 	config.ntrusted++;
 }
 
+/* One --cors-origin; "*" allows any. */
 static void
 AddOrigin(const char *value)
 {
@@ -158,6 +187,7 @@ EachItem(const char *list, void (*add) (const char *))
 	free(copy);
 }
 
+/* Defaults, then the environment, then the flags; then the checks across settings. */
 void
 ConfigLoad(int argc, char **argv)
 {
@@ -167,9 +197,12 @@ ConfigLoad(int argc, char **argv)
 		{"threads", required_argument, NULL, 't'},
 		{"pool", required_argument, NULL, 'p'},
 		{"max-body", required_argument, NULL, 'b'},
+		{"max-body-total", required_argument, NULL, 'B'},
+		{"precheck-above", required_argument, NULL, 'P'},
 		{"max-url", required_argument, NULL, 'u'},
 		{"max-headers", required_argument, NULL, 'H'},
 		{"trusted-proxy", required_argument, NULL, 'x'},
+		{"proxy-header", required_argument, NULL, 'F'},
 		{"cors-origin", required_argument, NULL, 'c'},
 		{"timeout", required_argument, NULL, 'T'},
 		{"max-connections", required_argument, NULL, 'm'},
@@ -198,11 +231,14 @@ ConfigLoad(int argc, char **argv)
 	 */
 	config.pool_size = cpus > 2 ? (int) (2 * cpus + 4) : 8;
 	config.max_body = 16 * 1024 * 1024;
+	config.max_body_total = 64 * 1024 * 1024;
+	config.precheck_above = 64 * 1024;
 	config.max_url = 8192;
 	config.max_headers = 32768;
 	config.timeout = 15;
 	config.max_connections = 4096;
 	config.openapi_path = OPENAPI_PATH;
+	config.proxy_header = PROXY_HEADER_X_FORWARDED_FOR;
 
 	if ((env = getenv("ENVOISMS_GATEWAY_LISTEN")) && *env)
 		ParseListen(env);
@@ -216,12 +252,18 @@ ConfigLoad(int argc, char **argv)
 	}
 	if ((env = getenv("ENVOISMS_GATEWAY_MAX_BODY")) && *env)
 		config.max_body = ParseInteger("ENVOISMS_GATEWAY_MAX_BODY", env, 1, 1LL << 32);
+	if ((env = getenv("ENVOISMS_GATEWAY_MAX_BODY_TOTAL")) && *env)
+		config.max_body_total = ParseInteger("ENVOISMS_GATEWAY_MAX_BODY_TOTAL", env, 1, 1LL << 40);
+	if ((env = getenv("ENVOISMS_GATEWAY_PRECHECK_ABOVE")) && *env)
+		config.precheck_above = ParseInteger("ENVOISMS_GATEWAY_PRECHECK_ABOVE", env, 0, 1LL << 32);
 	if ((env = getenv("ENVOISMS_GATEWAY_TIMEOUT")) && *env)
 		config.timeout = (int) ParseInteger("ENVOISMS_GATEWAY_TIMEOUT", env, 1, 86400);
 	if ((env = getenv("ENVOISMS_GATEWAY_MAX_CONNECTIONS")) && *env)
 		config.max_connections = (int) ParseInteger("ENVOISMS_GATEWAY_MAX_CONNECTIONS", env, 1, 1000000);
 	if ((env = getenv("ENVOISMS_GATEWAY_OPENAPI")) && *env)
 		config.openapi_path = strdup(env);
+	if ((env = getenv("ENVOISMS_GATEWAY_PROXY_HEADER")) && *env)
+		ParseProxyHeader("ENVOISMS_GATEWAY_PROXY_HEADER", env);
 	if ((env = getenv("ENVOISMS_GATEWAY_TRUSTED_PROXIES")) && *env)
 		EachItem(env, AddTrusted);
 	if ((env = getenv("ENVOISMS_GATEWAY_CORS_ORIGINS")) && *env)
@@ -245,9 +287,15 @@ ConfigLoad(int argc, char **argv)
 				break;
 			case 'p':
 				config.pool_size = (int) ParseInteger("--pool", optarg, 1, 1024);
-						break;
+				break;
 			case 'b':
 				config.max_body = ParseInteger("--max-body", optarg, 1, 1LL << 32);
+				break;
+			case 'B':
+				config.max_body_total = ParseInteger("--max-body-total", optarg, 1, 1LL << 40);
+				break;
+			case 'P':
+				config.precheck_above = ParseInteger("--precheck-above", optarg, 0, 1LL << 32);
 				break;
 			case 'u':
 				config.max_url = ParseInteger("--max-url", optarg, 256, 1 << 20);
@@ -261,6 +309,9 @@ ConfigLoad(int argc, char **argv)
 					config.ntrusted = 0;
 				trusted_given = true;
 				AddTrusted(optarg);
+				break;
+			case 'F':
+				ParseProxyHeader("--proxy-header", optarg);
 				break;
 			case 'c':
 				if (!cors_flag)
@@ -292,4 +343,12 @@ ConfigLoad(int argc, char **argv)
 		Fail("argument", argv[optind], "unexpected; see --help");
 	if (!cors_given)
 		config.cors_any = true;
+	if (config.max_body_total < config.max_body)
+	{
+		char		value[32];
+
+		/* a body of --max-body could then never be accepted */
+		snprintf(value, sizeof(value), "%zu", config.max_body_total);
+		Fail("--max-body-total", value, "must be at least --max-body");
+	}
 }

@@ -12,6 +12,12 @@
  * While a request is being served (database call, response being written)
  * the connection is exempt; MHD's inactivity timeout covers slow readers.
  *
+ * A connection reaches libmicrohttpd only once acceptor.c has seen its first
+ * head whole, so the first request is rarely still arriving here; the
+ * acceptor applies the same --timeout to the head it waits for. A CLOSED
+ * notification also tells the acceptor that a slot of --max-connections is
+ * free.
+ *
  * Locking: one mutex guards the list. MHD notifies CLOSED before it closes
  * the descriptor, so the reaper never shuts down a reused descriptor.
  */
@@ -40,6 +46,7 @@ static bool stopping;
 static pthread_t reaper;
 static bool reaper_started;
 
+/* libmicrohttpd's connection callback: a connection starts or ends being tracked. */
 void
 ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 				void **socket_context, enum MHD_ConnectionNotificationCode code)
@@ -67,6 +74,7 @@ ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 	{
 		Tracked    *t = *socket_context;
 
+		AcceptorConnectionClosed();
 		if (t == NULL)
 			return;
 		pthread_mutex_lock(&lock);
@@ -83,6 +91,7 @@ ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 	}
 }
 
+/* Busy: exempt from the reaper. Not busy: a request ended, its clock restarts. */
 void
 ConnTrackBusy(struct MHD_Connection *connection, bool busy)
 {
@@ -102,6 +111,22 @@ ConnTrackBusy(struct MHD_Connection *connection, bool busy)
 	pthread_mutex_unlock(&lock);
 }
 
+/* A precheck answered and the body is to be read: the reaper may look again. */
+void
+ConnTrackReceiving(struct MHD_Connection *connection)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	Tracked    *t = info ? info->socket_context : NULL;
+
+	if (t == NULL)
+		return;
+	pthread_mutex_lock(&lock);
+	t->busy = false;
+	pthread_mutex_unlock(&lock);
+}
+
+/* Connections that have not finished a first request (shutdown waits for them). */
 int
 ConnTrackPending(void)
 {
@@ -115,6 +140,7 @@ ConnTrackPending(void)
 	return n;
 }
 
+/* Every quarter second, shuts down the connections past --timeout. */
 static void *
 ReaperMain(void *arg)
 {
@@ -146,6 +172,7 @@ ReaperMain(void *arg)
 	return NULL;
 }
 
+/* Starts the reaper thread. */
 bool
 ConnTrackStart(void)
 {
@@ -155,6 +182,7 @@ ConnTrackStart(void)
 	return true;
 }
 
+/* Stops and joins the reaper thread. */
 void
 ConnTrackStop(void)
 {

@@ -2,7 +2,8 @@
  * dbwork.c — the threads that talk to the database.
  *
  * libmicrohttpd's threads only do network I/O. When a request needs the
- * database, http.c suspends its connection and queues a DbJob here; one of
+ * database (the envoisms.api() call, the precheck before a large body, the
+ * health check), http.c suspends its connection and queues a DbJob here; one of
  * the --pool worker threads runs it on a pool connection (there are exactly
  * as many workers as connections, so a worker never waits for a connection)
  * and resumes the connection, whose handler then writes the response. A
@@ -27,6 +28,7 @@ static bool stopping;
 static pthread_t *workers;
 static int	nworkers;
 
+/* One worker: takes jobs in FIFO order until told to stop and the queue is empty. */
 static void *
 WorkerMain(void *arg)
 {
@@ -48,16 +50,26 @@ WorkerMain(void *arg)
 			tail = NULL;
 		pthread_mutex_unlock(&lock);
 
-		if (job->health)
-			job->healthy = PoolHealthCheck();
-		else
-			PoolCallApi(job->method, job->path, job->query, job->headers_json,
-						job->body, job->client_ip, &job->result);
+		switch (job->kind)
+		{
+			case DB_JOB_HEALTH:
+				job->healthy = PoolHealthCheck();
+				break;
+			case DB_JOB_PRECHECK:
+				PoolCallPrecheck(job->method, job->path, job->headers_json,
+								 job->client_ip, &job->result, &job->refused);
+				break;
+			case DB_JOB_API:
+				PoolCallApi(job->method, job->path, job->query, job->headers_json,
+							job->body, job->client_ip, &job->result);
+				break;
+		}
 		__atomic_store_n(&job->done, true, __ATOMIC_RELEASE);
 		MHD_resume_connection(job->connection);
 	}
 }
 
+/* Starts count workers; false when a thread cannot be created. */
 bool
 DbWorkStart(int count)
 {
@@ -70,6 +82,7 @@ DbWorkStart(int count)
 	return true;
 }
 
+/* Queues a job for the next free worker. */
 void
 DbWorkSubmit(DbJob *job)
 {
@@ -85,6 +98,7 @@ DbWorkSubmit(DbJob *job)
 	pthread_mutex_unlock(&lock);
 }
 
+/* Lets the workers finish the queue, then joins them. */
 void
 DbWorkStop(void)
 {

@@ -2,12 +2,16 @@
  * gateway.h — the parts of envoisms-gateway that the files share.
  *
  * The gateway is a thin HTTP front for envoisms.api(): main.c starts it and
- * waits for a signal, config.c reads flags and environment, http.c turns a
- * request into one call through pool.c (libpq connections, one prepared
- * statement each) on the worker threads of dbwork.c, clientip.c decides the
- * client address, conntrack.c drops slow clients, metrics.c counts and
- * renders /metrics, log.c writes the access log. No business rule lives here: auth, limits, routing and error
- * codes are all answered by SQL.
+ * waits for a signal, config.c reads flags and environment, acceptor.c
+ * accepts connections and holds each until its first request head has
+ * arrived and passed head.c's framing rules, http.c turns a request into one
+ * call through pool.c (libpq connections, one prepared statement each) on
+ * the worker threads of dbwork.c and response.c writes the answer,
+ * clientip.c decides the client address, conntrack.c drops slow clients,
+ * metrics.c counts and renders /metrics, log.c writes the access log. No
+ * business rule lives here: auth, limits, routing and error codes are all
+ * answered by SQL. body.c keeps request bodies within --max-body-total;
+ * util.c has the small string helpers.
  */
 #ifndef ENVOISMS_GATEWAY_H
 #define ENVOISMS_GATEWAY_H
@@ -26,6 +30,28 @@
 #define MAX_CIDRS 64
 #define MAX_ORIGINS 64
 #define DOCS_URL "https://envoisms.ma/docs#errors"
+#define JSON_TYPE "application/json; charset=utf-8"
+
+/* ---- util.c */
+
+typedef struct StrBuf
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+} StrBuf;
+
+/* Appends; false (and the buffer unchanged) when memory runs out. */
+extern bool StrBufAppend(StrBuf *sb, const char *s, size_t n);
+extern void StrBufFree(StrBuf *sb);
+/* Appends s as a JSON string literal; invalid UTF-8 bytes become U+FFFD. */
+extern bool JsonQuote(StrBuf *sb, const char *s);
+extern bool Utf8Valid(const char *s, size_t len);
+/* {"error": {"code", "message", "docs"}} (malloc'd; NULL when out of memory). */
+extern char *ErrorEnvelope(const char *code, const char *message);
+/* Grows the buffer to hold at least cap bytes (with its NUL); false when out of memory. */
+extern bool StrBufReserve(StrBuf *sb, size_t cap);
+extern double NowSeconds(void);
 
 /* ---- config.c */
 
@@ -36,6 +62,12 @@ typedef struct Cidr
 	int			bits;
 } Cidr;
 
+typedef enum ProxyHeader
+{
+	PROXY_HEADER_X_FORWARDED_FOR,
+	PROXY_HEADER_FORWARDED		/* RFC 7239 */
+} ProxyHeader;
+
 typedef struct GatewayConfig
 {
 	char		listen_host[256];
@@ -44,6 +76,8 @@ typedef struct GatewayConfig
 	int			threads;
 	int			pool_size;
 	size_t		max_body;
+	size_t		max_body_total; /* request bodies held at once, all connections */
+	size_t		precheck_above; /* larger bodies wait for envoisms.api_precheck() */
 	size_t		max_url;
 	size_t		max_headers;
 	int			timeout;		/* seconds to receive a request; idle limit */
@@ -51,6 +85,7 @@ typedef struct GatewayConfig
 	char	   *openapi_path;
 	Cidr		trusted[MAX_CIDRS];
 	int			ntrusted;
+	ProxyHeader proxy_header;	/* the header the trusted proxies write */
 	char	   *cors_origins[MAX_ORIGINS];
 	int			ncors;
 	bool		cors_any;
@@ -66,12 +101,16 @@ extern void ConfigLoad(int argc, char **argv);
 /* Parses "a.b.c.d/n", "x::y/n" or a bare address; false when invalid. */
 extern bool CidrParse(const char *text, Cidr *out);
 
+/* The request header --proxy-header names: "X-Forwarded-For" or "Forwarded". */
+extern const char *ProxyHeaderName(void);
+
 /*
  * Writes the client's address to out (INET6_ADDRSTRLEN): the peer address,
- * or, when the peer is a trusted proxy, the right-most address of
- * X-Forwarded-For that is not itself trusted.
+ * or, when the peer is a trusted proxy, the right-most address of the proxy
+ * header that is not itself trusted. forwarded is every line of that header,
+ * in order, joined with ", " (NULL when there is none).
  */
-extern void ClientIpResolve(const struct sockaddr *peer, const char *forwarded_for,
+extern void ClientIpResolve(const struct sockaddr *peer, const char *forwarded,
 							char *out, size_t outlen);
 
 /* ---- pool.c */
@@ -94,6 +133,16 @@ extern void PoolCallApi(const char *method, const char *path, const char *query,
 						const char *headers_json, const char *body,
 						const char *client_ip, ApiResult *result);
 
+/*
+ * Calls envoisms.api_precheck(): *refused and a filled *result when the key
+ * may not make this request (or the database is unavailable), else
+ * *refused = false and an empty result. A database without the function
+ * lets every request proceed, as before it existed.
+ */
+extern void PoolCallPrecheck(const char *method, const char *path,
+							 const char *headers_json, const char *client_ip,
+							 ApiResult *result, bool *refused);
+
 /* SELECT 1 through the pool; true when the database answered. */
 extern bool PoolHealthCheck(void);
 
@@ -101,11 +150,18 @@ extern void PoolStats(int *size, int *in_use, int *connected);
 
 /* ---- dbwork.c */
 
+typedef enum DbJobKind
+{
+	DB_JOB_API,					/* envoisms.api() */
+	DB_JOB_PRECHECK,			/* envoisms.api_precheck(), before a large body */
+	DB_JOB_HEALTH				/* SELECT 1 */
+} DbJobKind;
+
 typedef struct DbJob
 {
 	struct DbJob *next;
 	struct MHD_Connection *connection;	/* resumed when done */
-	bool		health;			/* SELECT 1 rather than envoisms.api() */
+	DbJobKind	kind;
 	const char *method;
 	const char *path;
 	const char *query;
@@ -114,6 +170,7 @@ typedef struct DbJob
 	const char *client_ip;
 	ApiResult	result;
 	bool		healthy;
+	bool		refused;		/* the precheck answered with an error */
 	bool		done;
 } DbJob;
 
@@ -142,10 +199,97 @@ extern void ConnTrackNotify(void *cls, struct MHD_Connection *connection,
 							enum MHD_ConnectionNotificationCode code);
 /* Marks the connection busy (handler running) or waiting for a request. */
 extern void ConnTrackBusy(struct MHD_Connection *connection, bool busy);
+/* Marks the connection as receiving again (a precheck done) without resetting its clock. */
+extern void ConnTrackReceiving(struct MHD_Connection *connection);
 extern bool ConnTrackStart(void);
 extern void ConnTrackStop(void);
 /* Connections accepted that have not finished a first request. */
 extern int	ConnTrackPending(void);
+
+/* ---- acceptor.c */
+
+/* Opens the listening socket; false (with errno) when it cannot. */
+extern bool AcceptorListen(const struct sockaddr *addr, socklen_t addrlen);
+/* Starts accepting; connections go to daemon once their first head passed. */
+extern bool AcceptorStart(struct MHD_Daemon *daemon);
+/* Closes the listening socket (new connections are refused); returns when done. */
+extern void AcceptorQuiesce(void);
+/* Connections accepted whose first head has not yet been handed over or refused. */
+extern int	AcceptorPending(void);
+/* Closes what is still pending and ends the thread. */
+extern void AcceptorStop(void);
+/* A connection handed to libmicrohttpd closed: its slot of --max-connections is free. */
+extern void AcceptorConnectionClosed(void);
+
+/* ---- head.c */
+
+typedef struct HeadRefusal
+{
+	int			status;			/* 400, 413, 414, 431, 501 or 505 */
+	const char *code;			/* the envelope's error code */
+	char		message[128];
+} HeadRefusal;
+
+typedef enum HeadState
+{
+	HEAD_INCOMPLETE,			/* no end of head yet, and no rule broken so far */
+	HEAD_COMPLETE,				/* the head is whole and well framed */
+	HEAD_REFUSED				/* *refusal says why */
+} HeadState;
+
+/* Checks the raw bytes of a first request head (request line, header lines). */
+extern HeadState HeadInspect(const char *buf, size_t len, HeadRefusal *refusal);
+/*
+ * Checks the header fields libmicrohttpd parsed, on every request: true
+ * (and *refusal) when the request must be refused before its body is read.
+ */
+extern bool HeadFieldsRefused(struct MHD_Connection *connection, const char *version,
+							  HeadRefusal *refusal);
+
+/* ---- response.c */
+
+/*
+ * Queues a response: body (len bytes, copied), content type, CORS headers,
+ * "Connection: close" when close, and the headers of SQL's JSON object
+ * sql_headers (or NULL); X-Envoisms-Key-Id is copied to key_id instead
+ * of being sent.
+ */
+extern enum MHD_Result ResponseQueue(struct MHD_Connection *connection, int status,
+									 const char *body, size_t len,
+									 const char *content_type,
+									 const char *sql_headers, bool close,
+									 char *key_id, size_t key_id_len);
+/* The answer to a CORS preflight (OPTIONS): 204 with the allowed methods. */
+extern enum MHD_Result ResponseQueuePreflight(struct MHD_Connection *connection);
+/*
+ * A whole HTTP/1.1 response with the error envelope and "Connection: close",
+ * for a connection libmicrohttpd does not hold (malloc'd; NULL when out of
+ * memory).
+ */
+extern char *ResponseRawError(int status, const char *code, const char *message,
+							  size_t *len);
+
+/* ---- body.c */
+
+typedef struct Body
+{
+	StrBuf		buf;
+	size_t		reserved;		/* bytes of --max-body-total held: buf's capacity */
+} Body;
+
+typedef enum BodyStore
+{
+	BODY_STORED,
+	BODY_OVER_BUDGET,			/* --max-body-total (or --max-body) would be exceeded */
+	BODY_NO_MEMORY
+} BodyStore;
+
+/* Reserves a declared body whole (length bytes) before it is read. */
+extern BodyStore BodyReserve(Body *body, size_t length);
+/* Appends n bytes, reserving more first when the buffer must grow. */
+extern BodyStore BodyAppend(Body *body, const char *data, size_t n);
+/* Frees the body and gives its reservation back. */
+extern void BodyRelease(Body *body);
 
 /* ---- http.c */
 
@@ -167,24 +311,5 @@ extern void AccessLog(const char *method, const char *route, int status,
 					  size_t bytes_in);
 extern void ErrorLog(const char *fmt,...) __attribute__((format(printf, 1, 2)));
 extern void InfoLog(const char *fmt,...) __attribute__((format(printf, 1, 2)));
-
-/* ---- util.c */
-
-typedef struct StrBuf
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-} StrBuf;
-
-/* Appends; false (and the buffer unchanged) when memory runs out. */
-extern bool StrBufAppend(StrBuf *sb, const char *s, size_t n);
-extern void StrBufFree(StrBuf *sb);
-/* Appends s as a JSON string literal; invalid UTF-8 bytes become U+FFFD. */
-extern bool JsonQuote(StrBuf *sb, const char *s);
-extern bool Utf8Valid(const char *s, size_t len);
-/* {"error": {"code", "message", "docs"}} (malloc'd; NULL when out of memory). */
-extern char *ErrorEnvelope(const char *code, const char *message);
-extern double NowSeconds(void);
 
 #endif							/* ENVOISMS_GATEWAY_H */

@@ -4,20 +4,31 @@
  * libmicrohttpd calls in phases for each request:
  *   HttpUriLog      request line read: the raw target (path?query, still
  *                   percent-encoded) is kept, the clock starts.
- *   HttpHandle #1   headers read: limits are checked before any body byte
- *                   is read (target length 414, header block 431,
- *                   Content-Length over --max-body 413, answered at once so
- *                   the body is never read).
- *   HttpHandle #n   body chunks: appended, counted against --max-body. A
- *                   chunked body that outgrows it is discarded unstored and
- *                   answered 413 at its end (MHD cannot answer mid-upload),
- *                   or cut off DISCARD_LIMIT bytes past the limit.
+ *   HttpHandle #1   headers read, no body byte read yet. Refused at once,
+ *                   the body never read and the connection closed: broken
+ *                   framing (head.c: 400, or 501 for a Transfer-Encoding
+ *                   other than chunked), a target over --max-url (414), a
+ *                   header block over --max-headers (431), a Content-Length
+ *                   over --max-body (413). A body declared larger than
+ *                   --precheck-above, or chunked, first waits for
+ *                   envoisms.api_precheck() on a database worker (the
+ *                   connection suspended meanwhile): a key that may not make
+ *                   this request gets its error without the body being read.
+ *                   Last, the declared body is reserved against
+ *                   --max-body-total: past it, 503 with Retry-After, unread.
+ *   HttpHandle #n   body chunks: appended, counted against --max-body and
+ *                   --max-body-total. A chunked body that outgrows either is
+ *                   discarded unstored and answered (413, 503) at its end
+ *                   (MHD cannot answer mid-upload), or cut off
+ *                   DISCARD_LIMIT bytes past the limit.
  *   HttpHandle last the whole request is in: OPTIONS (CORS preflight),
  *                   /metrics and /v1/openapi.json are answered at once,
  *                   without auth and without the database. /healthz and
  *                   every other request become a DbJob: the connection is
  *                   suspended and a dbwork.c worker runs SELECT 1 or the
- *                   one call of envoisms.api() on its pool connection.
+ *                   one call of envoisms.api() on its pool connection. HEAD
+ *                   is called as GET; libmicrohttpd sends its headers
+ *                   (Content-Length included) without the body.
  *   HttpHandle again  the worker resumed the connection: the row (status,
  *                   headers, body) becomes the response.
  *   HttpCompleted   response done (or connection gone): metrics, access log,
@@ -25,32 +36,39 @@
  *
  * The gateway never parses a request body: it only checks that it is UTF-8
  * without NUL bytes (a text parameter cannot carry anything else). Request
- * headers go to SQL as a JSON object, names as received. Response headers
- * come back from SQL as a JSON object of strings; X-Envoisms-Key-Id is taken
- * for the access log and not sent.
+ * headers go to SQL as a JSON object, names as received.
+ *
+ * Memory: a request holds its body (body.c: stored within --max-body-total)
+ * from its reservation until the database answered; the gateway's own
+ * endpoints do not keep bodies at all.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "gateway.h"
 
-#define KEY_ID_HEADER "X-Envoisms-Key-Id"
 #define DISCARD_LIMIT (1024 * 1024)
-#define JSON_TYPE "application/json; charset=utf-8"
+#define RETRY_AFTER_BUSY "{\"Retry-After\": \"1\"}"
 
 typedef struct Request
 {
 	double		start;
-	char	   *target;			/* raw request target: path[?query] */
+	char	   *target;			/* raw request target, then only its path */
+	const char *query;			/* inside target, after the '?' */
 	bool		seen;			/* HttpHandle has run once */
 	bool		responded;
-	bool		too_large;		/* chunked body over the limit */
+	bool		store_body;		/* false for the gateway's own endpoints */
+	bool		declared;		/* Content-Length given */
+	size_t		declared_length;
+	bool		too_large;		/* chunked body over --max-body */
+	bool		over_budget;	/* chunked body over --max-body-total */
 	int			status;
 	size_t		bytes_in;
-	StrBuf		body;
+	Body		body;
 	char		method[16];
 	char		route[96];
 	char		client_ip[INET6_ADDRSTRLEN];
@@ -65,6 +83,7 @@ static volatile int shutting_down;
 static char *openapi_json;
 static size_t openapi_len;
 
+/* Reads the OpenAPI document once; a missing one only makes its route 404. */
 bool
 HttpInit(void)
 {
@@ -93,18 +112,21 @@ HttpInit(void)
 	return true;
 }
 
+/* Requests between their request line and their completion. */
 int
 HttpInFlight(void)
 {
 	return __atomic_load_n(&in_flight, __ATOMIC_SEQ_CST);
 }
 
+/* From now on every response closes its connection. */
 void
 HttpBeginShutdown(void)
 {
 	shutting_down = 1;
 }
 
+/* Starts a request's record at its request line. */
 void *
 HttpUriLog(void *cls, const char *uri, struct MHD_Connection *connection)
 {
@@ -114,10 +136,17 @@ HttpUriLog(void *cls, const char *uri, struct MHD_Connection *connection)
 		return NULL;
 	req->start = NowSeconds();
 	req->target = strdup(uri ? uri : "");
+	if (req->target == NULL)
+	{
+		free(req);
+		return NULL;
+	}
+	req->query = "";
 	__atomic_add_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
 	return req;
 }
 
+/* Logs and counts a finished request, then frees everything it held. */
 void
 HttpCompleted(void *cls, struct MHD_Connection *connection, void **req_cls,
 			  enum MHD_RequestTerminationCode toe)
@@ -137,7 +166,7 @@ HttpCompleted(void *cls, struct MHD_Connection *connection, void **req_cls,
 	}
 	ConnTrackBusy(connection, false);
 	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
-	StrBufFree(&req->body);
+	BodyRelease(&req->body);
 	StrBufFree(&req->headers_json);
 	free(req->job.result.headers);
 	free(req->job.result.body);
@@ -146,187 +175,16 @@ HttpCompleted(void *cls, struct MHD_Connection *connection, void **req_cls,
 	*req_cls = NULL;
 }
 
-/* CORS headers of every response: the origin, when it is allowed. */
-static bool
-AddCorsHeaders(struct MHD_Connection *connection, struct MHD_Response *resp)
-{
-	const char *origin = MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Origin");
-
-	if (config.cors_any)
-		return MHD_add_response_header(resp, "Access-Control-Allow-Origin", "*") == MHD_YES;
-	if (origin == NULL)
-		return true;
-	for (int i = 0; i < config.ncors; i++)
-	{
-		if (strcmp(origin, config.cors_origins[i]) == 0)
-			return MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin) == MHD_YES &&
-				MHD_add_response_header(resp, "Vary", "Origin") == MHD_YES;
-	}
-	return MHD_add_response_header(resp, "Vary", "Origin") == MHD_YES;
-}
-
-/* Reads one JSON string at *p (after the opening quote) into sb, unescaped. */
-static bool
-JsonString(const char **p, StrBuf *sb)
-{
-	const char *s = *p;
-
-	while (*s && *s != '"')
-	{
-		char		out[4];
-		size_t		n = 1;
-
-		if (*s != '\\')
-		{
-			out[0] = *s++;
-		}
-		else
-		{
-			s++;
-			switch (*s)
-			{
-				case 'n':
-					out[0] = '\n';
-					break;
-				case 'r':
-					out[0] = '\r';
-					break;
-				case 't':
-					out[0] = '\t';
-					break;
-				case 'b':
-					out[0] = '\b';
-					break;
-				case 'f':
-					out[0] = '\f';
-					break;
-				case 'u':
-					{
-						unsigned int cp;
-
-						if (sscanf(s + 1, "%4x", &cp) != 1)
-							return false;
-						s += 4;
-						/* header values are ASCII; anything else is dropped later */
-						if (cp < 0x80)
-							out[0] = (char) cp;
-						else
-							out[0] = '?';
-						break;
-					}
-				case '\0':
-					return false;
-				default:
-					out[0] = *s;
-			}
-			s++;
-		}
-		if (!StrBufAppend(sb, out, n))
-			return false;
-	}
-	if (*s != '"')
-		return false;
-	*p = s + 1;
-	if (sb->data == NULL)
-		return StrBufAppend(sb, "", 0);
-	return true;
-}
-
-/*
- * Adds the headers of SQL's JSON object to the response. Values may be
- * strings or other scalars (written as they are). The key id header is
- * copied to req->key_id instead.
- */
-static bool
-AddSqlHeaders(Request *req, struct MHD_Response *resp, const char *json)
-{
-	const char *p = json;
-
-	while (*p == ' ' || *p == '\n' || *p == '\t')
-		p++;
-	if (*p++ != '{')
-		return false;
-	for (;;)
-	{
-		StrBuf		name = {0};
-		StrBuf		value = {0};
-		bool		ok;
-
-		while (*p == ' ' || *p == ',' || *p == '\n' || *p == '\t')
-			p++;
-		if (*p == '}')
-			return true;
-		if (*p++ != '"' || !JsonString(&p, &name))
-		{
-			StrBufFree(&name);
-			return false;
-		}
-		while (*p == ' ' || *p == ':')
-			p++;
-		if (*p == '"')
-		{
-			p++;
-			ok = JsonString(&p, &value);
-		}
-		else
-		{
-			size_t		n = strcspn(p, ",}");
-
-			while (n > 0 && p[n - 1] == ' ')
-				n--;
-			ok = n > 0 && StrBufAppend(&value, p, n);
-			p += strcspn(p, ",}");
-		}
-		if (!ok)
-		{
-			StrBufFree(&name);
-			StrBufFree(&value);
-			return false;
-		}
-		if (strcasecmp(name.data, KEY_ID_HEADER) == 0)
-			snprintf(req->key_id, sizeof(req->key_id), "%s", value.data);
-		else if (strcmp(value.data, "null") != 0 &&
-				 MHD_add_response_header(resp, name.data, value.data) != MHD_YES)
-			ErrorLog("cannot add response header %s", name.data);
-		StrBufFree(&name);
-		StrBufFree(&value);
-	}
-}
-
-/* Queues a response; extra_json is SQL's header object (or NULL). */
+/* Queues a response and records its status for the log. */
 static enum MHD_Result
 Respond(Request *req, struct MHD_Connection *connection, int status,
 		const char *body, size_t len, const char *content_type,
-		const char *extra_json, bool close)
+		const char *sql_headers, bool close)
 {
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
-	bool		ok;
+	enum MHD_Result ret = ResponseQueue(connection, status, body, len, content_type,
+										sql_headers, close || shutting_down,
+										req->key_id, sizeof(req->key_id));
 
-	resp = MHD_create_response_from_buffer(len, (void *) (body ? body : ""),
-										   MHD_RESPMEM_MUST_COPY);
-	if (resp == NULL)
-	{
-		ErrorLog("cannot create a response");
-		return MHD_NO;
-	}
-	ok = (content_type == NULL ||
-		  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) == MHD_YES) &&
-		AddCorsHeaders(connection, resp) &&
-		MHD_add_response_header(resp, "Access-Control-Expose-Headers",
-								"X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After") == MHD_YES;
-	if (ok && (close || shutting_down))
-		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") == MHD_YES;
-	if (ok && extra_json != NULL && !AddSqlHeaders(req, resp, extra_json))
-		ErrorLog("envoisms.api returned unreadable headers: %.200s", extra_json);
-	if (!ok)
-	{
-		ErrorLog("cannot add response headers");
-		MHD_destroy_response(resp);
-		return MHD_NO;
-	}
-	ret = MHD_queue_response(connection, status, resp);
-	MHD_destroy_response(resp);
 	if (ret == MHD_YES)
 	{
 		req->responded = true;
@@ -336,49 +194,52 @@ Respond(Request *req, struct MHD_Connection *connection, int status,
 }
 
 /* The contract's error envelope, for errors the gateway answers itself. */
-/* The contract's error envelope, for errors the gateway answers itself. */
 static enum MHD_Result
 RespondError(Request *req, struct MHD_Connection *connection, int status,
-			 const char *code, const char *message, bool close)
+			 const char *code, const char *message, const char *headers, bool close)
 {
 	char	   *body = ErrorEnvelope(code, message);
 	enum MHD_Result ret;
 
 	if (body == NULL)
 		return MHD_NO;
-	ret = Respond(req, connection, status, body, strlen(body), JSON_TYPE, NULL, close);
+	ret = Respond(req, connection, status, body, strlen(body), JSON_TYPE, headers, close);
 	free(body);
 	return ret;
 }
 
+/* The CORS preflight, recorded like any response. */
 static enum MHD_Result
 RespondPreflight(Request *req, struct MHD_Connection *connection)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
-	enum MHD_Result ret;
+	enum MHD_Result ret = ResponseQueuePreflight(connection);
 
-	if (resp == NULL)
-		return MHD_NO;
-	if (!AddCorsHeaders(connection, resp) ||
-		MHD_add_response_header(resp, "Access-Control-Allow-Methods",
-								"GET, POST, PATCH, DELETE, OPTIONS") != MHD_YES ||
-		MHD_add_response_header(resp, "Access-Control-Allow-Headers",
-								"Content-Type, Authorization, X-EnvoiSMS.ma-Signature, "
-								"X-EnvoiSMS.ma-Version, Idempotency-Key") != MHD_YES ||
-		MHD_add_response_header(resp, "Access-Control-Max-Age", "86400") != MHD_YES ||
-		MHD_add_response_header(resp, "Allow", "GET, POST, PATCH, DELETE, OPTIONS") != MHD_YES)
-	{
-		MHD_destroy_response(resp);
-		return MHD_NO;
-	}
-	ret = MHD_queue_response(connection, MHD_HTTP_NO_CONTENT, resp);
-	MHD_destroy_response(resp);
 	if (ret == MHD_YES)
 	{
 		req->responded = true;
 		req->status = MHD_HTTP_NO_CONTENT;
 	}
 	return ret;
+}
+
+/* 413: the body is over --max-body. */
+static enum MHD_Result
+RespondTooLarge(Request *req, struct MHD_Connection *connection)
+{
+	char		message[128];
+
+	snprintf(message, sizeof(message),
+			 "the request body is larger than %zu bytes", config.max_body);
+	return RespondError(req, connection, 413, "PAYLOAD_TOO_LARGE", message, NULL, true);
+}
+
+/* 503: bodies in flight hold --max-body-total; the client may retry. */
+static enum MHD_Result
+RespondBusy(Request *req, struct MHD_Connection *connection)
+{
+	return RespondError(req, connection, 503, "SERVICE_UNAVAILABLE",
+						"too many request bodies are in flight; retry shortly",
+						RETRY_AFTER_BUSY, true);
 }
 
 typedef struct HeaderWalk
@@ -388,6 +249,7 @@ typedef struct HeaderWalk
 	bool		ok;
 } HeaderWalk;
 
+/* Counts one header's bytes and, when asked, adds it to the JSON object. */
 static enum MHD_Result
 EachHeader(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
@@ -403,6 +265,83 @@ EachHeader(void *cls, enum MHD_ValueKind kind, const char *key, const char *valu
 	return w->ok ? MHD_YES : MHD_NO;
 }
 
+/* The request headers as SQL's JSON object, built once per request. */
+static bool
+HeadersJson(Request *req, struct MHD_Connection *connection)
+{
+	HeaderWalk	walk = {&req->headers_json, 0, true};
+
+	if (req->headers_json.data != NULL)
+		return true;
+	if (!StrBufAppend(&req->headers_json, "{", 1))
+		return false;
+	MHD_get_connection_values(connection, MHD_HEADER_KIND, EachHeader, &walk);
+	return walk.ok && StrBufAppend(&req->headers_json, "}", 1);
+}
+
+typedef struct HeaderJoin
+{
+	const char *name;
+	StrBuf		joined;
+	bool		ok;
+} HeaderJoin;
+
+/* Appends the value of every line named join->name, ", " between them. */
+static enum MHD_Result
+JoinHeader(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	HeaderJoin *join = cls;
+
+	if (strcasecmp(key, join->name) != 0 || value == NULL)
+		return MHD_YES;
+	if (join->joined.data != NULL && !StrBufAppend(&join->joined, ", ", 2))
+		join->ok = false;
+	join->ok = join->ok && StrBufAppend(&join->joined, value, strlen(value));
+	return join->ok ? MHD_YES : MHD_NO;
+}
+
+/*
+ * Decides req->client_ip. The proxy header is read in all its lines (RFC
+ * 9110 5.3: repeated lines are one comma-separated list), since a proxy may
+ * append a line of its own after one the client sent.
+ */
+static bool
+ResolveClient(Request *req, struct MHD_Connection *connection)
+{
+	const union MHD_ConnectionInfo *peer =
+		MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	HeaderJoin	join = {ProxyHeaderName(), {0}, true};
+
+	if (config.ntrusted > 0)
+		MHD_get_connection_values(connection, MHD_HEADER_KIND, JoinHeader, &join);
+	if (join.ok)
+		ClientIpResolve(peer ? peer->client_addr : NULL, join.joined.data,
+						req->client_ip, sizeof(req->client_ip));
+	StrBufFree(&join.joined);
+	return join.ok;
+}
+
+/* The method envoisms.api() is called with: HEAD is answered as GET. */
+static const char *
+ApiMethod(const Request *req)
+{
+	return strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
+}
+
+/* Requests the gateway answers itself, which therefore need no body. */
+static bool
+OwnEndpoint(const Request *req)
+{
+	const char *path = req->target;
+
+	if (strcmp(req->method, "OPTIONS") == 0)
+		return true;
+	if (strcmp(ApiMethod(req), "GET") != 0)
+		return false;
+	return strcmp(path, "/healthz") == 0 || strcmp(path, "/metrics") == 0 ||
+		strcmp(path, "/v1/openapi.json") == 0;
+}
+
 /* Hands the request to a database worker; the connection sleeps meanwhile. */
 static enum MHD_Result
 StartJob(Request *req, struct MHD_Connection *connection)
@@ -415,27 +354,75 @@ StartJob(Request *req, struct MHD_Connection *connection)
 	return MHD_YES;
 }
 
+/* Asks envoisms.api_precheck() whether the body is worth reading. */
 static enum MHD_Result
-StartApi(Request *req, struct MHD_Connection *connection, const char *path, const char *query)
+StartPrecheck(Request *req, struct MHD_Connection *connection)
 {
-	HeaderWalk	walk = {&req->headers_json, 0, true};
-	const char *body = req->body.len > 0 ? req->body.data : NULL;
+	if (!HeadersJson(req, connection))
+		return MHD_NO;
+	req->job.kind = DB_JOB_PRECHECK;
+	req->job.method = ApiMethod(req);
+	req->job.path = req->target;
+	req->job.headers_json = req->headers_json.data;
+	req->job.client_ip = req->client_ip;
+	return StartJob(req, connection);
+}
 
-	if (body != NULL && !Utf8Valid(body, req->body.len))
+/* Reserves a declared body whole, before any of it is read: 503 when it does not fit. */
+static enum MHD_Result
+ReserveDeclared(Request *req, struct MHD_Connection *connection)
+{
+	if (!req->declared)
+		return MHD_YES;
+	switch (BodyReserve(&req->body, req->declared_length))
+	{
+		case BODY_STORED:
+			return MHD_YES;
+		case BODY_OVER_BUDGET:
+			return RespondBusy(req, connection);
+		case BODY_NO_MEMORY:
+			break;
+	}
+	return MHD_NO;
+}
+
+/* The precheck answered: its error goes out with the body unread, or the body is read. */
+static enum MHD_Result
+FinishPrecheck(Request *req, struct MHD_Connection *connection)
+{
+	ApiResult  *result = &req->job.result;
+	enum MHD_Result ret = MHD_YES;
+
+	ConnTrackReceiving(connection);
+	if (req->job.refused)
+		ret = Respond(req, connection, result->status, result->body,
+					  result->body ? strlen(result->body) : 0, JSON_TYPE, result->headers, true);
+	free(result->headers);
+	free(result->body);
+	result->headers = result->body = NULL;
+	if (req->job.refused)
+		return ret;
+	return ReserveDeclared(req, connection);
+}
+
+/* The whole request is in: its one call of envoisms.api(). */
+static enum MHD_Result
+StartApi(Request *req, struct MHD_Connection *connection)
+{
+	const char *body = req->body.buf.len > 0 ? req->body.buf.data : NULL;
+
+	if (body != NULL && !Utf8Valid(body, req->body.buf.len))
 		return RespondError(req, connection, 400, "INVALID_JSON",
-							"the request body must be UTF-8 JSON", false);
-	if (!Utf8Valid(path, strlen(path)) || !Utf8Valid(query, strlen(query)))
+							"the request body must be UTF-8 JSON", NULL, false);
+	if (!Utf8Valid(req->target, strlen(req->target)) || !Utf8Valid(req->query, strlen(req->query)))
 		return RespondError(req, connection, 400, "INVALID_REQUEST",
-							"the request target must be UTF-8", false);
-	if (!StrBufAppend(&req->headers_json, "{", 1))
+							"the request target must be UTF-8", NULL, false);
+	if (!HeadersJson(req, connection))
 		return MHD_NO;
-	MHD_get_connection_values(connection, MHD_HEADER_KIND, EachHeader, &walk);
-	if (!walk.ok || !StrBufAppend(&req->headers_json, "}", 1))
-		return MHD_NO;
-	req->job.health = false;
-	req->job.method = req->method;
-	req->job.path = path;
-	req->job.query = query;
+	req->job.kind = DB_JOB_API;
+	req->job.method = ApiMethod(req);
+	req->job.path = req->target;
+	req->job.query = req->query;
 	req->job.headers_json = req->headers_json.data;
 	req->job.body = body;
 	req->job.client_ip = req->client_ip;
@@ -449,7 +436,8 @@ FinishJob(Request *req, struct MHD_Connection *connection)
 	ApiResult  *result = &req->job.result;
 	enum MHD_Result ret;
 
-	if (req->job.health)
+	BodyRelease(&req->body);	/* the database has it now */
+	if (req->job.kind == DB_JOB_HEALTH)
 	{
 		static const char ok[] = "{\"status\": \"ok\"}";
 		static const char down[] = "{\"status\": \"unavailable\"}";
@@ -457,7 +445,7 @@ FinishJob(Request *req, struct MHD_Connection *connection)
 		if (req->job.healthy)
 			return Respond(req, connection, 200, ok, strlen(ok), JSON_TYPE, NULL, false);
 		return Respond(req, connection, 503, down, strlen(down), JSON_TYPE,
-					   "{\"Retry-After\": \"1\"}", false);
+					   RETRY_AFTER_BUSY, false);
 	}
 	if (result->body == NULL && result->status != 204 && result->status != 304)
 		result->body = strdup("null");
@@ -469,22 +457,16 @@ FinishJob(Request *req, struct MHD_Connection *connection)
 	return ret;
 }
 
+/* Routes a whole request: the gateway's own endpoints, or envoisms.api(). */
 static enum MHD_Result
 Dispatch(Request *req, struct MHD_Connection *connection)
 {
-	char	   *path = req->target;
-	char	   *question = strchr(path, '?');
-	const char *query = "";
-	bool		get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+	const char *path = req->target;
+	bool		get = strcmp(ApiMethod(req), "GET") == 0;
 
-	if (question)
-	{
-		*question = '\0';
-		query = question + 1;
-	}
 	if (get && strcmp(path, "/healthz") == 0)
 	{
-		req->job.health = true;
+		req->job.kind = DB_JOB_HEALTH;
 		return StartJob(req, connection);
 	}
 	if (get && strcmp(path, "/metrics") == 0)
@@ -503,12 +485,111 @@ Dispatch(Request *req, struct MHD_Connection *connection)
 	{
 		if (openapi_json == NULL)
 			return RespondError(req, connection, 404, "NOT_FOUND",
-								"the OpenAPI document is not installed", false);
+								"the OpenAPI document is not installed", NULL, false);
 		return Respond(req, connection, 200, openapi_json, openapi_len, JSON_TYPE, NULL, false);
 	}
-	return StartApi(req, connection, path, query);
+	return StartApi(req, connection);
 }
 
+/*
+ * Phase #1: the head is in and no body byte has been read. Answers what can
+ * be refused now, starts the precheck of a large body, reserves a declared
+ * one; MHD_YES without a response lets libmicrohttpd read the body.
+ */
+static enum MHD_Result
+HandleHead(Request *req, struct MHD_Connection *connection, const char *method,
+		   const char *version)
+{
+	const char *length = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+													 MHD_HTTP_HEADER_CONTENT_LENGTH);
+	const char *chunked = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+													  MHD_HTTP_HEADER_TRANSFER_ENCODING);
+	HeaderWalk	walk = {NULL, 0, true};
+	HeadRefusal refusal;
+	size_t		target_len = strlen(req->target);
+	char	   *question = strchr(req->target, '?');
+
+	req->seen = true;
+	snprintf(req->method, sizeof(req->method), "%s", method);
+	if (question)
+	{
+		*question = '\0';
+		req->query = question + 1;
+	}
+	RouteTemplate(req->target, req->route, sizeof(req->route));
+	if (!ResolveClient(req, connection))
+		return MHD_NO;
+
+	if (HeadFieldsRefused(connection, version, &refusal))
+		return RespondError(req, connection, refusal.status, refusal.code,
+							refusal.message, NULL, true);
+	if (target_len > config.max_url)
+		return RespondError(req, connection, 414, "URI_TOO_LONG",
+							"the request target is too long", NULL, true);
+	MHD_get_connection_values(connection, MHD_HEADER_KIND, EachHeader, &walk);
+	if (walk.bytes > config.max_headers)
+		return RespondError(req, connection, 431, "HEADERS_TOO_LARGE",
+							"the request headers are too large", NULL, true);
+	if (length != NULL)
+	{
+		char	   *end;
+		unsigned long long n;
+
+		/* head.c made sure it is digits, and the same in every line */
+		errno = 0;
+		n = strtoull(length, &end, 10);
+		if (errno != 0 || n > config.max_body)
+			return RespondTooLarge(req, connection);
+		req->declared = true;
+		req->declared_length = (size_t) n;
+	}
+	req->store_body = !OwnEndpoint(req);
+	if (!req->store_body)
+		return MHD_YES;
+	if (chunked != NULL || (req->declared && req->declared_length > config.precheck_above))
+		return StartPrecheck(req, connection);
+	return ReserveDeclared(req, connection);
+}
+
+/* Phase #n: stores (or discards) one piece of the body. */
+static enum MHD_Result
+HandleBody(Request *req, const char *data, size_t n)
+{
+	req->bytes_in += n;
+	if (req->responded || !req->store_body)
+		return MHD_YES;			/* answered already (413, 503), or not needed */
+	if (!req->too_large && !req->over_budget)
+	{
+		if (req->body.buf.len + n > config.max_body)
+			req->too_large = true;
+		else
+		{
+			switch (BodyAppend(&req->body, data, n))
+			{
+				case BODY_STORED:
+					return MHD_YES;
+				case BODY_OVER_BUDGET:
+					req->over_budget = true;
+					break;
+				case BODY_NO_MEMORY:
+					return MHD_NO;
+			}
+		}
+	}
+
+	/*
+	 * A chunked body (no Content-Length) outgrew a limit. MHD cannot answer
+	 * in the middle of an upload, so the rest is discarded unstored and the
+	 * answer goes out at its end; a client that sends more than
+	 * DISCARD_LIMIT past the limit is cut off.
+	 */
+	BodyRelease(&req->body);
+	if (req->bytes_in > config.max_body + DISCARD_LIMIT)
+		return MHD_NO;
+	return MHD_YES;
+}
+
+/* libmicrohttpd's access handler: see the phases at the top of this file. */
 enum MHD_Result
 HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 		   const char *method, const char *version, const char *upload_data,
@@ -518,99 +599,35 @@ HttpHandle(void *cls, struct MHD_Connection *connection, const char *url,
 
 	if (req == NULL)
 		return MHD_NO;			/* out of memory in HttpUriLog */
-
 	if (!req->seen)
+		return HandleHead(req, connection, method, version);
+
+	if (req->job_pending)
 	{
-		const union MHD_ConnectionInfo *peer =
-			MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-		const char *length = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
-														 MHD_HTTP_HEADER_CONTENT_LENGTH);
-		HeaderWalk	walk = {NULL, 0, true};
-		char		path[2048];
-
-		req->seen = true;
-		snprintf(req->method, sizeof(req->method), "%s", method);
-		snprintf(path, sizeof(path), "%.*s", (int) strcspn(req->target, "?"), req->target);
-		RouteTemplate(path, req->route, sizeof(req->route));
-		ClientIpResolve(peer ? peer->client_addr : NULL,
-						MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Forwarded-For"),
-						req->client_ip, sizeof(req->client_ip));
-
-		if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
-			MHD_lookup_connection_value(connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST) == NULL)
-			return RespondError(req, connection, 400, "INVALID_REQUEST",
-								"an HTTP/1.1 request must have a Host header", true);
-		if (strlen(req->target) > config.max_url)
-			return RespondError(req, connection, 414, "URI_TOO_LONG",
-								"the request target is too long", true);
-		MHD_get_connection_values(connection, MHD_HEADER_KIND, EachHeader, &walk);
-		if (walk.bytes > config.max_headers)
-			return RespondError(req, connection, 431, "HEADERS_TOO_LARGE",
-								"the request headers are too large", true);
-		if (length != NULL)
+		/* resumed by the worker, which does so only once the job is done */
+		if (!__atomic_load_n(&req->job.done, __ATOMIC_ACQUIRE))
 		{
-			char	   *end;
-			unsigned long long n;
-
-			errno = 0;
-			n = strtoull(length, &end, 10);
-			if (errno == 0 && end != length && *end == '\0' && n > config.max_body)
-			{
-				char		message[128];
-
-				snprintf(message, sizeof(message),
-						 "the request body is larger than %zu bytes", config.max_body);
-				return RespondError(req, connection, 413, "PAYLOAD_TOO_LARGE", message, true);
-			}
+			MHD_suspend_connection(connection);
+			return MHD_YES;
 		}
-		return MHD_YES;
+		req->job_pending = false;
+		if (req->job.kind == DB_JOB_PRECHECK)
+			return FinishPrecheck(req, connection);
+		return FinishJob(req, connection);
 	}
-
 	if (*upload_data_size > 0)
 	{
 		size_t		n = *upload_data_size;
 
 		*upload_data_size = 0;
-		req->bytes_in += n;
-		if (req->responded)
-			return MHD_YES;		/* answered already (413); discard */
-		if (req->too_large || req->body.len + n > config.max_body)
-		{
-			/*
-			 * A chunked body (no Content-Length) outgrew the limit. MHD
-			 * cannot answer in the middle of an upload, so the rest is
-			 * discarded unstored and 413 goes out at its end; a client that
-			 * sends more than DISCARD_LIMIT past the limit is cut off.
-			 */
-			StrBufFree(&req->body);
-			req->too_large = true;
-			if (req->bytes_in > config.max_body + DISCARD_LIMIT)
-				return MHD_NO;
-			return MHD_YES;
-		}
-		if (!StrBufAppend(&req->body, upload_data, n))
-			return MHD_NO;
-		return MHD_YES;
-	}
-
-	if (req->job_pending)
-	{
-		/* resumed by the worker; a wake-up before it is done is ignored */
-		if (!__atomic_load_n(&req->job.done, __ATOMIC_ACQUIRE))
-			return MHD_YES;
-		req->job_pending = false;
-		return FinishJob(req, connection);
+		return HandleBody(req, upload_data, n);
 	}
 	if (req->responded)
 		return MHD_YES;
 	if (req->too_large)
-	{
-		char		message[128];
-
-		snprintf(message, sizeof(message),
-				 "the request body is larger than %zu bytes", config.max_body);
-		return RespondError(req, connection, 413, "PAYLOAD_TOO_LARGE", message, true);
-	}
+		return RespondTooLarge(req, connection);
+	if (req->over_budget)
+		return RespondBusy(req, connection);
 	if (strcmp(req->method, "OPTIONS") == 0)
 		return RespondPreflight(req, connection);
 	return Dispatch(req, connection);

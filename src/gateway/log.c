@@ -15,6 +15,7 @@
 
 #include "gateway.h"
 
+/* UTC with milliseconds, the time field of every line. */
 static void
 Timestamp(char *out, size_t outlen)
 {
@@ -28,6 +29,7 @@ Timestamp(char *out, size_t outlen)
 			 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) (tv.tv_usec / 1000));
 }
 
+/* Writes a line in one write(2) so that threads do not interleave; frees it. */
 static void
 WriteLine(StrBuf *sb)
 {
@@ -49,6 +51,7 @@ WriteLine(StrBuf *sb)
 	StrBufFree(sb);
 }
 
+/* The access line of a request; never the key, the ids, the query or the body. */
 void
 AccessLog(const char *method, const char *route, int status, double ms,
 		  const char *key_id, const char *client_ip, size_t bytes_in)
@@ -77,6 +80,7 @@ AccessLog(const char *method, const char *route, int status, double ms,
 	WriteLine(&sb);
 }
 
+/* An error or info line. */
 static void
 MessageLine(const char *level, const char *fmt, va_list ap)
 {
@@ -100,6 +104,7 @@ MessageLine(const char *level, const char *fmt, va_list ap)
 		StrBufFree(&sb);
 }
 
+/* Something went wrong that an operator should see. */
 void
 ErrorLog(const char *fmt,...)
 {
@@ -110,6 +115,7 @@ ErrorLog(const char *fmt,...)
 	va_end(ap);
 }
 
+/* Start, stop and other events of the process. */
 void
 InfoLog(const char *fmt,...)
 {

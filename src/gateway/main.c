@@ -1,20 +1,22 @@
 /*
  * main.c — envoisms-gateway's life: read the configuration, raise the
- * open-file limit, open the pool and its database workers (dbwork.c), start
- * libmicrohttpd (--threads I/O threads, each with its own epoll loop) and
- * wait for SIGTERM or SIGINT.
+ * open-file limit, open the listening socket (acceptor.c), the pool and its
+ * database workers (dbwork.c), start libmicrohttpd (--threads I/O threads,
+ * each with its own epoll loop, fed by the acceptor) and wait for SIGTERM or
+ * SIGINT.
  *
- * Shutdown: the listening socket is closed at once (MHD_quiesce_daemon), so
+ * Shutdown: the listening socket is closed at once (AcceptorQuiesce), so
  * new connections are refused; requests already received, and first
  * requests of connections already accepted, are answered (responses then
  * carry "Connection: close"); after they are done, or after a grace period,
- * the daemon stops, the pool closes and the process exits 0.
+ * the acceptor and the daemon stop, the pool closes and the process exits 0.
  *
  * Signals are blocked in every thread and taken synchronously here with
  * sigwait(), so no handler runs inside libpq or libmicrohttpd.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -28,6 +30,7 @@
 
 #define SHUTDOWN_GRACE 30.0
 
+/* Each connection is a descriptor: take as many as the hard limit allows. */
 static void
 RaiseFileLimit(void)
 {
@@ -41,6 +44,7 @@ RaiseFileLimit(void)
 	}
 }
 
+/* libmicrohttpd's messages, as our error lines. */
 static void
 MhdLog(void *cls, const char *fmt, va_list ap)
 {
@@ -50,10 +54,12 @@ MhdLog(void *cls, const char *fmt, va_list ap)
 	ErrorLog("libmicrohttpd: %s", msg);
 }
 
+/* Starts everything, waits for a signal, then stops in order (see above). */
 int
 main(int argc, char **argv)
 {
 	struct sockaddr_storage addr;
+	socklen_t	addrlen;
 	struct addrinfo hints = {0};
 	struct addrinfo *ai = NULL;
 	struct MHD_Daemon *daemon;
@@ -61,11 +67,21 @@ main(int argc, char **argv)
 	char		port[16];
 	int			sig = 0;
 	int			rc;
-	MHD_socket	listen_fd;
 	double		deadline;
 
 	ConfigLoad(argc, argv);
 	RaiseFileLimit();
+
+	/*
+	 * Request bodies (up to --max-body each) are allocated and freed all the
+	 * time. A fixed mmap threshold gives every large one its own mapping,
+	 * returned to the system when freed, so the process does not keep the
+	 * peak of --max-body-total resident after a burst (glibc's default
+	 * raises the threshold after the first large free, and then keeps such
+	 * bodies in the heap).
+	 */
+	if (mallopt(M_MMAP_THRESHOLD, 128 * 1024) != 1)
+		ErrorLog("cannot set the malloc mmap threshold");
 
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
@@ -79,7 +95,14 @@ main(int argc, char **argv)
 	}
 	memset(&addr, 0, sizeof(addr));
 	memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
+	addrlen = ai->ai_addrlen;
 	freeaddrinfo(ai);
+	if (!AcceptorListen((struct sockaddr *) &addr, addrlen))
+	{
+		fprintf(stderr, "envoisms-gateway: cannot listen on %s:%d: %s\n",
+				config.listen_host, config.listen_port, strerror(errno));
+		return 1;
+	}
 
 	/* every thread started from here on inherits the blocked signals */
 	sigemptyset(&signals);
@@ -99,25 +122,27 @@ main(int argc, char **argv)
 		return 1;
 	}
 
+	/*
+	 * The acceptor keeps --max-connections; libmicrohttpd's own limit, split
+	 * evenly over its threads, is set above it so that it never refuses a
+	 * connection the acceptor hands over.
+	 */
 	daemon = MHD_start_daemon(
 		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ITC |
-		MHD_USE_ERROR_LOG | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME | (addr.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+		MHD_USE_ERROR_LOG | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET,
 		0, NULL, NULL, HttpHandle, NULL,
 		MHD_OPTION_EXTERNAL_LOGGER, MhdLog, NULL,
-		MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned int) config.threads,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned int) config.max_connections,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned int) (2 * config.max_connections + 2 * config.threads),
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) config.timeout,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) (config.max_url + config.max_headers + 16384),
-		MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 4096,
 		MHD_OPTION_URI_LOG_CALLBACK, HttpUriLog, NULL,
 		MHD_OPTION_NOTIFY_COMPLETED, HttpCompleted, NULL,
 		MHD_OPTION_NOTIFY_CONNECTION, ConnTrackNotify, NULL,
 		MHD_OPTION_END);
-	if (daemon == NULL)
+	if (daemon == NULL || !AcceptorStart(daemon))
 	{
-		fprintf(stderr, "envoisms-gateway: cannot listen on %s:%d (in use, or not an address here)\n",
-				config.listen_host, config.listen_port);
+		fprintf(stderr, "envoisms-gateway: cannot start libmicrohttpd or the acceptor\n");
 		ConnTrackStop();
 		return 1;
 	}
@@ -132,9 +157,7 @@ main(int argc, char **argv)
 
 	InfoLog("received signal %d: finishing %d requests in flight", sig, HttpInFlight());
 	HttpBeginShutdown();
-	listen_fd = MHD_quiesce_daemon(daemon);
-	if (listen_fd != MHD_INVALID_SOCKET)
-		close(listen_fd);
+	AcceptorQuiesce();
 	/*
 	 * Done when no request is in flight and no accepted connection still
 	 * owes its first request (its bytes may sit unread behind a worker
@@ -145,7 +168,7 @@ main(int argc, char **argv)
 	deadline = NowSeconds() + SHUTDOWN_GRACE;
 	for (int quiet = 0; quiet < 5 && NowSeconds() < deadline;)
 	{
-		if (HttpInFlight() > 0 || ConnTrackPending() > 0)
+		if (HttpInFlight() > 0 || ConnTrackPending() > 0 || AcceptorPending() > 0)
 			quiet = 0;
 		else
 			quiet++;
@@ -158,6 +181,7 @@ main(int argc, char **argv)
 				 HttpInFlight(), SHUTDOWN_GRACE);
 		_exit(1);
 	}
+	AcceptorStop();
 	MHD_stop_daemon(daemon);
 	DbWorkStop();
 	ConnTrackStop();

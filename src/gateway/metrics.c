@@ -68,6 +68,7 @@ static const char *const route_words[] = {
 	"transactions", "invoices", "account", "carriers", "dlr", "whatsapp", NULL
 };
 
+/* Whether a path segment is a literal word of the API (else it is an id). */
 static bool
 IsRouteWord(const char *seg, size_t len)
 {
@@ -77,6 +78,7 @@ IsRouteWord(const char *seg, size_t len)
 	return false;
 }
 
+/* The route label of a path, "/v1/messages/:id"; "other" for unknown shapes. */
 void
 RouteTemplate(const char *path, char *out, size_t outlen)
 {
@@ -129,6 +131,7 @@ RouteTemplate(const char *path, char *out, size_t outlen)
 	out[pos] = '\0';
 }
 
+/* The method label: a known method, else "OTHER" (label cardinality stays bounded). */
 static const char *
 MethodLabel(const char *method)
 {
@@ -140,6 +143,7 @@ MethodLabel(const char *method)
 	return "OTHER";
 }
 
+/* Counts a finished request and its duration. */
 void
 MetricsObserve(const char *method, const char *route, int status, double seconds)
 {
@@ -189,6 +193,7 @@ MetricsObserve(const char *method, const char *route, int status, double seconds
 	pthread_mutex_unlock(&lock);
 }
 
+/* Counts a database error of one kind. */
 void
 MetricsDbError(const char *kind)
 {
@@ -199,6 +204,7 @@ MetricsDbError(const char *kind)
 	pthread_mutex_unlock(&lock);
 }
 
+/* Counts a successful database connect. */
 void
 MetricsConnected(void)
 {
@@ -207,6 +213,7 @@ MetricsConnected(void)
 	pthread_mutex_unlock(&lock);
 }
 
+/* Open HTTP connections go up or down by delta. */
 void
 MetricsConnections(int delta)
 {
@@ -218,6 +225,7 @@ MetricsConnections(int delta)
 static bool
 Printf(StrBuf *sb, const char *fmt,...) __attribute__((format(printf, 2, 3)));
 
+/* Appends formatted text to the exposition. */
 static bool
 Printf(StrBuf *sb, const char *fmt,...)
 {
@@ -233,6 +241,7 @@ Printf(StrBuf *sb, const char *fmt,...)
 	return StrBufAppend(sb, buf, (size_t) n < sizeof(buf) ? (size_t) n : sizeof(buf) - 1);
 }
 
+/* The Prometheus text exposition of everything counted. */
 char *
 MetricsRender(size_t *len)
 {

@@ -5,7 +5,9 @@
  * (dbwork.c), so a request never waits for a connection that another
  * request is using (acquire cannot block: there are as many connections as
  * workers). Each connection has two prepared statements: "api" (the one
- * call of envoisms.api per request) and "health" (SELECT 1).
+ * call of envoisms.api per request) and "health" (SELECT 1). The precheck
+ * before a large body (envoisms.api_precheck) is sent unprepared: it is
+ * rare, and a database whose extension predates it must keep working.
  *
  * Connections are opened lazily and re-opened when broken. A connection is
  * broken when PQstatus says so, when a query fails with SQLSTATE class 08 or
@@ -50,6 +52,12 @@ static const char *API_SQL =
 "SELECT status, headers::text, body::text "
 "FROM envoisms.api($1, $2, $3, $4::jsonb, $5, $6::inet)";
 
+/* rare (large bodies only), and absent from older extensions: not prepared */
+static const char *PRECHECK_SQL =
+"SELECT status, headers::text, body::text "
+"FROM envoisms.api_precheck($1, $2, $3::jsonb, $4::inet)";
+
+/* Allocates the pool; connections open lazily on first use. */
 bool
 PoolInit(const char *conninfo, int size)
 {
@@ -61,6 +69,7 @@ PoolInit(const char *conninfo, int size)
 	return true;
 }
 
+/* Closes the idle connections at shutdown. */
 void
 PoolClose(void)
 {
@@ -76,6 +85,7 @@ PoolClose(void)
 	pthread_mutex_unlock(&lock);
 }
 
+/* The gauges /metrics shows. */
 void
 PoolStats(int *size, int *in_use, int *connected)
 {
@@ -115,6 +125,7 @@ Acquire(void)
 	return pick;
 }
 
+/* Gives a connection back and wakes a waiter. */
 static void
 Release(PoolConn *pc)
 {
@@ -125,6 +136,7 @@ Release(PoolConn *pc)
 	pthread_mutex_unlock(&lock);
 }
 
+/* Drops a broken connection; the next use reconnects. */
 static void
 Discard(PoolConn *pc)
 {
@@ -156,6 +168,7 @@ IdleConnectionBroken(PGconn *conn)
 	return (pfd.revents & (POLLHUP | POLLERR)) != 0;
 }
 
+/* Prepares one statement on a fresh connection; false (logged) on failure. */
 static bool
 Prepare(PGconn *conn, const char *name, const char *sql, int nparams)
 {
@@ -221,6 +234,7 @@ EnsureConnected(PoolConn *pc)
 	return true;
 }
 
+/* Whether an error means the connection itself is gone. */
 static bool
 ConnectionLost(PGconn *conn, const char *sqlstate)
 {
@@ -233,6 +247,7 @@ ConnectionLost(PGconn *conn, const char *sqlstate)
 		strcmp(sqlstate, "57P03") == 0;
 }
 
+/* Fills result with an error the gateway answers for the database. */
 static void
 Envelope(ApiResult *result, int status, const char *code, const char *message,
 		 const char *headers)
@@ -242,6 +257,7 @@ Envelope(ApiResult *result, int status, const char *code, const char *message,
 	result->headers = headers ? strdup(headers) : NULL;
 }
 
+/* The 503 of a database that cannot be reached. */
 static void
 Unavailable(ApiResult *result)
 {
@@ -251,6 +267,7 @@ Unavailable(ApiResult *result)
 			 "{\"Retry-After\": \"" RETRY_AFTER "\"}");
 }
 
+/* A column of the first row, malloc'd; NULL for SQL NULL. */
 static char *
 CopyValue(PGresult *res, int col)
 {
@@ -259,14 +276,28 @@ CopyValue(PGresult *res, int col)
 	return strdup(PQgetvalue(res, 0, col));
 }
 
-void
-PoolCallApi(const char *method, const char *path, const char *query,
-			const char *headers_json, const char *body,
-			const char *client_ip, ApiResult *result)
+/* How one call of a reply function ended. */
+typedef enum CallOutcome
 {
-	const char *values[6] = {method, path, query, headers_json, body,
-	(client_ip && *client_ip) ? client_ip : NULL};
-	bool		safe = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+	CALL_ROW,					/* one row: *result holds it */
+	CALL_NO_ROW,				/* no row, and none was required */
+	CALL_FAILED,				/* *result holds the error envelope */
+	CALL_UNDEFINED				/* the function does not exist in this database */
+} CallOutcome;
+
+/*
+ * Runs one statement whose rows are envoisms.api_reply (status, headers,
+ * body) on a pool connection: the prepared statement named prepared, or sql
+ * with its text parameters when prepared is NULL. Retries on a fresh
+ * connection once when a reused one turns out dead and the call is safe to
+ * repeat, and on serialization failures and deadlocks; maps everything
+ * else to the envelope the client gets.
+ */
+static CallOutcome
+CallReply(const char *what, const char *prepared, const char *sql, int nparams,
+		  const char *const *values, bool safe, bool row_required, ApiResult *result)
+{
+	static const Oid types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	int			attempts = 0;
 
 	memset(result, 0, sizeof(*result));
@@ -283,25 +314,35 @@ PoolCallApi(const char *method, const char *path, const char *query,
 		{
 			Release(pc);
 			Unavailable(result);
-			return;
+			return CALL_FAILED;
 		}
-		res = PQexecPrepared(pc->conn, "api", 6, values, NULL, NULL, 0);
+		if (prepared != NULL)
+			res = PQexecPrepared(pc->conn, prepared, nparams, values, NULL, NULL, 0);
+		else
+			res = PQexecParams(pc->conn, sql, nparams, types, values, NULL, NULL, 0);
 		st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-		if (st == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 3)
+		if (st == PGRES_TUPLES_OK && PQnfields(res) == 3 &&
+			(PQntuples(res) == 1 || (PQntuples(res) == 0 && !row_required)))
 		{
-			result->status = atoi(PQgetvalue(res, 0, 0));
-			result->headers = CopyValue(res, 1);
-			result->body = CopyValue(res, 2);
+			bool		row = PQntuples(res) == 1;
+
+			if (row)
+			{
+				result->status = atoi(PQgetvalue(res, 0, 0));
+				result->headers = CopyValue(res, 1);
+				result->body = CopyValue(res, 2);
+			}
 			PQclear(res);
 			Release(pc);
-			if (result->status < 100 || result->status > 599)
+			if (row && (result->status < 100 || result->status > 599))
 			{
-				ErrorLog("envoisms.api returned HTTP status %d", result->status);
+				ErrorLog("%s returned HTTP status %d", what, result->status);
 				free(result->headers);
 				free(result->body);
 				Envelope(result, 500, "INTERNAL_ERROR", "internal error", NULL);
+				return CALL_FAILED;
 			}
-			return;
+			return row ? CALL_ROW : CALL_NO_ROW;
 		}
 
 		sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -316,7 +357,13 @@ PoolCallApi(const char *method, const char *path, const char *query,
 			if (safe && reused && attempts < 2)
 				continue;
 			Unavailable(result);
-			return;
+			return CALL_FAILED;
+		}
+		if (sqlstate && strcmp(sqlstate, "42883") == 0)
+		{
+			PQclear(res);
+			Release(pc);
+			return CALL_UNDEFINED;
 		}
 		MetricsDbError("query");
 		if (sqlstate && (strcmp(sqlstate, "40001") == 0 || strcmp(sqlstate, "40P01") == 0) &&
@@ -327,9 +374,9 @@ PoolCallApi(const char *method, const char *path, const char *query,
 			continue;
 		}
 		if (st == PGRES_TUPLES_OK)
-			ErrorLog("envoisms.api returned %d rows", PQntuples(res));
+			ErrorLog("%s returned %d rows", what, PQntuples(res));
 		else
-			ErrorLog("envoisms.api failed (SQLSTATE %s): %s", sqlstate ? sqlstate : "?",
+			ErrorLog("%s failed (SQLSTATE %s): %s", what, sqlstate ? sqlstate : "?",
 					 res ? PQresultErrorMessage(res) : PQerrorMessage(pc->conn));
 		if (sqlstate && (strcmp(sqlstate, "22021") == 0 || strcmp(sqlstate, "22P02") == 0))
 			Envelope(result, 400, "INVALID_REQUEST", "the request could not be read", NULL);
@@ -344,10 +391,56 @@ PoolCallApi(const char *method, const char *path, const char *query,
 			Envelope(result, 500, "INTERNAL_ERROR", "internal error", NULL);
 		PQclear(res);
 		Release(pc);
-		return;
+		return CALL_FAILED;
 	}
 }
 
+/* The one call of envoisms.api() of a request. */
+void
+PoolCallApi(const char *method, const char *path, const char *query,
+			const char *headers_json, const char *body,
+			const char *client_ip, ApiResult *result)
+{
+	const char *values[6] = {method, path, query, headers_json, body,
+	(client_ip && *client_ip) ? client_ip : NULL};
+	bool		safe = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+
+	if (CallReply("envoisms.api", "api", NULL, 6, values, safe, true, result) == CALL_UNDEFINED)
+	{
+		ErrorLog("envoisms.api does not exist in this database");
+		Envelope(result, 500, "INTERNAL_ERROR", "internal error", NULL);
+	}
+}
+
+/* The cheap key check before a large body (see gateway.h). */
+void
+PoolCallPrecheck(const char *method, const char *path, const char *headers_json,
+				 const char *client_ip, ApiResult *result, bool *refused)
+{
+	static bool warned;
+	const char *values[4] = {method, path, headers_json,
+	(client_ip && *client_ip) ? client_ip : NULL};
+
+	switch (CallReply("envoisms.api_precheck", NULL, PRECHECK_SQL, 4, values, true, false, result))
+	{
+		case CALL_ROW:
+		case CALL_FAILED:
+			*refused = true;
+			return;
+		case CALL_UNDEFINED:
+			/* an older extension: read the body, as before the precheck existed */
+			if (!__atomic_exchange_n(&warned, true, __ATOMIC_RELAXED))
+				ErrorLog("envoisms.api_precheck() does not exist in this database: large "
+						 "bodies are read before their key is checked; update the extension");
+			*refused = false;
+			return;
+		case CALL_NO_ROW:
+			*refused = false;
+			return;
+	}
+}
+
+/* /healthz: SELECT 1, once more on a fresh connection if a reused one died. */
 bool
 PoolHealthCheck(void)
 {

@@ -11,6 +11,7 @@
 
 #include "gateway.h"
 
+/* Appends n bytes, growing by doubling; the buffer stays NUL-terminated. */
 bool
 StrBufAppend(StrBuf *sb, const char *s, size_t n)
 {
@@ -33,6 +34,25 @@ StrBufAppend(StrBuf *sb, const char *s, size_t n)
 	return true;
 }
 
+/* Grows the buffer to an exact capacity (a body of known size). */
+bool
+StrBufReserve(StrBuf *sb, size_t cap)
+{
+	char	   *data;
+
+	if (cap <= sb->cap)
+		return true;
+	data = realloc(sb->data, cap);
+	if (data == NULL)
+		return false;
+	if (sb->data == NULL)
+		data[0] = '\0';
+	sb->data = data;
+	sb->cap = cap;
+	return true;
+}
+
+/* Frees the buffer and makes it empty again. */
 void
 StrBufFree(StrBuf *sb)
 {
@@ -82,6 +102,7 @@ Utf8SequenceLength(const unsigned char *s, size_t n)
 	return len;
 }
 
+/* Whether s is UTF-8 without NUL, as a text parameter must be. */
 bool
 Utf8Valid(const char *s, size_t len)
 {
@@ -102,6 +123,7 @@ Utf8Valid(const char *s, size_t len)
 	return true;
 }
 
+/* Appends s as a JSON string literal. */
 bool
 JsonQuote(StrBuf *sb, const char *s)
 {
@@ -160,6 +182,7 @@ JsonQuote(StrBuf *sb, const char *s)
 	return StrBufAppend(sb, "\"", 1);
 }
 
+/* The contract's error body for errors the gateway answers itself. */
 char *
 ErrorEnvelope(const char *code, const char *message)
 {
@@ -173,6 +196,7 @@ ErrorEnvelope(const char *code, const char *message)
 	return NULL;
 }
 
+/* A monotonic clock in seconds, for durations and deadlines. */
 double
 NowSeconds(void)
 {
