@@ -48,7 +48,9 @@ Usage(FILE *out)
 			"                          after envoisms.api_precheck() accepted the key\n"
 			"                          (default 65536)               env ENVOISMS_GATEWAY_PRECHECK_ABOVE\n"
 			"  --max-url BYTES         longest request target (default 8192) -> 414\n"
+			"                                                        env ENVOISMS_GATEWAY_MAX_URL\n"
 			"  --max-headers BYTES     largest header block (default 32768) -> 431\n"
+			"                                                        env ENVOISMS_GATEWAY_MAX_HEADERS\n"
 			"  --trusted-proxy CIDR    peer whose --proxy-header is believed; repeatable\n"
 			"                          (default none)  env ENVOISMS_GATEWAY_TRUSTED_PROXIES (comma list)\n"
 			"  --proxy-header NAME     the header the trusted proxies append the client to:\n"
@@ -256,6 +258,10 @@ ConfigLoad(int argc, char **argv)
 		config.max_body_total = ParseInteger("ENVOISMS_GATEWAY_MAX_BODY_TOTAL", env, 1, 1LL << 40);
 	if ((env = getenv("ENVOISMS_GATEWAY_PRECHECK_ABOVE")) && *env)
 		config.precheck_above = ParseInteger("ENVOISMS_GATEWAY_PRECHECK_ABOVE", env, 0, 1LL << 32);
+	if ((env = getenv("ENVOISMS_GATEWAY_MAX_URL")) && *env)
+		config.max_url = ParseInteger("ENVOISMS_GATEWAY_MAX_URL", env, 256, 1 << 20);
+	if ((env = getenv("ENVOISMS_GATEWAY_MAX_HEADERS")) && *env)
+		config.max_headers = ParseInteger("ENVOISMS_GATEWAY_MAX_HEADERS", env, 1024, 1 << 20);
 	if ((env = getenv("ENVOISMS_GATEWAY_TIMEOUT")) && *env)
 		config.timeout = (int) ParseInteger("ENVOISMS_GATEWAY_TIMEOUT", env, 1, 86400);
 	if ((env = getenv("ENVOISMS_GATEWAY_MAX_CONNECTIONS")) && *env)
