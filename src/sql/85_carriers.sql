@@ -639,6 +639,9 @@ $$;
 
 -- GET /v1/carriers/:id/whatsapp — the WhatsApp Cloud webhook handshake:
 -- echo hub.challenge when hub.verify_token matches config.verify_token.
+-- Meta reads the answer as plain text: the reply says Content-Type
+-- text/plain and its body is the challenge as one JSON string, which the
+-- gateway writes as that text.
 CREATE FUNCTION envoisms.api_whatsapp_verify(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
@@ -649,10 +652,8 @@ BEGIN
        OR NOT envoisms.secure_equals(coalesce(req.query->>'hub.verify_token', ''), c.config->>'verify_token') THEN
         PERFORM envoisms.raise_error('FORBIDDEN', 'verification failed');
     END IF;
-    -- the challenge is echoed as the JSON body (a JSON number or string)
-    RETURN ROW(200, '{}'::jsonb,
-               CASE WHEN req.query->>'hub.challenge' ~ '^[0-9]{1,18}$' THEN to_jsonb((req.query->>'hub.challenge')::bigint)
-                    ELSE to_jsonb(coalesce(req.query->>'hub.challenge', '')) END)::envoisms.api_reply;
+    RETURN ROW(200, '{"Content-Type": "text/plain; charset=utf-8"}'::jsonb,
+               to_jsonb(coalesce(req.query->>'hub.challenge', '')))::envoisms.api_reply;
 END
 $$;
 
