@@ -30,9 +30,14 @@ END
 $$;
 
 -- Validate WhatsApp buttons: at most 3 objects {type, text, value}, type
--- copy | url | call; text 1..25 characters; value the code to copy, the
--- https URL, or the E.164 number to call (also accepted as code/url/phone_number);
--- buttons only on the whatsapp channel. Shared by message_send and campaign_create.
+-- copy | url | call; value the code to copy, the https URL, or the E.164
+-- number to call (also accepted as code/url/phone_number); buttons only on
+-- the whatsapp channel. Only what Meta's Cloud API can carry is accepted,
+-- never dropped on the way: a url or call button is Meta's call-to-action
+-- (cta_url: one button, its text at most 20 characters), a copy button
+-- the copy-code template (one button; its text, up to 25 characters, is
+-- ours: the template's button says its own), so a message has one button.
+-- Shared by message_send and campaign_create.
 CREATE FUNCTION envoisms.check_buttons(buttons jsonb, channel text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
@@ -64,8 +69,10 @@ BEGIN
         END IF;
         label := coalesce(b->>'text', b->>'title', b->>'label');
         v := coalesce(b->>'value', b->>'code', b->>'url', b->>'phone_number', b->>'phone');
-        IF label IS NULL OR length(label) NOT BETWEEN 1 AND 25 THEN
-            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].text must be 1 to 25 characters', i - 1), 'buttons');
+        IF label IS NULL OR length(label) NOT BETWEEN 1 AND (CASE t WHEN 'copy' THEN 25 ELSE 20 END) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('buttons[%s].text must be 1 to %s characters%s', i - 1, CASE t WHEN 'copy' THEN 25 ELSE 20 END,
+                       CASE WHEN t <> 'copy' THEN ' (WhatsApp''s limit for a call-to-action button)' ELSE '' END), 'buttons');
         END IF;
         IF t = 'url' AND (v IS NULL OR v !~ '^https?://[^\s]+$' OR length(v) > 2000) THEN
             PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value must be an http(s) URL', i - 1), 'buttons');
@@ -81,6 +88,11 @@ BEGIN
     END LOOP;
     IF channel <> 'whatsapp' THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
+    END IF;
+    IF i > 1 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('a WhatsApp message carries one button (a url or call button is one call-to-action, a copy button '
+                   'is the copy-code template); got %s', i), 'buttons');
     END IF;
     RETURN result;
 END
