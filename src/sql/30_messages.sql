@@ -267,6 +267,18 @@ BEGIN
             PERFORM envoisms.check_not_opted_out(account_id, e164);
         END IF;
     END IF;
+    -- WhatsApp free text needs the account's own number and the recipient's
+    -- 24-hour window (90_whatsapp.sql), or goes as an SMS at once for a
+    -- cascade; an OTP (skip_opt_out: verify_send) goes from the shared sender
+    IF channel = 'whatsapp' AND NOT coalesce(skip_opt_out, false) THEN
+        IF envoisms.check_whatsapp_session(account_id, e164, cascade, sandbox) = 'sms' THEN
+            channel := 'sms';
+            btns := NULL;
+            n_segments := envoisms.sms_segment_count(message);
+            cost_mad := envoisms.unit_price(account_id, 'sms', 'MAD') * n_segments;
+            cost_eur := envoisms.unit_price(account_id, 'sms', 'EUR') * n_segments;
+        END IF;
+    END IF;
 
     -- Take the money from this backend's home bucket in the statement that
     -- writes the row; when that bucket is held or short, balance_debit() tries
@@ -314,8 +326,9 @@ CREATE FUNCTION envoisms.message_bulk_items(ids text[], numbers text[]) RETURNS 
 AS 'MODULE_PATHNAME', 'message_bulk_items' LANGUAGE C STRICT IMMUTABLE;
 
 -- Send up to 10,000 messages at once; returns the contract's
--- POST /v1/messages/bulk response. All or nothing: one bad entry, or a
--- balance short of the whole batch, rejects it and nothing is written.
+-- POST /v1/messages/bulk response. All or nothing: one bad entry (on
+-- WhatsApp also a number outside its 24-hour window), or a balance short
+-- of the whole batch, rejects it and nothing is written.
 CREATE FUNCTION envoisms.message_send_bulk(account_id text, messages jsonb, "from" text DEFAULT 'ENVOISMS',
                                            channel text DEFAULT 'sms', api_key_id text DEFAULT NULL,
                                            sandbox boolean DEFAULT false)
@@ -345,6 +358,9 @@ BEGIN
     channel := coalesce(channel, 'sms');
     price := envoisms.check_account_channel(account_id, channel);
     sender := envoisms.check_sender_id("from");
+    IF channel = 'whatsapp' THEN
+        PERFORM envoisms.check_whatsapp_connected(account_id, coalesce(sandbox, false));
+    END IF;
     IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'messages must be an array', 'messages');
     END IF;
@@ -372,7 +388,8 @@ BEGIN
                         WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'INVALID_PHONE'
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'VALIDATION_ERROR'
                         WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'VALIDATION_ERROR'
-                        WHEN v.opted_out THEN 'OPTED_OUT' END AS error,
+                        WHEN v.opted_out THEN 'OPTED_OUT'
+                        WHEN v.wa_refusal IS NOT NULL THEN v.wa_refusal END AS error,
                    CASE WHEN v.kind <> 'object' THEN 'messages'
                         WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'to'
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'message'
@@ -384,10 +401,14 @@ BEGIN
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600
                              THEN format('message must be 1 to 1600 characters (got %s)', coalesce(length(v.body), 0))
                         WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'metadata must be an object'
-                        ELSE 'the recipient opted out' END AS detail
+                        WHEN v.opted_out THEN 'the recipient opted out'
+                        WHEN v.wa_refusal IS NOT NULL THEN envoisms.whatsapp_refusal_message(v.wa_refusal, v.e164) END AS detail
               FROM (SELECT w.*, w.e164 IS NOT NULL AND w.e164 IN (   -- hashed: one read of the account's opt-outs
                                SELECT o.phone FROM envoisms.optouts o
-                                WHERE o.account_id = message_send_bulk.account_id) AS opted_out
+                                WHERE o.account_id = message_send_bulk.account_id) AS opted_out,
+                           -- WhatsApp free text: only inside each number's 24-hour window (90_whatsapp.sql)
+                           CASE WHEN channel = 'whatsapp' AND w.e164 IS NOT NULL
+                                THEN envoisms.whatsapp_refusal(message_send_bulk.account_id, w.e164, sandbox) END AS wa_refusal
                       FROM (SELECT e.ord::int AS ord, jsonb_typeof(e.value) AS kind,
                                    CASE WHEN jsonb_typeof(e.value) = 'object' THEN e.value->>'to' END AS raw_to,
                                    CASE WHEN jsonb_typeof(e.value) = 'object' THEN envoisms.phone_e164(e.value->>'to') END AS e164,

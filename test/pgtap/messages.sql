@@ -8,6 +8,10 @@ SELECT envoisms.account_create('Acme', 100) AS acc \gset
 SELECT envoisms.account_create('Other', 100) AS other \gset
 SELECT envoisms.api_key_create(:'acc', 'live', true, rate_limit => NULL)->>'api_key' AS live \gset
 SELECT envoisms.api_key_create(:'other', 'other', true, rate_limit => NULL)->>'api_key' AS other_key \gset
+-- Acme's WhatsApp Business number, and the customer who wrote to it: free
+-- text on WhatsApp reaches only that 24-hour window (whatsapp.sql tests the rule)
+INSERT INTO envoisms.inbound_numbers (account_id, number, channel) VALUES (:'acc', '+212700000001', 'whatsapp');
+SELECT envoisms.whatsapp_window_open(:'acc', '+212612345678', '+212700000001', now());
 
 CREATE FUNCTION pg_temp.call(method text, path text, body text, key text, query text DEFAULT '')
 RETURNS envoisms.api_reply LANGUAGE sql AS $$
