@@ -4,22 +4,33 @@
  *
  * Submit: POST {config.base_url, default https://graph.facebook.com}/
  * {config.version, default v19.0}/{config.phone_number_id}/messages with
- * Authorization: Bearer config.token. The message becomes:
+ * Authorization: Bearer config.token. The claim (dispatch_claim,
+ * whatsapp_sender) puts into config.phone_number_id the account's own
+ * WhatsApp number the message goes from; an OTP keeps the carrier's (the
+ * platform's shared sender). The message becomes:
+ *   - a template campaign's message (config.template, which the claim
+ *     copies from its metadata.template: name, language, parameters
+ *     [{name, text}]): that template, its body parameters named as in the
+ *     template ({{name}}, {{custom1}} …);
  *   - a "copy" button: the authentication template config.auth_template
  *     (default "otp_code", language config.language, default "fr") with
  *     the code as body parameter and as the copy-code button's parameter
  *     (Meta's shape: button sub_type "url", index "0");
- *   - one "url" button: an interactive cta_url message;
- *   - other buttons (call, several): an interactive "button" message whose
- *     reply buttons carry the labels (the Cloud API has no free-form call
- *     button outside templates);
+ *   - a "url" button: an interactive cta_url message (Meta's free-form
+ *     call-to-action), display_text the button's text;
+ *   - a "call" button: the same cta_url with a tel: URL (free-form
+ *     messages have no other call-to-action for a phone number; a
+ *     PHONE_NUMBER button exists only in templates);
  *   - no button: a text message.
+ * The API accepts only what this can carry (check_buttons: one button,
+ * call-to-action texts of at most 20 characters), so nothing is dropped.
  * The reply's messages[0].id (wamid…) is the reference that status
  * callbacks (POST /v1/carriers/:id/whatsapp, X-Hub-Signature-256) name.
  *
  * Failures: HTTP 429/5xx and Meta's throttling or temporary error codes
  * (1, 2, 4, 80007, 130429, 131000, 131048, 131056, 133004) are retried;
  * any other 4xx is permanent — and a cascade message then goes on as SMS.
+ * Meta's codes are recorded as WHATSAPP_<code>, as status callbacks are.
  */
 #include "worker.h"
 
@@ -46,73 +57,97 @@ cfg(DispatchItem *item, const char *key, const char *fallback)
 	return v ? v : (char *) fallback;
 }
 
+/*
+ * A template campaign's message: Meta's template with its body parameters
+ * named as in the template. The claim puts the template into the config
+ * (whatsapp_sender) only for a template campaign's messages, so a message's
+ * own metadata cannot turn it into a template.
+ */
+static void
+append_template(DispatchItem *item, StringInfo b, const char *name)
+{
+	const char *config = item->config;
+	size_t		clen = strlen(config);
+	int			i;
+
+	appendStringInfoString(b, ",\"type\":\"template\",\"template\":{\"name\":");
+	JsonAppendString(b, name);
+	appendStringInfoString(b, ",\"language\":{\"code\":");
+	JsonAppendString(b, cfg(item, "template.language", cfg(item, "language", "fr")));
+	appendStringInfoChar(b, '}');
+	for (i = 0; i < 16; i++)
+	{
+		char	   *param = JsonGetPath(config, clen, psprintf("template.parameters.%d.name", i));
+
+		if (param == NULL)
+			break;
+		appendStringInfoString(b, i == 0 ? ",\"components\":[{\"type\":\"body\",\"parameters\":[" : ",");
+		appendStringInfoString(b, "{\"type\":\"text\",\"parameter_name\":");
+		JsonAppendString(b, param);
+		appendStringInfoString(b, ",\"text\":");
+		JsonAppendString(b, JsonGetPath(config, clen, psprintf("template.parameters.%d.text", i)));
+		appendStringInfoChar(b, '}');
+	}
+	if (i > 0)
+		appendStringInfoString(b, "]}]");
+	appendStringInfoChar(b, '}');
+}
+
 /* The JSON body of a message for the Cloud API. */
 static void
 build_body(DispatchItem *item, StringInfo b)
 {
 	const char *buttons = item->buttons;
 	size_t		blen = buttons ? strlen(buttons) : 0;
-	int			nbuttons = 0;
-	int			copy_at = -1;
+	char	   *template = cfg(item, "template.name", NULL);
+	char	   *type = buttons ? JsonGetPath(buttons, blen, "0.type") : NULL;
+	char	   *copy_code = NULL;
 
+	/* a copy button anywhere makes the copy-code template (messages queued before one button was the rule) */
 	for (int i = 0; i < 3 && buttons; i++)
 	{
 		char		path[32];
-		char	   *type;
+		char	   *t;
 
 		snprintf(path, sizeof(path), "%d.type", i);
-		type = JsonGetPath(buttons, blen, path);
-		if (type == NULL)
+		t = JsonGetPath(buttons, blen, path);
+		if (t == NULL)
 			break;
-		if (strcmp(type, "copy") == 0 && copy_at < 0)
-			copy_at = i;
-		nbuttons++;
+		if (strcmp(t, "copy") == 0)
+		{
+			snprintf(path, sizeof(path), "%d.value", i);
+			copy_code = JsonGetPath(buttons, blen, path);
+			break;
+		}
 	}
 
 	appendStringInfoString(b, "{\"messaging_product\":\"whatsapp\",\"recipient_type\":\"individual\",\"to\":");
 	JsonAppendString(b, item->to_number[0] == '+' ? item->to_number + 1 : item->to_number);
-	if (copy_at >= 0)
+	if (template != NULL)
+		append_template(item, b, template);
+	else if (copy_code != NULL)
 	{
-		char		path[32];
-		char	   *code;
-
-		snprintf(path, sizeof(path), "%d.value", copy_at);
-		code = JsonGetPath(buttons, blen, path);
 		appendStringInfoString(b, ",\"type\":\"template\",\"template\":{\"name\":");
 		JsonAppendString(b, cfg(item, "auth_template", "otp_code"));
 		appendStringInfoString(b, ",\"language\":{\"code\":");
 		JsonAppendString(b, cfg(item, "language", "fr"));
 		appendStringInfoString(b, "},\"components\":[{\"type\":\"body\",\"parameters\":[{\"type\":\"text\",\"text\":");
-		JsonAppendString(b, code);
+		JsonAppendString(b, copy_code);
 		appendStringInfoString(b, "}]},{\"type\":\"button\",\"sub_type\":\"url\",\"index\":\"0\",\"parameters\":[{\"type\":\"text\",\"text\":");
-		JsonAppendString(b, code);
+		JsonAppendString(b, copy_code);
 		appendStringInfoString(b, "}]}]}");
 	}
-	else if (nbuttons == 1 && strcmp(JsonGetPath(buttons, blen, "0.type"), "url") == 0)
+	else if (type != NULL && (strcmp(type, "url") == 0 || strcmp(type, "call") == 0))
 	{
+		char	   *value = JsonGetPath(buttons, blen, "0.value");
+
 		appendStringInfoString(b, ",\"type\":\"interactive\",\"interactive\":{\"type\":\"cta_url\",\"body\":{\"text\":");
 		JsonAppendString(b, item->body);
 		appendStringInfoString(b, "},\"action\":{\"name\":\"cta_url\",\"parameters\":{\"display_text\":");
 		JsonAppendString(b, JsonGetPath(buttons, blen, "0.text"));
 		appendStringInfoString(b, ",\"url\":");
-		JsonAppendString(b, JsonGetPath(buttons, blen, "0.value"));
+		JsonAppendString(b, strcmp(type, "call") == 0 ? psprintf("tel:%s", value ? value : "") : value);
 		appendStringInfoString(b, "}}}");
-	}
-	else if (nbuttons > 0)
-	{
-		appendStringInfoString(b, ",\"type\":\"interactive\",\"interactive\":{\"type\":\"button\",\"body\":{\"text\":");
-		JsonAppendString(b, item->body);
-		appendStringInfoString(b, "},\"action\":{\"buttons\":[");
-		for (int i = 0; i < nbuttons; i++)
-		{
-			char		path[32];
-
-			snprintf(path, sizeof(path), "%d.text", i);
-			appendStringInfo(b, "%s{\"type\":\"reply\",\"reply\":{\"id\":\"b%d\",\"title\":", i ? "," : "", i);
-			JsonAppendString(b, JsonGetPath(buttons, blen, path));
-			appendStringInfoString(b, "}}");
-		}
-		appendStringInfoString(b, "]}}");
 	}
 	else
 	{

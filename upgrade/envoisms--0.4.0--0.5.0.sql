@@ -624,6 +624,9 @@ BEGIN
     channel := coalesce(channel, 'sms');
     price := envoisms.check_account_channel(account_id, channel);
     sender := envoisms.check_sender_id("from");
+    IF channel = 'whatsapp' THEN
+        PERFORM envoisms.check_whatsapp_connected(account_id, coalesce(sandbox, false));
+    END IF;
     IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'messages must be an array', 'messages');
     END IF;
@@ -651,7 +654,8 @@ BEGIN
                         WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'INVALID_PHONE'
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'VALIDATION_ERROR'
                         WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'VALIDATION_ERROR'
-                        WHEN v.opted_out THEN 'OPTED_OUT' END AS error,
+                        WHEN v.opted_out THEN 'OPTED_OUT'
+                        WHEN v.wa_refusal IS NOT NULL THEN v.wa_refusal END AS error,
                    CASE WHEN v.kind <> 'object' THEN 'messages'
                         WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'to'
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'message'
@@ -663,10 +667,14 @@ BEGIN
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600
                              THEN format('message must be 1 to 1600 characters (got %s)', coalesce(length(v.body), 0))
                         WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'metadata must be an object'
-                        ELSE 'the recipient opted out' END AS detail
+                        WHEN v.opted_out THEN 'the recipient opted out'
+                        WHEN v.wa_refusal IS NOT NULL THEN envoisms.whatsapp_refusal_message(v.wa_refusal, v.e164) END AS detail
               FROM (SELECT w.*, w.e164 IS NOT NULL AND w.e164 IN (   -- hashed: one read of the account's opt-outs
                                SELECT o.phone FROM envoisms.optouts o
-                                WHERE o.account_id = message_send_bulk.account_id) AS opted_out
+                                WHERE o.account_id = message_send_bulk.account_id) AS opted_out,
+                           -- WhatsApp free text: only inside each number's 24-hour window (90_whatsapp.sql)
+                           CASE WHEN channel = 'whatsapp' AND w.e164 IS NOT NULL
+                                THEN envoisms.whatsapp_refusal(message_send_bulk.account_id, w.e164, sandbox) END AS wa_refusal
                       FROM (SELECT e.ord::int AS ord, jsonb_typeof(e.value) AS kind,
                                    CASE WHEN jsonb_typeof(e.value) = 'object' THEN e.value->>'to' END AS raw_to,
                                    CASE WHEN jsonb_typeof(e.value) = 'object' THEN envoisms.phone_e164(e.value->>'to') END AS e164,
@@ -1006,7 +1014,796 @@ $$;
 INSERT INTO envoisms.api_endpoints (method, template, handler, permission) VALUES
     ('POST', '/v1/verify/:id/cancel', 'envoisms.api_verify_cancel(envoisms.api_request)', 'verify');
 
--- ---- 7. nothing is open to PUBLIC (as 95_grants.sql does at install)
+-- ---- 7. WhatsApp: the 24-hour window, the account's own sender, incoming
+-- messages from Meta's callbacks, buttons Meta can carry
+
+INSERT INTO envoisms.error_codes (code, sqlstate, http_status, description) VALUES
+    ('WHATSAPP_NOT_CONNECTED', 'EV434', 403, 'The account has no connected WhatsApp Business number to send free text from.'),
+    ('OUT_OF_24H_WINDOW',     'EV493', 409, 'The recipient has not written to the account''s WhatsApp number in the last 24 hours.');
+ALTER TABLE envoisms.inbound_numbers
+    ADD COLUMN phone_number_id text CHECK (phone_number_id IS NULL OR (phone_number_id ~ '^[0-9]{1,32}$' AND channel = 'whatsapp'));
+CREATE UNIQUE INDEX inbound_numbers_phone_number_id ON envoisms.inbound_numbers (phone_number_id)
+    WHERE phone_number_id IS NOT NULL;
+COMMENT ON TABLE envoisms.inbound_numbers IS
+'Which account receives the messages sent to a number (E.164) or a short code; a whatsapp row is the account''s connected WhatsApp sender; filled by the operator';
+
+-- How long a customer's message keeps the window open.
+CREATE FUNCTION envoisms.whatsapp_window() RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN interval '24 hours';
+
+CREATE TABLE envoisms.whatsapp_windows (
+    account_id      text NOT NULL REFERENCES envoisms.accounts,
+    phone           text NOT NULL CHECK (phone ~ '^\+[1-9][0-9]{6,14}$'),  -- the customer
+    number          text NOT NULL,          -- the account's WhatsApp number they wrote to
+    last_inbound_at timestamptz NOT NULL,   -- when they last wrote
+    PRIMARY KEY (account_id, phone)
+);
+COMMENT ON TABLE envoisms.whatsapp_windows IS
+'When each customer last wrote to an account on WhatsApp (and to which number): free text reaches them for whatsapp_window() after it';
+-- (pg_dump keeps its rows: 96_dump.sql)
+
+CREATE FUNCTION envoisms.whatsapp_window_open(account_id text, phone text, number text, at timestamptz)
+RETURNS void
+LANGUAGE sql SET search_path = pg_catalog AS $$
+    INSERT INTO envoisms.whatsapp_windows AS w (account_id, phone, number, last_inbound_at)
+    VALUES (account_id, phone, number, at)
+    ON CONFLICT ON CONSTRAINT whatsapp_windows_pkey DO UPDATE
+       SET number = EXCLUDED.number, last_inbound_at = EXCLUDED.last_inbound_at
+     WHERE w.last_inbound_at < EXCLUDED.last_inbound_at
+$$;
+
+CREATE FUNCTION envoisms.whatsapp_refusal(account_id text, phone text, sandbox boolean) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN sandbox THEN CASE phone WHEN '+212600000005' THEN 'OUT_OF_24H_WINDOW'
+                                     WHEN '+212600000006' THEN 'WHATSAPP_NOT_CONNECTED' END
+        WHEN NOT EXISTS (SELECT 1 FROM envoisms.inbound_numbers n
+                          WHERE n.account_id = $1 AND n.channel = 'whatsapp')
+            THEN 'WHATSAPP_NOT_CONNECTED'
+        WHEN NOT EXISTS (SELECT 1 FROM envoisms.whatsapp_windows w
+                          WHERE w.account_id = $1 AND w.phone = $2
+                            AND w.last_inbound_at > now() - envoisms.whatsapp_window())
+            THEN 'OUT_OF_24H_WINDOW' END
+$$;
+
+CREATE FUNCTION envoisms.whatsapp_refusal_message(code text, phone text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE code
+    WHEN 'WHATSAPP_NOT_CONNECTED'
+        THEN 'this account has no connected WhatsApp Business number to send free text from; '
+             || 'send by SMS, or with cascade: true to fall back to SMS'
+    WHEN 'OUT_OF_24H_WINDOW'
+        THEN format('%s has not written to this account on WhatsApp in the last 24 hours, and WhatsApp allows '
+                    'free text only inside that window; send by SMS, or with cascade: true to fall back to SMS', phone)
+END;
+
+CREATE FUNCTION envoisms.check_whatsapp_session(account_id text, phone text, cascade boolean, sandbox boolean)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    refusal text := envoisms.whatsapp_refusal(account_id, phone, sandbox);
+BEGIN
+    IF refusal IS NULL THEN
+        RETURN 'whatsapp';
+    ELSIF cascade THEN
+        RETURN 'sms';
+    END IF;
+    PERFORM envoisms.raise_error(refusal, envoisms.whatsapp_refusal_message(refusal, phone),
+                                 CASE refusal WHEN 'OUT_OF_24H_WINDOW' THEN 'to' ELSE 'channel' END);
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION envoisms.check_whatsapp_connected(account_id text, sandbox boolean) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF NOT sandbox AND NOT EXISTS (SELECT 1 FROM envoisms.inbound_numbers n
+                                    WHERE n.account_id = check_whatsapp_connected.account_id
+                                      AND n.channel = 'whatsapp') THEN
+        PERFORM envoisms.raise_error('WHATSAPP_NOT_CONNECTED',
+            envoisms.whatsapp_refusal_message('WHATSAPP_NOT_CONNECTED', NULL), 'channel');
+    END IF;
+END
+$$;
+
+CREATE FUNCTION envoisms.whatsapp_sender(account_id text, message_id text, campaign_id text, to_number text,
+                                         metadata jsonb)
+RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN metadata->>'purpose' = 'otp'
+             AND EXISTS (SELECT 1 FROM envoisms.verify_sessions v
+                          WHERE v.account_id = $1 AND v.session_id = metadata->>'verify_session_id'
+                            AND v.message_id = $2)
+            THEN '{}'::jsonb
+        ELSE coalesce((SELECT jsonb_build_object('phone_number_id', n.phone_number_id)
+                         FROM envoisms.inbound_numbers n
+                         LEFT JOIN envoisms.whatsapp_windows w
+                                ON w.account_id = n.account_id AND w.phone = $4 AND w.number = n.number
+                        WHERE n.account_id = $1 AND n.channel = 'whatsapp' AND n.phone_number_id IS NOT NULL
+                        ORDER BY w.last_inbound_at DESC NULLS LAST, n.created_at, n.number
+                        LIMIT 1), '{}')
+             || CASE WHEN $3 IS NOT NULL AND jsonb_typeof(metadata->'template') = 'object'
+                          AND EXISTS (SELECT 1 FROM envoisms.campaigns c
+                                       WHERE c.account_id = $1 AND c.campaign_id = $3 AND c.template_id IS NOT NULL)
+                     THEN jsonb_build_object('template', metadata->'template') ELSE '{}' END END
+$$;
+
+CREATE FUNCTION envoisms.whatsapp_message_text(message jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN coalesce(
+    CASE message->>'type'
+        WHEN 'text' THEN message->'text'->>'body'
+        WHEN 'button' THEN message->'button'->>'text'
+        WHEN 'interactive' THEN coalesce(message->'interactive'->'button_reply'->>'title',
+                                         message->'interactive'->'list_reply'->>'title')
+        WHEN 'reaction' THEN message->'reaction'->>'emoji'
+        ELSE message->(message->>'type')->>'caption' END,
+    '[' || coalesce(message->>'type', 'unknown') || ']');
+
+CREATE FUNCTION envoisms.whatsapp_receive(carrier_id text, value jsonb) RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    ours text;
+    m jsonb;
+    n int := 0;
+BEGIN
+    IF jsonb_typeof(value->'messages') IS DISTINCT FROM 'array' THEN
+        RETURN 0;
+    END IF;
+    SELECT x.number INTO ours FROM envoisms.inbound_numbers x
+     WHERE x.phone_number_id = value->'metadata'->>'phone_number_id' AND x.channel = 'whatsapp';
+    IF ours IS NULL THEN
+        ours := '+' || regexp_replace(coalesce(value->'metadata'->>'display_phone_number', ''), '[^0-9]', '', 'g');
+    END IF;
+    FOR m IN SELECT e.value FROM jsonb_array_elements(value->'messages') e LOOP
+        CONTINUE WHEN jsonb_typeof(m) <> 'object' OR m->>'id' IS NULL OR m->>'from' IS NULL;
+        PERFORM envoisms.inbound_receive(carrier_id,
+            CASE WHEN m->>'from' ~ '^[0-9]{7,15}$' THEN '+' || (m->>'from') ELSE m->>'from' END,
+            ours, envoisms.whatsapp_message_text(m), left(m->>'id', 200), 'whatsapp',
+            CASE WHEN m->>'timestamp' ~ '^[0-9]{1,12}$' THEN to_timestamp((m->>'timestamp')::bigint) END);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.check_buttons(buttons jsonb, channel text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    b jsonb;
+    i int := 0;
+    t text;
+    label text;
+    v text;
+    result jsonb := '[]';
+BEGIN
+    IF buttons IS NULL OR buttons = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(buttons) <> 'array' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons must be an array', 'buttons');
+    END IF;
+    IF jsonb_array_length(buttons) > 3 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons has at most 3 entries', 'buttons');
+    END IF;
+    FOR b IN SELECT value FROM jsonb_array_elements(buttons) LOOP
+        i := i + 1;
+        IF jsonb_typeof(b) <> 'object' THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s] must be an object', i - 1), 'buttons');
+        END IF;
+        t := b->>'type';
+        IF t IS NULL OR t NOT IN ('copy', 'url', 'call') THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('buttons[%s].type must be "copy", "url" or "call"', i - 1), 'buttons');
+        END IF;
+        label := coalesce(b->>'text', b->>'title', b->>'label');
+        v := coalesce(b->>'value', b->>'code', b->>'url', b->>'phone_number', b->>'phone');
+        IF label IS NULL OR length(label) NOT BETWEEN 1 AND (CASE t WHEN 'copy' THEN 25 ELSE 20 END) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('buttons[%s].text must be 1 to %s characters%s', i - 1, CASE t WHEN 'copy' THEN 25 ELSE 20 END,
+                       CASE WHEN t <> 'copy' THEN ' (WhatsApp''s limit for a call-to-action button)' ELSE '' END), 'buttons');
+        END IF;
+        IF t = 'url' AND (v IS NULL OR v !~ '^https?://[^\s]+$' OR length(v) > 2000) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value must be an http(s) URL', i - 1), 'buttons');
+        ELSIF t = 'call' THEN
+            v := envoisms.phone_e164(v);
+            IF v IS NULL THEN
+                PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value must be an E.164 phone number', i - 1), 'buttons');
+            END IF;
+        ELSIF t = 'copy' AND (v IS NULL OR length(v) NOT BETWEEN 1 AND 15) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value (the code to copy) must be 1 to 15 characters', i - 1), 'buttons');
+        END IF;
+        result := result || jsonb_build_object('type', t, 'text', label, 'value', v);
+    END LOOP;
+    IF channel <> 'whatsapp' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
+    END IF;
+    IF i > 1 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('a WhatsApp message carries one button (a url or call button is one call-to-action, a copy button '
+                   'is the copy-code template); got %s', i), 'buttons');
+    END IF;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.message_send(account_id text, "to" text, message text,
+                                      "from" text DEFAULT 'ENVOISMS', channel text DEFAULT 'sms',
+                                      cascade boolean DEFAULT false, metadata jsonb DEFAULT NULL,
+                                      buttons jsonb DEFAULT NULL, api_key_id text DEFAULT NULL,
+                                      sandbox boolean DEFAULT false, campaign_id text DEFAULT NULL,
+                                      skip_opt_out boolean DEFAULT false)
+RETURNS jsonb
+-- No SET search_path (every name is qualified, and it is not SECURITY
+-- DEFINER): a function that sets a GUC saves and restores it on every call,
+-- and the changed path sends every cached plan through a search-path check.
+LANGUAGE plpgsql AS $$
+DECLARE
+    id text := envoisms.new_id('msg');
+    e164 text := envoisms.phone_e164("to");
+    sender text;
+    acc record;         -- account_lookup(): status, channels, has_optouts
+    unit_mad numeric;
+    enc text;
+    n_segments int;
+    opted_out boolean;
+    cost_mad numeric;
+    cost_eur numeric;
+    btns jsonb;
+    written boolean := false;
+    woken boolean;
+    created timestamptz := now();
+BEGIN
+    channel := coalesce(channel, 'sms');
+    cascade := coalesce(cascade, false);
+    sandbox := coalesce(sandbox, false);
+    IF cascade THEN
+        -- cascade means WhatsApp first, SMS on failure, whatever channel says
+        PERFORM envoisms.check_account_channel(account_id, 'sms');
+        channel := 'whatsapp';
+    END IF;
+    -- the account and its prices from per-backend caches (accounts.c,
+    -- prices.c): plain expressions, no statement to start
+    acc := envoisms.account_lookup(account_id);
+    unit_mad := envoisms.unit_price(account_id, channel, 'MAD');
+    n_segments := CASE WHEN channel = 'whatsapp' THEN 1
+                       ELSE envoisms.sms_segment_count(CASE WHEN length(message) <= 1600 THEN message END) END;
+    cost_mad := unit_mad * n_segments;
+    cost_eur := envoisms.unit_price(account_id, channel, 'EUR') * n_segments;
+    -- one test for the common case; the checks below raise the precise error, in order
+    sender := coalesce("from", 'ENVOISMS');
+    IF acc.status IS DISTINCT FROM 'active' OR NOT channel = ANY (acc.channels) OR unit_mad IS NULL
+       OR e164 IS NULL OR left(btrim("to"), 1) <> '+' OR message IS NULL OR length(message) NOT BETWEEN 1 AND 1600
+       OR NOT envoisms.sender_id_valid(sender) THEN
+        PERFORM envoisms.check_account_channel(account_id, channel);
+        PERFORM envoisms.check_phone("to");
+        PERFORM envoisms.check_body(message);
+        PERFORM envoisms.check_sender_id(sender);
+    END IF;
+    enc := envoisms.sms_encoding(message);
+    -- the number is looked up only for an account that has opt-outs at all
+    IF acc.has_optouts AND NOT skip_opt_out THEN
+        opted_out := EXISTS (SELECT 1 FROM envoisms.optouts o WHERE o.account_id = message_send.account_id AND o.phone = e164);
+    END IF;
+    IF metadata IS NOT NULL OR buttons IS NOT NULL OR opted_out THEN
+        IF jsonb_typeof(metadata) <> 'object' THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object', 'metadata');
+        ELSIF octet_length(metadata::text) > 8192 THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata is limited to 8 KB', 'metadata');
+        END IF;
+        btns := envoisms.check_buttons(buttons, channel);
+        IF opted_out THEN
+            PERFORM envoisms.check_not_opted_out(account_id, e164);
+        END IF;
+    END IF;
+    -- WhatsApp free text needs the account's own number and the recipient's
+    -- 24-hour window (90_whatsapp.sql), or goes as an SMS at once for a
+    -- cascade; an OTP (skip_opt_out: verify_send) goes from the shared sender
+    IF channel = 'whatsapp' AND NOT coalesce(skip_opt_out, false) THEN
+        IF envoisms.check_whatsapp_session(account_id, e164, cascade, sandbox) = 'sms' THEN
+            channel := 'sms';
+            btns := NULL;
+            n_segments := envoisms.sms_segment_count(message);
+            cost_mad := envoisms.unit_price(account_id, 'sms', 'MAD') * n_segments;
+            cost_eur := envoisms.unit_price(account_id, 'sms', 'EUR') * n_segments;
+        END IF;
+    END IF;
+
+    -- Take the money from this backend's home bucket in the statement that
+    -- writes the row; when that bucket is held or short, balance_debit() tries
+    -- the others or rebalances (or raises INSUFFICIENT_BALANCE), and the row is
+    -- written by the plain INSERT below, as it is when nothing is to be paid
+    -- (sandbox, free): a plan without the debit costs less to start.
+    IF NOT sandbox AND cost_mad > 0 THEN
+        WITH debit AS (
+            UPDATE envoisms.balance_buckets b SET balance_mad = b.balance_mad - cost_mad
+             WHERE b.account_id = message_send.account_id
+               AND b.bucket = pg_backend_pid() % envoisms.balance_bucket_count()
+               AND b.ctid = (SELECT c.ctid FROM envoisms.balance_buckets c
+                              WHERE c.account_id = message_send.account_id
+                                AND c.bucket = pg_backend_pid() % envoisms.balance_bucket_count()
+                                AND c.balance_mad >= cost_mad
+                              FOR UPDATE SKIP LOCKED)
+            RETURNING 1)
+        INSERT INTO envoisms.messages (account_id, message_id, api_key_id, campaign_id, to_number, sender_id, channel,
+                                       cascade, body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                       metadata, buttons, created_at, updated_at, next_attempt_at)
+        SELECT account_id, id, api_key_id, campaign_id, e164, sender, channel, cascade, message, enc,
+               n_segments, cost_mad, cost_eur, cost_mad, false, metadata, btns, created, created, created
+         WHERE EXISTS (SELECT 1 FROM debit);
+        written := FOUND;
+        IF NOT written THEN
+            PERFORM envoisms.balance_debit(account_id, cost_mad);
+        END IF;
+    END IF;
+    IF NOT written THEN
+        INSERT INTO envoisms.messages (account_id, message_id, api_key_id, campaign_id, to_number, sender_id, channel,
+                                       cascade, body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                       metadata, buttons, created_at, updated_at, next_attempt_at)
+        VALUES (account_id, id, api_key_id, campaign_id, e164, sender, channel, cascade, message, enc,
+                n_segments, cost_mad, cost_eur, CASE WHEN sandbox THEN 0 ELSE cost_mad END, sandbox,
+                metadata, btns, created, created, created);
+    END IF;
+    woken := envoisms.wake_dispatcher();   -- an assignment, not PERFORM: no SPI statement
+    RETURN envoisms.message_send_reply(id, e164, channel, cascade, cost_eur, cost_mad, n_segments, created);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.campaign_create(account_id text, name text, body text DEFAULT NULL,
+                                         template_id text DEFAULT NULL, channel text DEFAULT 'sms',
+                                         list_id text DEFAULT NULL, sender_id text DEFAULT NULL,
+                                         scheduled_at timestamptz DEFAULT NULL, buttons jsonb DEFAULT NULL,
+                                         metadata jsonb DEFAULT NULL, api_key_id text DEFAULT NULL,
+                                         sandbox boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    c envoisms.campaigns;
+    t envoisms.templates;
+    throttle numeric;
+    btns jsonb;
+BEGIN
+    channel := coalesce(channel, 'sms');
+    IF name IS NULL OR length(btrim(name)) = 0 OR length(name) > 200 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name is required (1 to 200 characters)', 'name');
+    END IF;
+    PERFORM envoisms.check_account_channel(account_id, channel);
+    IF body IS NULL AND template_id IS NULL THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'body or template_id is required', 'body');
+    ELSIF body IS NOT NULL AND template_id IS NOT NULL THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'give body or template_id, not both', 'template_id');
+    END IF;
+    IF body IS NOT NULL THEN
+        PERFORM envoisms.check_body(body, 'body');
+    ELSE
+        SELECT * INTO t FROM envoisms.templates x
+         WHERE x.account_id = campaign_create.account_id AND x.template_id = campaign_create.template_id;
+        IF NOT FOUND THEN
+            PERFORM envoisms.raise_error('NOT_FOUND', 'template_id: no such template', 'template_id');
+        ELSIF t.status <> 'approved' THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('template_id: the template is %s, not approved', t.status), 'template_id');
+        ELSIF t.channel <> channel THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('template_id: the template is for %s, the campaign for %s', t.channel, channel), 'template_id');
+        END IF;
+    END IF;
+    PERFORM envoisms.check_list(account_id, list_id);
+    BEGIN
+        sender_id := envoisms.check_sender_id(sender_id);
+    EXCEPTION WHEN SQLSTATE 'EV400' THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'sender_id must be an alphanumeric sender id of 1 to 11 characters or a number of 3 to 15 digits', 'sender_id');
+    END;
+    IF scheduled_at IS NOT NULL AND scheduled_at <= now() THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'scheduled_at must be in the future', 'scheduled_at');
+    END IF;
+    btns := envoisms.check_buttons(buttons, channel);
+    IF channel = 'whatsapp' THEN
+        PERFORM envoisms.check_whatsapp_connected(account_id, coalesce(sandbox, false));
+        IF template_id IS NOT NULL AND btns IS NOT NULL THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                'a WhatsApp template carries the buttons it was approved with; give buttons with a body, not a template_id',
+                'buttons');
+        END IF;
+    END IF;
+    IF metadata IS NOT NULL AND (jsonb_typeof(metadata) <> 'object' OR octet_length(metadata::text) > 8192) THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object of at most 8 KB', 'metadata');
+    END IF;
+    throttle := envoisms.campaign_throttle(metadata);
+    INSERT INTO envoisms.campaigns (account_id, campaign_id, name, channel, list_id, template_id, body, sender_id,
+                                    buttons, metadata, status, scheduled_at, throttle_per_minute, sandbox, api_key_id)
+    VALUES (account_id, envoisms.new_id('cmp'), btrim(name), channel, list_id, template_id, body, sender_id,
+            btns, metadata, CASE WHEN scheduled_at IS NULL THEN 'draft' ELSE 'scheduled' END, scheduled_at,
+            throttle, coalesce(sandbox, false), api_key_id)
+    RETURNING * INTO c;
+    RETURN envoisms.campaign_json(c);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.campaign_launch(account_id text, campaign_id text, sandbox boolean DEFAULT false,
+                                         api_key_id text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    c envoisms.campaigns;
+    t envoisms.templates;
+    price record;
+    started timestamptz := now();
+    text_body text;
+    meta jsonb;
+    members int;
+    opted int;
+    outside int := 0;
+    free_text_whatsapp boolean;
+    params text[];
+    n int;
+    too_long record;
+    units int;
+    run envoisms.bulk_entry[];
+    spacing interval;
+    run_sandbox boolean;
+BEGIN
+    SELECT * INTO c FROM envoisms.campaigns x
+     WHERE x.account_id = campaign_launch.account_id AND x.campaign_id = campaign_launch.campaign_id
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'campaign not found', 'id');
+    END IF;
+    IF c.status NOT IN ('draft', 'scheduled') THEN
+        PERFORM envoisms.raise_error('CONFLICT', format('the campaign is %s; a campaign is sent once', c.status), 'id');
+    END IF;
+    IF c.list_id IS NULL THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'the campaign has no list_id to send to', 'list_id');
+    END IF;
+    PERFORM envoisms.check_account_channel(account_id, c.channel);
+    run_sandbox := c.sandbox OR coalesce(sandbox, false);
+    IF c.channel = 'whatsapp' THEN
+        PERFORM envoisms.check_whatsapp_connected(account_id, run_sandbox);
+    END IF;
+    free_text_whatsapp := c.channel = 'whatsapp' AND c.template_id IS NULL;
+    text_body := c.body;
+    meta := coalesce(c.metadata, '{}') || jsonb_build_object('campaign_id', c.campaign_id);
+    IF c.template_id IS NOT NULL THEN
+        SELECT * INTO t FROM envoisms.templates x WHERE x.account_id = c.account_id AND x.template_id = c.template_id;
+        text_body := t.body;
+        meta := meta || jsonb_build_object('template', jsonb_build_object('id', t.template_id, 'name', t.name,
+                                                                          'language', t.language));
+        -- the parameters a WhatsApp template is sent with, in order of first use
+        IF c.channel = 'whatsapp' THEN
+            SELECT array_agg(p ORDER BY first_at) INTO params
+              FROM (SELECT m[1] AS p, min(ord) AS first_at
+                      FROM regexp_matches(t.body, '\{\{(name|custom1|custom2|custom3)\}\}', 'g') WITH ORDINALITY AS x(m, ord)
+                     GROUP BY m[1]) u;
+        END IF;
+    END IF;
+    SELECT * INTO price FROM envoisms.channel_prices(account_id, c.channel);
+    spacing := CASE WHEN c.throttle_per_minute IS NOT NULL
+                    THEN make_interval(secs => 60 / c.throttle_per_minute) ELSE interval '0' END;
+
+    -- the recipients, personalised, in order of list membership
+    SELECT array_agg(ROW(r.ord, envoisms.new_id('msg'), r.phone, r.body,
+                         CASE WHEN params IS NOT NULL THEN jsonb_set(meta, '{template,parameters}', r.parameters) END,
+                         s.encoding, CASE WHEN c.channel = 'whatsapp' THEN 1 ELSE s.segments END,
+                         NULL, NULL, NULL)::envoisms.bulk_entry ORDER BY r.ord)
+             FILTER (WHERE r.reachable),
+           count(*) FILTER (WHERE NOT r.reachable)
+      INTO run, outside
+      FROM (SELECT row_number() OVER (ORDER BY m.added_at, m.contact_id)::int AS ord, k.phone,
+                   replace(replace(replace(replace(text_body, '{{name}}', coalesce(k.name, '')),
+                           '{{custom1}}', coalesce(k.custom1, '')), '{{custom2}}', coalesce(k.custom2, '')),
+                           '{{custom3}}', coalesce(k.custom3, '')) AS body,
+                   CASE WHEN params IS NOT NULL THEN
+                       (SELECT jsonb_agg(jsonb_build_object('name', p.name, 'text', coalesce(
+                                   CASE p.name WHEN 'name' THEN k.name WHEN 'custom1' THEN k.custom1
+                                               WHEN 'custom2' THEN k.custom2 ELSE k.custom3 END, '')) ORDER BY p.i)
+                          FROM unnest(params) WITH ORDINALITY AS p(name, i)) END AS parameters,
+                   NOT free_text_whatsapp OR envoisms.whatsapp_refusal(c.account_id, k.phone, run_sandbox) IS NULL AS reachable
+              FROM envoisms.list_members m
+              JOIN envoisms.contacts k ON k.account_id = m.account_id AND k.contact_id = m.contact_id
+             WHERE m.account_id = c.account_id AND m.list_id = c.list_id
+               AND NOT EXISTS (SELECT 1 FROM envoisms.optouts o WHERE o.account_id = k.account_id AND o.phone = k.phone)) r
+      LEFT JOIN LATERAL envoisms.sms_segments(CASE WHEN length(r.body) BETWEEN 1 AND 1600 THEN r.body END) s ON true;
+    n := coalesce(cardinality(run), 0);
+    SELECT count(*) INTO members FROM envoisms.list_members m WHERE m.account_id = c.account_id AND m.list_id = c.list_id;
+    opted := members - n - outside;
+    IF n = 0 AND outside > 0 THEN
+        PERFORM envoisms.raise_error('OUT_OF_24H_WINDOW',
+            format('none of the %s contacts of list %s wrote to this account on WhatsApp in the last 24 hours, and '
+                   'WhatsApp allows free text only inside that window (%s opted out); use an approved WhatsApp '
+                   'template (template_id) or SMS', outside, c.list_id, opted), 'list_id');
+    ELSIF n = 0 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('list %s has no contact to send to (%s opted out)', c.list_id, opted), 'list_id');
+    END IF;
+    SELECT u.to_number, length(u.body) AS len INTO too_long FROM unnest(run) u WHERE u.encoding IS NULL LIMIT 1;
+    IF FOUND THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('the personalised message to %s is %s characters; the maximum is 1600', too_long.to_number, too_long.len),
+            'body');
+    END IF;
+
+    SELECT sum(u.segments) INTO units FROM unnest(run) u;
+    IF NOT run_sandbox THEN
+        PERFORM envoisms.balance_debit(account_id, units * price.mad);
+    END IF;
+    INSERT INTO envoisms.messages (account_id, message_id, api_key_id, campaign_id, to_number, sender_id, channel,
+                                   body, encoding, segments, cost_mad, cost_eur, charged_mad, sandbox,
+                                   metadata, buttons, created_at, updated_at, next_attempt_at, expires_at)
+    SELECT c.account_id, u.id, coalesce(campaign_launch.api_key_id, c.api_key_id), c.campaign_id,
+           u.to_number, c.sender_id, c.channel, u.body, u.encoding, u.segments,
+           price.mad * u.segments, price.eur * u.segments,
+           CASE WHEN run_sandbox THEN 0 ELSE price.mad * u.segments END, run_sandbox,
+           coalesce(u.metadata, meta), c.buttons, started, started, started + spacing * (u.pos - 1),
+           started + spacing * (u.pos - 1) + interval '72 hours'
+      FROM unnest(run) WITH ORDINALITY AS u(ord, id, to_number, body, metadata, encoding, segments, error, field,
+                                            detail, pos);   -- pos: the place among the recipients sent to
+
+    UPDATE envoisms.campaigns x
+       SET status = 'running', started_at = started, total_count = n, error_code = NULL, error_message = NULL
+     WHERE x.account_id = c.account_id AND x.campaign_id = c.campaign_id;
+    PERFORM envoisms.wake_dispatcher();
+    RETURN jsonb_build_object('id', c.campaign_id, 'queued', n, 'total', members, 'opted_out', opted,
+                              'cost', jsonb_build_object('eur', envoisms.money(units * price.eur),
+                                                         'mad', envoisms.money(units * price.mad)))
+        || CASE WHEN free_text_whatsapp THEN jsonb_build_object('out_of_window', outside) ELSE '{}' END;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.sandbox_magic_numbers()
+RETURNS TABLE (phone text, outcome text, description text)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('+212600000001', 'failed',    'sent, then a delivery report says failed (refunded)'),
+           ('+212600000002', 'expired',   'sent, then a delivery report says expired (refunded)'),
+           ('+212600000003', 'rejected',  'rejected at submit: failed at once, never sent (refunded)'),
+           ('+212600000004', 'transient', 'first attempt fails transiently, retried after 1 s, then delivered'),
+           ('+212600000005', 'out_of_window', 'WhatsApp free text refused: OUT_OF_24H_WINDOW (with cascade: sent as SMS)'),
+           ('+212600000006', 'not_connected', 'WhatsApp free text refused: WHATSAPP_NOT_CONNECTED (with cascade: sent as SMS)')
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.dispatch_claim(carrier_kinds text[], only_carrier text, batch int, lease interval)
+RETURNS TABLE (account_id text, message_id text, carrier_id text, carrier_kind text, to_number text,
+               sender_id text, channel text, body text, encoding text, segments int, buttons jsonb,
+               metadata jsonb, attempts int, expires_at timestamptz, carrier_config jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    allowance jsonb := '{}';
+    claimed int;
+BEGIN
+    IF batch IS NULL OR batch < 1 OR lease IS NULL OR lease <= interval '0' THEN
+        RAISE EXCEPTION 'dispatch_claim needs a positive batch and lease'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Refill the token buckets of rate-capped carriers this claim may use.
+    IF EXISTS (SELECT 1 FROM envoisms.carriers c WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)) THEN
+        INSERT INTO envoisms.carrier_rate_state AS s (carrier_id, tokens, updated_at)
+        SELECT c.carrier_id, c.max_per_second, now() FROM envoisms.carriers c
+         WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
+           AND (only_carrier IS NULL OR c.carrier_id = only_carrier)
+        ON CONFLICT ON CONSTRAINT carrier_rate_state_pkey DO UPDATE
+           SET tokens = least(EXCLUDED.tokens,
+                              s.tokens + EXCLUDED.tokens * extract(epoch FROM now() - s.updated_at)),
+               updated_at = now();
+        SELECT coalesce(jsonb_object_agg(s.carrier_id, floor(s.tokens)::int), '{}') INTO allowance
+          FROM envoisms.carrier_rate_state s JOIN envoisms.carriers c ON c.carrier_id = s.carrier_id
+         WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
+           AND (only_carrier IS NULL OR c.carrier_id = only_carrier);
+    END IF;
+
+    RETURN QUERY
+    WITH usable AS MATERIALIZED (
+        SELECT r.channel, r.prefix, r.priority, c.carrier_id, c.kind, c.config
+          FROM envoisms.routes r JOIN envoisms.carriers c ON c.carrier_id = r.carrier_id
+         WHERE c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
+    ), sandbox_carrier AS MATERIALIZED (
+        SELECT c.carrier_id, c.kind, c.config FROM envoisms.carriers c WHERE c.carrier_id = 'sandbox'
+    ), locked AS (
+        SELECT m.account_id, m.message_id, m.next_attempt_at, rt.carrier_id AS routed, rt.kind, rt.config
+          FROM envoisms.messages m
+         CROSS JOIN LATERAL (
+                SELECT sc.carrier_id, sc.kind, sc.config FROM sandbox_carrier sc WHERE m.sandbox
+                UNION ALL
+                (SELECT u.carrier_id, u.kind, u.config FROM usable u
+                  WHERE NOT m.sandbox AND u.channel = m.channel AND starts_with(ltrim(m.to_number, '+'), u.prefix)
+                  ORDER BY length(u.prefix) DESC, u.priority
+                  LIMIT 1)
+                LIMIT 1) rt
+         WHERE m.status = 'queued' AND m.next_attempt_at <= now()
+           AND (m.locked_until IS NULL OR m.locked_until < now())
+           AND m.expires_at > now()
+           AND rt.kind = ANY (carrier_kinds) AND (only_carrier IS NULL OR rt.carrier_id = only_carrier)
+           AND coalesce((allowance->>rt.carrier_id)::int, 1) > 0
+         ORDER BY m.next_attempt_at
+         LIMIT batch
+           FOR UPDATE OF m SKIP LOCKED
+    ), chosen AS (
+        SELECT l.* FROM (SELECT lk.*, row_number() OVER (PARTITION BY lk.routed ORDER BY lk.next_attempt_at) AS rn
+                           FROM locked lk) l
+         WHERE l.rn <= coalesce((allowance->>l.routed)::int, 2147483647)
+    ), leased AS (
+        UPDATE envoisms.messages m
+           SET carrier_id = ch.routed, locked_until = now() + lease, attempts = m.attempts + 1,
+               updated_at = now()
+          FROM chosen ch
+         WHERE m.account_id = ch.account_id AND m.message_id = ch.message_id
+        RETURNING m.account_id, m.message_id, m.carrier_id, ch.kind, m.to_number, m.sender_id, m.channel::text,
+                  m.body, m.encoding::text, m.segments::int, m.buttons, m.metadata, m.attempts, m.expires_at,
+                  CASE WHEN ch.kind = 'whatsapp_cloud' AND NOT m.sandbox
+                       THEN ch.config || envoisms.whatsapp_sender(m.account_id, m.message_id, m.campaign_id,
+                                                              m.to_number, m.metadata)
+                       ELSE ch.config END
+    ), spent AS (
+        UPDATE envoisms.carrier_rate_state s SET tokens = s.tokens - n.used
+          FROM (SELECT l.carrier_id, count(*) AS used FROM leased l GROUP BY 1) n
+         WHERE s.carrier_id = n.carrier_id
+        RETURNING 1
+    )
+    SELECT l.* FROM leased l;
+    GET DIAGNOSTICS claimed = ROW_COUNT;
+
+    IF claimed < batch THEN
+        -- what no carrier takes (no route, or only disabled / down carriers) waits
+        UPDATE envoisms.messages m
+           SET next_attempt_at = now() + interval '30 seconds', error_code = 'NO_ROUTE',
+               error_message = 'no enabled carrier routes this number on this channel'
+         WHERE m.ctid = ANY (ARRAY(
+                SELECT x.ctid FROM envoisms.messages x
+                 WHERE x.status = 'queued' AND x.next_attempt_at <= now() AND NOT x.sandbox
+                   AND (x.locked_until IS NULL OR x.locked_until < now())
+                   AND NOT EXISTS (SELECT 1 FROM envoisms.routes r JOIN envoisms.carriers c ON c.carrier_id = r.carrier_id
+                                    WHERE c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
+                                      AND r.channel = x.channel AND starts_with(ltrim(x.to_number, '+'), r.prefix))
+                 ORDER BY x.next_attempt_at
+                 LIMIT batch
+                   FOR UPDATE SKIP LOCKED));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.api_whatsapp_verify(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    c envoisms.carriers;
+BEGIN
+    SELECT * INTO c FROM envoisms.carriers x WHERE x.carrier_id = req.id AND x.kind = 'whatsapp_cloud';
+    IF NOT FOUND OR req.query->>'hub.mode' IS DISTINCT FROM 'subscribe' OR c.config->>'verify_token' IS NULL
+       OR NOT envoisms.secure_equals(coalesce(req.query->>'hub.verify_token', ''), c.config->>'verify_token') THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', 'verification failed');
+    END IF;
+    RETURN ROW(200, '{"Content-Type": "text/plain; charset=utf-8"}'::jsonb,
+               to_jsonb(coalesce(req.query->>'hub.challenge', '')))::envoisms.api_reply;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.api_whatsapp_status(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    c envoisms.carriers;
+    v jsonb;
+    s jsonb;
+    st text;
+    n int := 0;
+BEGIN
+    SELECT * INTO c FROM envoisms.carriers x WHERE x.carrier_id = req.id AND x.kind = 'whatsapp_cloud';
+    IF NOT FOUND OR c.config->>'app_secret' IS NULL OR req.raw_body IS NULL
+       OR NOT envoisms.secure_equals(coalesce(req.headers->>'x-hub-signature-256', ''),
+                                     'sha256=' || envoisms.hmac_sha256_hex(c.config->>'app_secret', req.raw_body)) THEN
+        PERFORM envoisms.raise_error('UNAUTHORIZED', 'missing or wrong X-Hub-Signature-256');
+    END IF;
+    FOR v IN SELECT ch.value->'value'
+               FROM jsonb_array_elements(CASE WHEN jsonb_typeof(req.body->'entry') = 'array'
+                                              THEN req.body->'entry' ELSE '[]' END) e(value),
+                    jsonb_array_elements(CASE WHEN jsonb_typeof(e.value->'changes') = 'array'
+                                              THEN e.value->'changes' ELSE '[]' END) ch(value)
+              WHERE jsonb_typeof(ch.value->'value') = 'object'
+    LOOP
+        FOR s IN SELECT x.value FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v->'statuses') = 'array'
+                                                               THEN v->'statuses' ELSE '[]' END) x(value)
+        LOOP
+            st := CASE s->>'status' WHEN 'sent' THEN 'sent' WHEN 'delivered' THEN 'delivered'
+                                    WHEN 'read' THEN 'delivered' WHEN 'failed' THEN 'failed' END;
+            CONTINUE WHEN st IS NULL OR s->>'id' IS NULL;
+            PERFORM envoisms.dlr_apply(c.carrier_id, s->>'id', st,
+                                       'WHATSAPP_' || (s->'errors'->0->>'code'), s->'errors'->0->>'title');
+            n := n + 1;
+        END LOOP;
+        n := n + envoisms.whatsapp_receive(c.carrier_id, v);
+    END LOOP;
+    RETURN envoisms.reply(200, jsonb_build_object('received', n));
+END
+$$;
+
+DROP FUNCTION envoisms.inbound_receive(text, text, text, text, text, text);
+
+CREATE FUNCTION envoisms.inbound_receive(carrier_id text, from_number text, to_number text, body text,
+                                         carrier_ref text DEFAULT NULL, channel text DEFAULT 'sms',
+                                         sent_at timestamptz DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    acc text;
+    ours text;
+    sender text;
+    id text;
+    seg record;
+    msg envoisms.messages;
+    keyword text;
+BEGIN
+    channel := coalesce(channel, 'sms');
+    IF channel NOT IN ('sms', 'whatsapp') THEN
+        RAISE EXCEPTION 'inbound channel must be "sms" or "whatsapp", not "%"', channel
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    body := coalesce(body, '');
+    -- Numbers as the carrier gave them, or their E.164 form (national Moroccan numbers).
+    sender := coalesce(envoisms.phone_e164(from_number, 'MA'), nullif(btrim(from_number), ''), 'unknown');
+    ours := btrim(coalesce(to_number, ''));
+    -- one redelivery at a time: the second one finds the first one's row
+    IF carrier_ref IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(inbound_receive.carrier_id || '/' || carrier_ref, 8989));
+    END IF;
+    SELECT n.account_id, n.number INTO acc, ours
+      FROM envoisms.inbound_numbers n
+     WHERE n.channel = inbound_receive.channel
+       AND n.number IN (ours, ltrim(ours, '+'), '+' || ltrim(ours, '+'), coalesce(envoisms.phone_e164(ours, 'MA'), ours))
+     LIMIT 1;
+    IF acc IS NULL THEN
+        INSERT INTO envoisms.inbound_unmatched (carrier_id, from_number, to_number, body, carrier_ref, channel)
+        SELECT inbound_receive.carrier_id, sender, to_number, body, carrier_ref, channel
+         WHERE carrier_ref IS NULL
+            OR NOT EXISTS (SELECT 1 FROM envoisms.inbound_unmatched u
+                            WHERE u.carrier_id = inbound_receive.carrier_id AND u.carrier_ref = inbound_receive.carrier_ref);
+        RETURN NULL;
+    END IF;
+
+    IF carrier_ref IS NOT NULL THEN
+        SELECT m.message_id INTO id FROM envoisms.messages m
+         WHERE m.account_id = acc AND m.direction = 'inbound'
+           AND m.carrier_id = inbound_receive.carrier_id AND m.carrier_ref = inbound_receive.carrier_ref
+         LIMIT 1;
+        IF id IS NOT NULL THEN
+            RETURN id;
+        END IF;
+    END IF;
+
+    id := envoisms.new_id('msg');
+    SELECT * INTO seg FROM envoisms.sms_segments(body);
+    INSERT INTO envoisms.messages (account_id, message_id, direction, to_number, from_number, sender_id, channel,
+                                   body, encoding, segments, status, carrier_id, carrier_ref)
+    VALUES (acc, id, 'inbound', ours, sender, left(sender, 32), channel,
+            body, seg.encoding, least(seg.segments, 100), 'received', inbound_receive.carrier_id, carrier_ref)
+    RETURNING * INTO msg;
+    PERFORM envoisms.message_announce(msg);
+
+    IF channel = 'whatsapp' AND sender ~ '^\+[1-9][0-9]{6,14}$' THEN
+        PERFORM envoisms.whatsapp_window_open(acc, sender, ours, least(coalesce(sent_at, now()), now()));
+    END IF;
+
+    keyword := envoisms.inbound_keyword(body);
+    IF keyword = 'stop' AND sender ~ '^\+[1-9][0-9]{6,14}$' THEN
+        INSERT INTO envoisms.optouts (account_id, phone, source, reason)
+        VALUES (acc, sender, 'inbound', left(format('inbound "%s" (%s)', body, id), 200))
+        ON CONFLICT DO NOTHING;
+    ELSIF keyword = 'start' THEN
+        DELETE FROM envoisms.optouts o WHERE o.account_id = acc AND o.phone = sender;
+    END IF;
+    RETURN id;
+END
+$$;
+
+COMMENT ON FUNCTION envoisms.inbound_receive(text, text, text, text, text, text, timestamptz) IS
+'Record an inbound message (direction inbound, status received) for the account owning to_number; applies STOP/START; on WhatsApp opens the sender''s 24-hour window';
+
+SELECT pg_catalog.pg_extension_config_dump('envoisms.whatsapp_windows', '');
+REVOKE ALL ON envoisms.whatsapp_windows FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.whatsapp_window(), envoisms.whatsapp_window_open(text, text, text, timestamptz),
+    envoisms.whatsapp_refusal(text, text, boolean), envoisms.whatsapp_refusal_message(text, text),
+    envoisms.check_whatsapp_session(text, text, boolean, boolean), envoisms.check_whatsapp_connected(text, boolean),
+    envoisms.whatsapp_sender(text, text, text, text, jsonb), envoisms.whatsapp_message_text(jsonb),
+    envoisms.whatsapp_receive(text, jsonb), envoisms.inbound_receive(text, text, text, text, text, text, timestamptz) FROM PUBLIC;
+
+-- ---- 8. nothing is open to PUBLIC (as 95_grants.sql does at install)
 REVOKE ALL ON FUNCTION envoisms.verify_cancel(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.api_verify_cancel(envoisms.api_request) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.check_webhook_signature_format(text) FROM PUBLIC;

@@ -46,6 +46,7 @@ extern bool StrBufAppend(StrBuf *sb, const char *s, size_t n);
 extern void StrBufFree(StrBuf *sb);
 /* Appends s as a JSON string literal; invalid UTF-8 bytes become U+FFFD. */
 extern bool JsonQuote(StrBuf *sb, const char *s);
+extern bool JsonString(const char **p, StrBuf *sb);
 extern bool Utf8Valid(const char *s, size_t len);
 /* {"error": {"code", "message", "docs"}} (malloc'd; NULL when out of memory). */
 extern char *ErrorEnvelope(const char *code, const char *message);

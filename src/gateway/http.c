@@ -429,12 +429,19 @@ StartApi(Request *req, struct MHD_Connection *connection)
 	return StartJob(req, connection);
 }
 
-/* The database answered (or not): write its row, or /healthz's verdict. */
+/*
+ * The database answered (or not): write its row, or /healthz's verdict. A
+ * row whose headers set Content-Type text/plain carries its text as one
+ * JSON string body: that text is written as it is, under that type (Meta's
+ * hub.challenge is echoed so).
+ */
 static enum MHD_Result
 FinishJob(Request *req, struct MHD_Connection *connection)
 {
 	ApiResult  *result = &req->job.result;
 	enum MHD_Result ret;
+	StrBuf		text = {0};
+	const char *p;
 
 	BodyRelease(&req->body);	/* the database has it now */
 	if (req->job.kind == DB_JOB_HEALTH)
@@ -449,8 +456,15 @@ FinishJob(Request *req, struct MHD_Connection *connection)
 	}
 	if (result->body == NULL && result->status != 204 && result->status != 304)
 		result->body = strdup("null");
-	ret = Respond(req, connection, result->status, result->body,
-				  result->body ? strlen(result->body) : 0, JSON_TYPE, result->headers, false);
+	p = result->body ? result->body + 1 : NULL;
+	if (p != NULL && result->body[0] == '"' && result->headers != NULL &&
+		strstr(result->headers, "\"Content-Type\": \"text/plain") != NULL &&
+		JsonString(&p, &text) && *p == '\0')
+		ret = Respond(req, connection, result->status, text.data, text.len, NULL, result->headers, false);
+	else
+		ret = Respond(req, connection, result->status, result->body,
+					  result->body ? strlen(result->body) : 0, JSON_TYPE, result->headers, false);
+	StrBufFree(&text);
 	free(result->headers);
 	free(result->body);
 	result->headers = result->body = NULL;

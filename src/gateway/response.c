@@ -39,7 +39,7 @@ AddCorsHeaders(struct MHD_Connection *connection, struct MHD_Response *resp)
 }
 
 /* Reads one JSON string at *p (after the opening quote) into sb, unescaped. */
-static bool
+bool
 JsonString(const char **p, StrBuf *sb)
 {
 	const char *s = *p;

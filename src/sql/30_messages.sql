@@ -30,9 +30,14 @@ END
 $$;
 
 -- Validate WhatsApp buttons: at most 3 objects {type, text, value}, type
--- copy | url | call; text 1..25 characters; value the code to copy, the
--- https URL, or the E.164 number to call (also accepted as code/url/phone_number);
--- buttons only on the whatsapp channel. Shared by message_send and campaign_create.
+-- copy | url | call; value the code to copy, the https URL, or the E.164
+-- number to call (also accepted as code/url/phone_number); buttons only on
+-- the whatsapp channel. Only what Meta's Cloud API can carry is accepted,
+-- never dropped on the way: a url or call button is Meta's call-to-action
+-- (cta_url: one button, its text at most 20 characters), a copy button
+-- the copy-code template (one button; its text, up to 25 characters, is
+-- ours: the template's button says its own), so a message has one button.
+-- Shared by message_send and campaign_create.
 CREATE FUNCTION envoisms.check_buttons(buttons jsonb, channel text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
@@ -64,8 +69,10 @@ BEGIN
         END IF;
         label := coalesce(b->>'text', b->>'title', b->>'label');
         v := coalesce(b->>'value', b->>'code', b->>'url', b->>'phone_number', b->>'phone');
-        IF label IS NULL OR length(label) NOT BETWEEN 1 AND 25 THEN
-            PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].text must be 1 to 25 characters', i - 1), 'buttons');
+        IF label IS NULL OR length(label) NOT BETWEEN 1 AND (CASE t WHEN 'copy' THEN 25 ELSE 20 END) THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('buttons[%s].text must be 1 to %s characters%s', i - 1, CASE t WHEN 'copy' THEN 25 ELSE 20 END,
+                       CASE WHEN t <> 'copy' THEN ' (WhatsApp''s limit for a call-to-action button)' ELSE '' END), 'buttons');
         END IF;
         IF t = 'url' AND (v IS NULL OR v !~ '^https?://[^\s]+$' OR length(v) > 2000) THEN
             PERFORM envoisms.raise_error('VALIDATION_ERROR', format('buttons[%s].value must be an http(s) URL', i - 1), 'buttons');
@@ -81,6 +88,11 @@ BEGIN
     END LOOP;
     IF channel <> 'whatsapp' THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'buttons are only available on the whatsapp channel', 'buttons');
+    END IF;
+    IF i > 1 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('a WhatsApp message carries one button (a url or call button is one call-to-action, a copy button '
+                   'is the copy-code template); got %s', i), 'buttons');
     END IF;
     RETURN result;
 END
@@ -255,6 +267,18 @@ BEGIN
             PERFORM envoisms.check_not_opted_out(account_id, e164);
         END IF;
     END IF;
+    -- WhatsApp free text needs the account's own number and the recipient's
+    -- 24-hour window (90_whatsapp.sql), or goes as an SMS at once for a
+    -- cascade; an OTP (skip_opt_out: verify_send) goes from the shared sender
+    IF channel = 'whatsapp' AND NOT coalesce(skip_opt_out, false) THEN
+        IF envoisms.check_whatsapp_session(account_id, e164, cascade, sandbox) = 'sms' THEN
+            channel := 'sms';
+            btns := NULL;
+            n_segments := envoisms.sms_segment_count(message);
+            cost_mad := envoisms.unit_price(account_id, 'sms', 'MAD') * n_segments;
+            cost_eur := envoisms.unit_price(account_id, 'sms', 'EUR') * n_segments;
+        END IF;
+    END IF;
 
     -- Take the money from this backend's home bucket in the statement that
     -- writes the row; when that bucket is held or short, balance_debit() tries
@@ -302,10 +326,10 @@ CREATE FUNCTION envoisms.message_bulk_items(ids text[], numbers text[]) RETURNS 
 AS 'MODULE_PATHNAME', 'message_bulk_items' LANGUAGE C STRICT IMMUTABLE;
 
 -- Send up to 10,000 messages at once; returns the contract's
--- POST /v1/messages/bulk response. All or nothing: one bad entry, or a
--- balance short of the whole batch, rejects it and nothing is written (so
--- the "queued" and "failed" counts the official clients read are always
--- the total and 0).
+-- POST /v1/messages/bulk response. All or nothing: one bad entry (on
+-- WhatsApp also a number outside its 24-hour window), or a balance short
+-- of the whole batch, rejects it and nothing is written (so the "queued"
+-- and "failed" counts the official clients read are always the total and 0).
 CREATE FUNCTION envoisms.message_send_bulk(account_id text, messages jsonb, "from" text DEFAULT 'ENVOISMS',
                                            channel text DEFAULT 'sms', api_key_id text DEFAULT NULL,
                                            sandbox boolean DEFAULT false)
@@ -335,6 +359,9 @@ BEGIN
     channel := coalesce(channel, 'sms');
     price := envoisms.check_account_channel(account_id, channel);
     sender := envoisms.check_sender_id("from");
+    IF channel = 'whatsapp' THEN
+        PERFORM envoisms.check_whatsapp_connected(account_id, coalesce(sandbox, false));
+    END IF;
     IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'messages must be an array', 'messages');
     END IF;
@@ -362,7 +389,8 @@ BEGIN
                         WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'INVALID_PHONE'
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'VALIDATION_ERROR'
                         WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'VALIDATION_ERROR'
-                        WHEN v.opted_out THEN 'OPTED_OUT' END AS error,
+                        WHEN v.opted_out THEN 'OPTED_OUT'
+                        WHEN v.wa_refusal IS NOT NULL THEN v.wa_refusal END AS error,
                    CASE WHEN v.kind <> 'object' THEN 'messages'
                         WHEN v.raw_to IS NULL OR v.e164 IS NULL OR left(btrim(v.raw_to), 1) <> '+' THEN 'to'
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600 THEN 'message'
@@ -374,10 +402,14 @@ BEGIN
                         WHEN v.body IS NULL OR length(v.body) NOT BETWEEN 1 AND 1600
                              THEN format('message must be 1 to 1600 characters (got %s)', coalesce(length(v.body), 0))
                         WHEN v.meta IS NOT NULL AND jsonb_typeof(v.meta) <> 'object' THEN 'metadata must be an object'
-                        ELSE 'the recipient opted out' END AS detail
+                        WHEN v.opted_out THEN 'the recipient opted out'
+                        WHEN v.wa_refusal IS NOT NULL THEN envoisms.whatsapp_refusal_message(v.wa_refusal, v.e164) END AS detail
               FROM (SELECT w.*, w.e164 IS NOT NULL AND w.e164 IN (   -- hashed: one read of the account's opt-outs
                                SELECT o.phone FROM envoisms.optouts o
-                                WHERE o.account_id = message_send_bulk.account_id) AS opted_out
+                                WHERE o.account_id = message_send_bulk.account_id) AS opted_out,
+                           -- WhatsApp free text: only inside each number's 24-hour window (90_whatsapp.sql)
+                           CASE WHEN channel = 'whatsapp' AND w.e164 IS NOT NULL
+                                THEN envoisms.whatsapp_refusal(message_send_bulk.account_id, w.e164, sandbox) END AS wa_refusal
                       FROM (SELECT e.ord::int AS ord, jsonb_typeof(e.value) AS kind,
                                    CASE WHEN jsonb_typeof(e.value) = 'object' THEN e.value->>'to' END AS raw_to,
                                    CASE WHEN jsonb_typeof(e.value) = 'object' THEN envoisms.phone_e164(e.value->>'to') END AS e164,

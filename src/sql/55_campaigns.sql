@@ -211,6 +211,14 @@ BEGIN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'scheduled_at must be in the future', 'scheduled_at');
     END IF;
     btns := envoisms.check_buttons(buttons, channel);
+    IF channel = 'whatsapp' THEN
+        PERFORM envoisms.check_whatsapp_connected(account_id, coalesce(sandbox, false));
+        IF template_id IS NOT NULL AND btns IS NOT NULL THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                'a WhatsApp template carries the buttons it was approved with; give buttons with a body, not a template_id',
+                'buttons');
+        END IF;
+    END IF;
     IF metadata IS NOT NULL AND (jsonb_typeof(metadata) <> 'object' OR octet_length(metadata::text) > 8192) THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'metadata must be an object of at most 8 KB', 'metadata');
     END IF;
@@ -265,6 +273,13 @@ CREATE TYPE envoisms.bulk_entry AS (
 -- (opted-out numbers left out), the whole cost debited at once; returns
 -- {"id", "queued", "total", "opted_out"}. A campaign runs once: a second
 -- launch is CONFLICT. `sandbox` (a test key) makes the run a sandbox run.
+-- On WhatsApp (90_whatsapp.sql) the account needs its WhatsApp number; a
+-- campaign with a body is free text, so it reaches only the members whose
+-- 24-hour window is open at launch (the others are left out and counted in
+-- "out_of_window"; none left is OUT_OF_24H_WINDOW), while a template
+-- campaign reaches every member, each message carrying the template's
+-- name, language and the member's values of its {{…}} parameters
+-- (metadata.template.parameters: [{"name", "text"}], in order of first use).
 CREATE FUNCTION envoisms.campaign_launch(account_id text, campaign_id text, sandbox boolean DEFAULT false,
                                          api_key_id text DEFAULT NULL)
 RETURNS jsonb
@@ -278,6 +293,9 @@ DECLARE
     meta jsonb;
     members int;
     opted int;
+    outside int := 0;
+    free_text_whatsapp boolean;
+    params text[];
     n int;
     too_long record;
     units int;
@@ -299,6 +317,10 @@ BEGIN
     END IF;
     PERFORM envoisms.check_account_channel(account_id, c.channel);
     run_sandbox := c.sandbox OR coalesce(sandbox, false);
+    IF c.channel = 'whatsapp' THEN
+        PERFORM envoisms.check_whatsapp_connected(account_id, run_sandbox);
+    END IF;
+    free_text_whatsapp := c.channel = 'whatsapp' AND c.template_id IS NULL;
     text_body := c.body;
     meta := coalesce(c.metadata, '{}') || jsonb_build_object('campaign_id', c.campaign_id);
     IF c.template_id IS NOT NULL THEN
@@ -306,20 +328,36 @@ BEGIN
         text_body := t.body;
         meta := meta || jsonb_build_object('template', jsonb_build_object('id', t.template_id, 'name', t.name,
                                                                           'language', t.language));
+        -- the parameters a WhatsApp template is sent with, in order of first use
+        IF c.channel = 'whatsapp' THEN
+            SELECT array_agg(p ORDER BY first_at) INTO params
+              FROM (SELECT m[1] AS p, min(ord) AS first_at
+                      FROM regexp_matches(t.body, '\{\{(name|custom1|custom2|custom3)\}\}', 'g') WITH ORDINALITY AS x(m, ord)
+                     GROUP BY m[1]) u;
+        END IF;
     END IF;
     SELECT * INTO price FROM envoisms.channel_prices(account_id, c.channel);
     spacing := CASE WHEN c.throttle_per_minute IS NOT NULL
                     THEN make_interval(secs => 60 / c.throttle_per_minute) ELSE interval '0' END;
 
     -- the recipients, personalised, in order of list membership
-    SELECT array_agg(ROW(r.ord, envoisms.new_id('msg'), r.phone, r.body, NULL, s.encoding,
-                         CASE WHEN c.channel = 'whatsapp' THEN 1 ELSE s.segments END,
+    SELECT array_agg(ROW(r.ord, envoisms.new_id('msg'), r.phone, r.body,
+                         CASE WHEN params IS NOT NULL THEN jsonb_set(meta, '{template,parameters}', r.parameters) END,
+                         s.encoding, CASE WHEN c.channel = 'whatsapp' THEN 1 ELSE s.segments END,
                          NULL, NULL, NULL)::envoisms.bulk_entry ORDER BY r.ord)
-      INTO run
+             FILTER (WHERE r.reachable),
+           count(*) FILTER (WHERE NOT r.reachable)
+      INTO run, outside
       FROM (SELECT row_number() OVER (ORDER BY m.added_at, m.contact_id)::int AS ord, k.phone,
                    replace(replace(replace(replace(text_body, '{{name}}', coalesce(k.name, '')),
                            '{{custom1}}', coalesce(k.custom1, '')), '{{custom2}}', coalesce(k.custom2, '')),
-                           '{{custom3}}', coalesce(k.custom3, '')) AS body
+                           '{{custom3}}', coalesce(k.custom3, '')) AS body,
+                   CASE WHEN params IS NOT NULL THEN
+                       (SELECT jsonb_agg(jsonb_build_object('name', p.name, 'text', coalesce(
+                                   CASE p.name WHEN 'name' THEN k.name WHEN 'custom1' THEN k.custom1
+                                               WHEN 'custom2' THEN k.custom2 ELSE k.custom3 END, '')) ORDER BY p.i)
+                          FROM unnest(params) WITH ORDINALITY AS p(name, i)) END AS parameters,
+                   NOT free_text_whatsapp OR envoisms.whatsapp_refusal(c.account_id, k.phone, run_sandbox) IS NULL AS reachable
               FROM envoisms.list_members m
               JOIN envoisms.contacts k ON k.account_id = m.account_id AND k.contact_id = m.contact_id
              WHERE m.account_id = c.account_id AND m.list_id = c.list_id
@@ -327,8 +365,13 @@ BEGIN
       LEFT JOIN LATERAL envoisms.sms_segments(CASE WHEN length(r.body) BETWEEN 1 AND 1600 THEN r.body END) s ON true;
     n := coalesce(cardinality(run), 0);
     SELECT count(*) INTO members FROM envoisms.list_members m WHERE m.account_id = c.account_id AND m.list_id = c.list_id;
-    opted := members - n;
-    IF n = 0 THEN
+    opted := members - n - outside;
+    IF n = 0 AND outside > 0 THEN
+        PERFORM envoisms.raise_error('OUT_OF_24H_WINDOW',
+            format('none of the %s contacts of list %s wrote to this account on WhatsApp in the last 24 hours, and '
+                   'WhatsApp allows free text only inside that window (%s opted out); use an approved WhatsApp '
+                   'template (template_id) or SMS', outside, c.list_id, opted), 'list_id');
+    ELSIF n = 0 THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR',
             format('list %s has no contact to send to (%s opted out)', c.list_id, opted), 'list_id');
     END IF;
@@ -350,9 +393,10 @@ BEGIN
            u.to_number, c.sender_id, c.channel, u.body, u.encoding, u.segments,
            price.mad * u.segments, price.eur * u.segments,
            CASE WHEN run_sandbox THEN 0 ELSE price.mad * u.segments END, run_sandbox,
-           meta, c.buttons, started, started, started + spacing * (u.ord - 1),
-           started + spacing * (u.ord - 1) + interval '72 hours'
-      FROM unnest(run) u;
+           coalesce(u.metadata, meta), c.buttons, started, started, started + spacing * (u.pos - 1),
+           started + spacing * (u.pos - 1) + interval '72 hours'
+      FROM unnest(run) WITH ORDINALITY AS u(ord, id, to_number, body, metadata, encoding, segments, error, field,
+                                            detail, pos);   -- pos: the place among the recipients sent to
 
     UPDATE envoisms.campaigns x
        SET status = 'running', started_at = started, total_count = n, error_code = NULL, error_message = NULL
@@ -360,7 +404,8 @@ BEGIN
     PERFORM envoisms.wake_dispatcher();
     RETURN jsonb_build_object('id', c.campaign_id, 'queued', n, 'total', members, 'opted_out', opted,
                               'cost', jsonb_build_object('eur', envoisms.money(units * price.eur),
-                                                         'mad', envoisms.money(units * price.mad)));
+                                                         'mad', envoisms.money(units * price.mad)))
+        || CASE WHEN free_text_whatsapp THEN jsonb_build_object('out_of_window', outside) ELSE '{}' END;
 END
 $$;
 

@@ -81,7 +81,9 @@ LANGUAGE sql IMMUTABLE AS $$
     VALUES ('+212600000001', 'failed',    'sent, then a delivery report says failed (refunded)'),
            ('+212600000002', 'expired',   'sent, then a delivery report says expired (refunded)'),
            ('+212600000003', 'rejected',  'rejected at submit: failed at once, never sent (refunded)'),
-           ('+212600000004', 'transient', 'first attempt fails transiently, retried after 1 s, then delivered')
+           ('+212600000004', 'transient', 'first attempt fails transiently, retried after 1 s, then delivered'),
+           ('+212600000005', 'out_of_window', 'WhatsApp free text refused: OUT_OF_24H_WINDOW (with cascade: sent as SMS)'),
+           ('+212600000006', 'not_connected', 'WhatsApp free text refused: WHATSAPP_NOT_CONNECTED (with cascade: sent as SMS)')
 $$;
 
 -- The carrier a message goes to now: sandbox messages to 'sandbox', others
@@ -106,9 +108,10 @@ $$;
 -- prefix, then priority, over enabled carriers that are not down), so rows
 -- routed to other kinds are passed over without being locked, and a backlog
 -- for one kind never hides another's messages. Carriers with max_per_second
--- get at most what their token bucket holds. When the claim comes back
--- short, due messages that no carrier can take wait 30 s (NO_ROUTE); they
--- expire if that lasts past their validity.
+-- get at most what their token bucket holds. A whatsapp_cloud message's
+-- config names the account's number it goes from (whatsapp_sender). When
+-- the claim comes back short, due messages that no carrier can take wait
+-- 30 s (NO_ROUTE); they expire if that lasts past their validity.
 CREATE FUNCTION envoisms.dispatch_claim(carrier_kinds text[], only_carrier text, batch int, lease interval)
 RETURNS TABLE (account_id text, message_id text, carrier_id text, carrier_kind text, to_number text,
                sender_id text, channel text, body text, encoding text, segments int, buttons jsonb,
@@ -175,7 +178,11 @@ BEGIN
           FROM chosen ch
          WHERE m.account_id = ch.account_id AND m.message_id = ch.message_id
         RETURNING m.account_id, m.message_id, m.carrier_id, ch.kind, m.to_number, m.sender_id, m.channel::text,
-                  m.body, m.encoding::text, m.segments::int, m.buttons, m.metadata, m.attempts, m.expires_at, ch.config
+                  m.body, m.encoding::text, m.segments::int, m.buttons, m.metadata, m.attempts, m.expires_at,
+                  CASE WHEN ch.kind = 'whatsapp_cloud' AND NOT m.sandbox
+                       THEN ch.config || envoisms.whatsapp_sender(m.account_id, m.message_id, m.campaign_id,
+                                                              m.to_number, m.metadata)
+                       ELSE ch.config END
     ), spent AS (
         UPDATE envoisms.carrier_rate_state s SET tokens = s.tokens - n.used
           FROM (SELECT l.carrier_id, count(*) AS used FROM leased l GROUP BY 1) n
@@ -639,6 +646,9 @@ $$;
 
 -- GET /v1/carriers/:id/whatsapp — the WhatsApp Cloud webhook handshake:
 -- echo hub.challenge when hub.verify_token matches config.verify_token.
+-- Meta reads the answer as plain text: the reply says Content-Type
+-- text/plain and its body is the challenge as one JSON string, which the
+-- gateway writes as that text.
 CREATE FUNCTION envoisms.api_whatsapp_verify(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
@@ -649,19 +659,21 @@ BEGIN
        OR NOT envoisms.secure_equals(coalesce(req.query->>'hub.verify_token', ''), c.config->>'verify_token') THEN
         PERFORM envoisms.raise_error('FORBIDDEN', 'verification failed');
     END IF;
-    -- the challenge is echoed as the JSON body (a JSON number or string)
-    RETURN ROW(200, '{}'::jsonb,
-               CASE WHEN req.query->>'hub.challenge' ~ '^[0-9]{1,18}$' THEN to_jsonb((req.query->>'hub.challenge')::bigint)
-                    ELSE to_jsonb(coalesce(req.query->>'hub.challenge', '')) END)::envoisms.api_reply;
+    RETURN ROW(200, '{"Content-Type": "text/plain; charset=utf-8"}'::jsonb,
+               to_jsonb(coalesce(req.query->>'hub.challenge', '')))::envoisms.api_reply;
 END
 $$;
 
--- POST /v1/carriers/:id/whatsapp — WhatsApp Cloud status callbacks, verified
--- with X-Hub-Signature-256 (HMAC-SHA256 of the raw body under config.app_secret).
+-- POST /v1/carriers/:id/whatsapp — WhatsApp Cloud callbacks, verified with
+-- X-Hub-Signature-256 (HMAC-SHA256 of the raw body under config.app_secret):
+-- the statuses of our messages (value.statuses[]; a failure's code stored
+-- as WHATSAPP_<code>, as at submit) and the customers' messages
+-- (value.messages[], 90_whatsapp.sql). Answers how many of both it took.
 CREATE FUNCTION envoisms.api_whatsapp_status(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     c envoisms.carriers;
+    v jsonb;
     s jsonb;
     st text;
     n int := 0;
@@ -672,17 +684,24 @@ BEGIN
                                      'sha256=' || envoisms.hmac_sha256_hex(c.config->>'app_secret', req.raw_body)) THEN
         PERFORM envoisms.raise_error('UNAUTHORIZED', 'missing or wrong X-Hub-Signature-256');
     END IF;
-    FOR s IN SELECT st_el.value
-               FROM jsonb_array_elements(coalesce(req.body->'entry', '[]')) e(value),
-                    jsonb_array_elements(coalesce(e.value->'changes', '[]')) ch(value),
-                    jsonb_array_elements(coalesce(ch.value->'value'->'statuses', '[]')) st_el(value)
+    FOR v IN SELECT ch.value->'value'
+               FROM jsonb_array_elements(CASE WHEN jsonb_typeof(req.body->'entry') = 'array'
+                                              THEN req.body->'entry' ELSE '[]' END) e(value),
+                    jsonb_array_elements(CASE WHEN jsonb_typeof(e.value->'changes') = 'array'
+                                              THEN e.value->'changes' ELSE '[]' END) ch(value)
+              WHERE jsonb_typeof(ch.value->'value') = 'object'
     LOOP
-        st := CASE s->>'status' WHEN 'sent' THEN 'sent' WHEN 'delivered' THEN 'delivered'
-                                WHEN 'read' THEN 'delivered' WHEN 'failed' THEN 'failed' END;
-        CONTINUE WHEN st IS NULL OR s->>'id' IS NULL;
-        PERFORM envoisms.dlr_apply(c.carrier_id, s->>'id', st,
-                                   s->'errors'->0->>'code', s->'errors'->0->>'title');
-        n := n + 1;
+        FOR s IN SELECT x.value FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v->'statuses') = 'array'
+                                                               THEN v->'statuses' ELSE '[]' END) x(value)
+        LOOP
+            st := CASE s->>'status' WHEN 'sent' THEN 'sent' WHEN 'delivered' THEN 'delivered'
+                                    WHEN 'read' THEN 'delivered' WHEN 'failed' THEN 'failed' END;
+            CONTINUE WHEN st IS NULL OR s->>'id' IS NULL;
+            PERFORM envoisms.dlr_apply(c.carrier_id, s->>'id', st,
+                                       'WHATSAPP_' || (s->'errors'->0->>'code'), s->'errors'->0->>'title');
+            n := n + 1;
+        END LOOP;
+        n := n + envoisms.whatsapp_receive(c.carrier_id, v);
     END LOOP;
     RETURN envoisms.reply(200, jsonb_build_object('received', n));
 END

@@ -3,11 +3,17 @@
 --
 -- A number belongs to an account through envoisms.inbound_numbers, which the
 -- operator fills (one row per long number or short code the account
--- receives on). An inbound message becomes a messages row with direction
+-- receives on). A 'whatsapp' row is the account's connected WhatsApp
+-- Business number: its phone_number_id (Meta's id of the number) is where
+-- the account's WhatsApp messages are sent from (90_whatsapp.sql). An
+-- inbound message becomes a messages row with direction
 -- 'inbound' and status 'received', which message_announce() (35_events.sql)
--- logs, queues as 'message.received' webhooks and NOTIFYs. A message to a
--- number nobody owns is kept in envoisms.inbound_unmatched for the operator
--- instead of being dropped, since the carrier was already told "received".
+-- logs, queues as 'message.received' webhooks and NOTIFYs; on WhatsApp it
+-- also opens the sender's 24-hour window (envoisms.whatsapp_windows). A
+-- message to a number nobody owns is kept in envoisms.inbound_unmatched for
+-- the operator instead of being dropped, since the carrier was already told
+-- "received". Carriers redeliver: the same carrier_ref from the same carrier
+-- is stored once (serialised by an advisory lock on that reference).
 --
 -- Keywords (docs/smpp.md has the list): the whole message, once normalised
 -- (case, accents, Arabic letter variants and diacritics, punctuation and
@@ -18,13 +24,19 @@ CREATE TABLE envoisms.inbound_numbers (
     account_id  text NOT NULL REFERENCES envoisms.accounts,
     number      text NOT NULL CHECK (number ~ '^(\+[1-9][0-9]{6,14}|[0-9]{3,8})$'),  -- E.164 or a short code
     channel     text NOT NULL DEFAULT 'sms' CHECK (channel IN ('sms', 'whatsapp')),
+    -- WhatsApp only: Meta's id of the number (the Cloud API sends from it
+    -- and names it in callbacks); NULL sends from the carrier's own number
+    phone_number_id text CHECK (phone_number_id IS NULL OR (phone_number_id ~ '^[0-9]{1,32}$' AND channel = 'whatsapp')),
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (account_id, number, channel)
 );
 -- A number reaches one account per channel: inbound lookup needs it unique.
 CREATE UNIQUE INDEX inbound_numbers_number ON envoisms.inbound_numbers (number, channel);
+-- Meta's callbacks name the number by its id.
+CREATE UNIQUE INDEX inbound_numbers_phone_number_id ON envoisms.inbound_numbers (phone_number_id)
+    WHERE phone_number_id IS NOT NULL;
 COMMENT ON TABLE envoisms.inbound_numbers IS
-'Which account receives the messages sent to a number (E.164) or a short code; filled by the operator';
+'Which account receives the messages sent to a number (E.164) or a short code; a whatsapp row is the account''s connected WhatsApp sender; filled by the operator';
 
 CREATE TABLE envoisms.inbound_unmatched (
     carrier_id   text,
@@ -83,9 +95,12 @@ END;
 -- no account owns to_number (then it is kept in inbound_unmatched). A
 -- carrier_ref seen before for this carrier returns the first message's id
 -- (carriers redeliver). STOP adds from_number to the account's opt-outs,
--- START removes it.
+-- START removes it. On WhatsApp the message opens (or extends) the
+-- sender's 24-hour window from sent_at, when the carrier says when the
+-- message was sent (never later than now), else from now.
 CREATE FUNCTION envoisms.inbound_receive(carrier_id text, from_number text, to_number text, body text,
-                                         carrier_ref text DEFAULT NULL, channel text DEFAULT 'sms')
+                                         carrier_ref text DEFAULT NULL, channel text DEFAULT 'sms',
+                                         sent_at timestamptz DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
@@ -106,6 +121,10 @@ BEGIN
     -- Numbers as the carrier gave them, or their E.164 form (national Moroccan numbers).
     sender := coalesce(envoisms.phone_e164(from_number, 'MA'), nullif(btrim(from_number), ''), 'unknown');
     ours := btrim(coalesce(to_number, ''));
+    -- one redelivery at a time: the second one finds the first one's row
+    IF carrier_ref IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(inbound_receive.carrier_id || '/' || carrier_ref, 8989));
+    END IF;
     SELECT n.account_id, n.number INTO acc, ours
       FROM envoisms.inbound_numbers n
      WHERE n.channel = inbound_receive.channel
@@ -113,7 +132,10 @@ BEGIN
      LIMIT 1;
     IF acc IS NULL THEN
         INSERT INTO envoisms.inbound_unmatched (carrier_id, from_number, to_number, body, carrier_ref, channel)
-        VALUES (inbound_receive.carrier_id, sender, to_number, body, carrier_ref, channel);
+        SELECT inbound_receive.carrier_id, sender, to_number, body, carrier_ref, channel
+         WHERE carrier_ref IS NULL
+            OR NOT EXISTS (SELECT 1 FROM envoisms.inbound_unmatched u
+                            WHERE u.carrier_id = inbound_receive.carrier_id AND u.carrier_ref = inbound_receive.carrier_ref);
         RETURN NULL;
     END IF;
 
@@ -136,6 +158,10 @@ BEGIN
     RETURNING * INTO msg;
     PERFORM envoisms.message_announce(msg);
 
+    IF channel = 'whatsapp' AND sender ~ '^\+[1-9][0-9]{6,14}$' THEN
+        PERFORM envoisms.whatsapp_window_open(acc, sender, ours, least(coalesce(sent_at, now()), now()));
+    END IF;
+
     keyword := envoisms.inbound_keyword(body);
     IF keyword = 'stop' AND sender ~ '^\+[1-9][0-9]{6,14}$' THEN
         INSERT INTO envoisms.optouts (account_id, phone, source, reason)
@@ -147,8 +173,8 @@ BEGIN
     RETURN id;
 END
 $$;
-COMMENT ON FUNCTION envoisms.inbound_receive(text, text, text, text, text, text) IS
-'Record an inbound message (direction inbound, status received) for the account owning to_number; applies STOP/START';
+COMMENT ON FUNCTION envoisms.inbound_receive(text, text, text, text, text, text, timestamptz) IS
+'Record an inbound message (direction inbound, status received) for the account owning to_number; applies STOP/START; on WhatsApp opens the sender''s 24-hour window';
 
 -- One part of a concatenated inbound SMS: kept until all `total` parts are
 -- here, then joined in order and received as one message (its id is
@@ -182,5 +208,5 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION envoisms.inbound_receive(text, text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION envoisms.inbound_receive(text, text, text, text, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.inbound_receive_part(text, text, text, int, int, int, text) FROM PUBLIC;

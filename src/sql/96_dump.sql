@@ -1,5 +1,5 @@
 -- 96_dump.sql — operator configuration and queue state of the worker areas
--- (85..89) that pg_dump must keep. The built-in sandbox carrier is made by
+-- (85..90) that pg_dump must keep. The built-in sandbox carrier is made by
 -- CREATE EXTENSION, so it is left out of the dump (a restore would collide).
 SELECT pg_catalog.pg_extension_config_dump('envoisms.carriers', 'WHERE carrier_id <> ''sandbox''');
 SELECT pg_catalog.pg_extension_config_dump('envoisms.routes', '');
@@ -9,3 +9,4 @@ SELECT pg_catalog.pg_extension_config_dump('envoisms.inbound_numbers', '');
 SELECT pg_catalog.pg_extension_config_dump('envoisms.inbound_unmatched', '');
 SELECT pg_catalog.pg_extension_config_dump('envoisms.inbound_unmatched_received_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('envoisms.inbound_parts', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.whatsapp_windows', '');

@@ -48,7 +48,10 @@ SELECT ok((SELECT bool_and(id #>> '{}' ~ '^msg_') FROM jsonb_path_query(:'b'::js
 SELECT is(envoisms.account_balance(:'acc'), 4999.38::numeric, 'bulk: debited once for the whole batch');
 SELECT is((SELECT count(*) FROM envoisms.messages WHERE batch_id = :'b'::jsonb->>'batch_id'), 2::bigint, 'bulk: two message rows in the batch');
 
--- metadata per entry, body alias, WhatsApp pricing
+-- metadata per entry, body alias, WhatsApp pricing (to numbers that wrote
+-- to the account's WhatsApp number: whatsapp.sql tests the 24-hour window)
+INSERT INTO envoisms.inbound_numbers (account_id, number, channel) VALUES (:'acc', '+212700000001', 'whatsapp');
+SELECT envoisms.whatsapp_window_open(:'acc', p, '+212700000001', now()) FROM unnest(ARRAY['+212611111111', '+33612345678']) p;
 SELECT pg_temp.call('POST', '/v1/messages/bulk', '{"channel": "whatsapp", "messages": [{"to": "+212611111111", "body": "a", "metadata": {"order": 1}}, {"to": "+33612345678", "message": "b"}]}', :'live') AS r \gset
 SELECT is((:'r'::envoisms.api_reply).body->'estimated_cost', '{"eur": 0.0236, "mad": 0.26}'::jsonb, 'bulk WhatsApp: per message price');
 SELECT is((SELECT metadata FROM envoisms.messages WHERE to_number = '+212611111111' AND channel = 'whatsapp'), '{"order": 1}'::jsonb, 'bulk: metadata kept');

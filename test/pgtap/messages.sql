@@ -2,12 +2,16 @@
 -- envoisms.api, as the contract shows them, and every bad input next to the
 -- good one, each proving nothing changed (no message, no ledger row, same balance).
 BEGIN;
-SELECT plan(102);
+SELECT plan(116);
 
 SELECT envoisms.account_create('Acme', 100) AS acc \gset
 SELECT envoisms.account_create('Other', 100) AS other \gset
 SELECT envoisms.api_key_create(:'acc', 'live', true, rate_limit => NULL)->>'api_key' AS live \gset
 SELECT envoisms.api_key_create(:'other', 'other', true, rate_limit => NULL)->>'api_key' AS other_key \gset
+-- Acme's WhatsApp Business number, and the customer who wrote to it: free
+-- text on WhatsApp reaches only that 24-hour window (whatsapp.sql tests the rule)
+INSERT INTO envoisms.inbound_numbers (account_id, number, channel) VALUES (:'acc', '+212700000001', 'whatsapp');
+SELECT envoisms.whatsapp_window_open(:'acc', '+212612345678', '+212700000001', now());
 
 CREATE FUNCTION pg_temp.call(method text, path text, body text, key text, query text DEFAULT '')
 RETURNS envoisms.api_reply LANGUAGE sql AS $$
@@ -69,8 +73,10 @@ SELECT pg_temp.call('POST', '/v1/messages', json_build_object('to', '+2126123456
 SELECT is((:'r'::envoisms.api_reply).status, 201, '1600 characters: accepted');
 
 -- metadata and buttons
-SELECT pg_temp.call('POST', '/v1/messages', '{"to": "+212612345678", "message": "Code 1234", "channel": "whatsapp", "metadata": {"purpose": "otp"}, "buttons": [{"type": "copy", "text": "Copier", "value": "1234"}, {"type": "url", "text": "Ouvrir", "value": "https://exemple.ma"}, {"type": "call", "text": "Appeler", "value": "+212522000000"}]}', :'live') AS r \gset
-SELECT is((:'r'::envoisms.api_reply).status, 201, '3 buttons: accepted');
+SELECT pg_temp.call('POST', '/v1/messages', '{"to": "+212612345678", "message": "Code 1234", "channel": "whatsapp", "metadata": {"purpose": "otp"}, "buttons": [{"type": "call", "text": "Appeler le service", "value": "+212522000000"}]}', :'live') AS r \gset
+SELECT is((:'r'::envoisms.api_reply).status, 201, 'a call button: accepted');
+SELECT is((SELECT buttons FROM envoisms.messages WHERE message_id = (:'r'::envoisms.api_reply).body->>'id'),
+          '[{"type": "call", "text": "Appeler le service", "value": "+212522000000"}]'::jsonb, 'a call button: kept with its number');
 SELECT (:'r'::envoisms.api_reply).body->>'id' AS btn_id \gset
 
 -- ---- GET /v1/messages/:id
@@ -128,6 +134,18 @@ SELECT * FROM pg_temp.rejects('POST', '/v1/messages', json_build_object('to', '+
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "telegram"}', :'live', 400, 'VALIDATION_ERROR', 'unknown channel');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "whatsapp", "buttons": [{"type":"copy","text":"a","value":"1"},{"type":"copy","text":"b","value":"2"},{"type":"copy","text":"c","value":"3"},{"type":"copy","text":"d","value":"4"}]}', :'live', 400, 'VALIDATION_ERROR', '4 buttons');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "whatsapp", "buttons": [{"type": "reply", "text": "Oui"}]}', :'live', 400, 'VALIDATION_ERROR', 'unknown button type');
+-- only what Meta can carry: one call-to-action (url or call, text ≤ 20) or one copy-code button
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "Code 1234", "channel": "whatsapp", "buttons": [{"type": "copy", "text": "Copier", "value": "1234"}, {"type": "url", "text": "Ouvrir", "value": "https://exemple.ma"}, {"type": "call", "text": "Appeler", "value": "+212522000000"}]}', :'live', 400, 'VALIDATION_ERROR', 'copy + url + call (Meta carries one)');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "whatsapp", "buttons": [{"type": "url", "text": "Ouvrir", "value": "https://exemple.ma"}, {"type": "call", "text": "Appeler", "value": "+212522000000"}]}', :'live', 400, 'VALIDATION_ERROR', 'url + call');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "whatsapp", "buttons": [{"type": "url", "text": "Ouvrir", "value": "https://exemple.ma"}, {"type": "url", "text": "Suivre", "value": "https://exemple.ma/b"}]}', :'live', 400, 'VALIDATION_ERROR', 'two url buttons');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', json_build_object('to', '+212612345678', 'message', 'x', 'channel', 'whatsapp', 'buttons', json_build_array(json_build_object('type', 'url', 'text', repeat('é', 21), 'value', 'https://exemple.ma')))::text, :'live', 400, 'VALIDATION_ERROR', 'a url button text of 21 characters');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', json_build_object('to', '+212612345678', 'message', 'x', 'channel', 'whatsapp', 'buttons', json_build_array(json_build_object('type', 'call', 'text', repeat('a', 21), 'value', '+212522000000')))::text, :'live', 400, 'VALIDATION_ERROR', 'a call button text of 21 characters');
+SELECT is((pg_temp.call('POST', '/v1/messages', json_build_object('to', '+212612345678', 'message', 'x', 'channel', 'whatsapp', 'buttons', json_build_array(json_build_object('type', 'url', 'text', repeat('é', 20), 'value', 'https://exemple.ma')))::text, :'live')).status,
+          201, 'a url button text of 20 characters: accepted');
+SELECT is((pg_temp.call('POST', '/v1/messages', json_build_object('to', '+212612345678', 'message', 'x', 'channel', 'whatsapp', 'buttons', json_build_array(json_build_object('type', 'copy', 'text', repeat('c', 25), 'value', '1234')))::text, :'live')).body->'error'->>'field',
+          NULL, 'a copy button text of 25 characters: accepted (the template''s button has its own)');
+SELECT is((pg_temp.call('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "channel": "whatsapp", "buttons": [{"type": "url", "text": "Ouvrir", "value": "https://exemple.ma"}, {"type": "call", "text": "Appeler", "value": "+212522000000"}]}', :'live')).body->'error'->>'field',
+          'buttons', 'a refused combination names the field buttons');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "buttons": [{"type": "copy", "text": "Copier", "value": "1234"}]}', :'live', 400, 'VALIDATION_ERROR', 'buttons on an SMS');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x\u0000y"}', :'live', 400, 'VALIDATION_ERROR', 'NUL in message');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+2126\u000012345678", "message": "x"}', :'live', 400, 'VALIDATION_ERROR', 'NUL in to');

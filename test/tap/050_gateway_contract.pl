@@ -17,6 +17,11 @@ my $node = EnvoismsTest::node('contract');
 my $gw = EnvoismsTest::start_gateway($node);
 my $url = $gw->{url};
 my ($account, $key) = EnvoismsTest::demo_key($node, live => 1, balance => 1000, rate_limit => undef);
+# The account's WhatsApp number, and the reference's recipient wrote to it:
+# free text on WhatsApp reaches only such a number (its 24-hour window).
+$node->safe_psql('envoisms', "INSERT INTO envoisms.inbound_numbers (account_id, number, channel)
+	VALUES ('$account', '+212700000001', 'whatsapp');
+	SELECT envoisms.whatsapp_window_open('$account', '+212612345678', '+212700000001', now())");
 
 my %served;
 for my $row (split /\n/, $node->safe_psql('envoisms',

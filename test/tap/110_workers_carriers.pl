@@ -39,6 +39,15 @@ $q->(qq{
 });
 
 my $account = $q->("SELECT envoisms.account_create('Carrier account', 100)");
+# WhatsApp free text needs the account's own number and the recipient's
+# 24-hour window (111_whatsapp_inbound.pl opens one through Meta's callback);
+# without a phone_number_id the number sends from the carrier's.
+my $wa_session = sub {
+	my ($acc, $number, @to) = @_;
+	$q->("INSERT INTO envoisms.inbound_numbers (account_id, number, channel) VALUES ('$acc', '$number', 'whatsapp')");
+	$q->("SELECT envoisms.whatsapp_window_open('$acc', '$_', '$number', now())") for @to;
+};
+$wa_session->($account, '+212700000001', '+212612345602', '+212612345698');
 my $send = sub {
 	my ($to, %o) = @_;
 	my $extra = join('', map { ", $_ => $o{$_}" } sort keys %o);
@@ -154,6 +163,7 @@ is($q->("SELECT string_agg(status || coalesce(' ' || (detail->>'cascade'), ''), 
 
 # cascade that cannot pay the SMS: failed, the WhatsApp charge refunded
 my $poor = $q->("SELECT envoisms.account_create('Poor account', 0.13)");
+$wa_session->($poor, '+212700000002', '+212612345698');
 my $c2 = $q->("SELECT envoisms.message_send('$poor', '+212612345698', 'Bonjour', cascade => true)->>'id'");
 ok($wait_status->($c2, 'failed', 30), 'cascade without money for the SMS fails');
 is($q->("SELECT envoisms.account_balance('$poor')"), '0.1300', 'the WhatsApp charge is refunded');
