@@ -62,9 +62,9 @@ CREATE TABLE envoisms.ledger (
     topup_id    text,                                       -- the paid top-up (envoisms.topups) a 'topup' credits
     PRIMARY KEY (account_id, entry_id),
     CHECK (kind <> 'topup'  OR amount_mad > 0),
-    CHECK (topup_id IS NULL OR kind = 'topup'),
     CHECK (kind <> 'refund' OR (amount_mad > 0 AND message_id IS NOT NULL)),
-    CHECK (kind <> 'debit'  OR amount_mad < 0)
+    CHECK (kind <> 'debit'  OR amount_mad < 0),
+    CONSTRAINT ledger_topup_id_kind CHECK (topup_id IS NULL OR kind = 'topup')
 );
 -- A message is refunded at most once, whatever retries or races happen.
 CREATE UNIQUE INDEX ledger_one_refund_per_message

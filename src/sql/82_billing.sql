@@ -7,7 +7,7 @@
 -- its API base, currency, URLs and timeout, the bank transfer details, the
 -- EUR rate and the top-up limits. The table is empty at install (every
 -- setting has its default, billing_setting_defaults()), so pg_dump keeps
--- exactly what the operator set. A value is checked by a trigger whose error
+-- exactly what the operator set (96_dump.sql). A value is checked by a trigger whose error
 -- names the setting, never the value (a CHECK's error would print the row,
 -- secret included).
 --
@@ -681,9 +681,3 @@ INSERT INTO envoisms.api_endpoints (method, template, handler, permission, publi
     ('POST', '/v1/billing/topups',          'envoisms.api_billing_topups_create(envoisms.api_request)',   'billing', false),
     ('GET',  '/v1/billing/topups/:id',      'envoisms.api_billing_topups_get(envoisms.api_request)',      'billing', false),
     ('POST', '/v1/billing/stripe/webhook',  'envoisms.api_billing_stripe_webhook(envoisms.api_request)',  'billing', true);
-
--- The operator's rows and the top-ups are data pg_dump must keep (all made
--- after the install: none collides with what CREATE EXTENSION makes).
-SELECT pg_catalog.pg_extension_config_dump('envoisms.billing_settings', '');
-SELECT pg_catalog.pg_extension_config_dump('envoisms.billing_packs', '');
-SELECT pg_catalog.pg_extension_config_dump('envoisms.topups', '');
