@@ -16,9 +16,10 @@
  * shutdown): curl's progress callback stops the transfer, then
  * CHECK_FOR_INTERRUPTS raises.
  *
- * Secrets: the secret key goes into one header buffer, wiped after the call;
- * it is never part of an error message (curl's messages name the host at
- * most). Memory: the reply buffer is malloc'd because curl's callbacks must
+ * Secrets: the secret key goes into the Authorization header only; our
+ * buffer and curl's copy of the header list are wiped before they are
+ * freed, and it is never part of an error message (curl's messages name the
+ * host at most). Memory: the reply buffer is malloc'd because curl's callbacks must
  * never ereport; it is freed on every path.
  */
 #include "envoisms.h"
@@ -250,6 +251,8 @@ stripe_post(PG_FUNCTION_ARGS)
 			curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
 	}
 	curl_easy_cleanup(easy);
+	for (h = headers; h != NULL; h = h->next)
+		explicit_bzero(h->data, strlen(h->data));	/* the key's copy in the list */
 	curl_slist_free_all(headers);
 	pfree(auth.data);
 	pfree(idem.data);

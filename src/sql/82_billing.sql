@@ -50,7 +50,7 @@ LANGUAGE sql IMMUTABLE AS $$
            ('stripe_api_base', 'https://api.stripe.com', false, 'Base URL of Stripe''s API'),
            ('stripe_currency', 'mad', false, 'Currency of the Checkout Sessions: mad or eur'),
            ('stripe_timeout_ms', '8000', false,
-            'Longest a top-up request waits for Stripe to create its Checkout Session (500 to 30000 ms)'),
+            'Longest a top-up request waits for Stripe to create its Checkout Session (500 to 15000 ms: the clients and the gateway wait 15 s)'),
            ('bank_transfer_details', NULL, false,
             'JSON object of strings shown with bank transfer instructions (beneficiary, bank, rib, swift ...); bank transfers are offered when it is set')
 $$;
@@ -80,7 +80,7 @@ BEGIN
     WHEN 'stripe_currency' THEN
         RETURN value IN ('mad', 'eur');
     WHEN 'stripe_timeout_ms' THEN
-        RETURN value ~ '^[0-9]{3,5}$' AND value::int BETWEEN 500 AND 30000;
+        RETURN value ~ '^[0-9]{3,5}$' AND value::int BETWEEN 500 AND 15000;
     WHEN 'bank_transfer_details' THEN
         j := (envoisms.body_jsonb(value)).value;
         RETURN jsonb_typeof(j) = 'object' AND j <> '{}'
@@ -326,6 +326,8 @@ $$;
 -- carries checkout_url) or 'bank_transfer' (the answer carries the
 -- reference to write on the transfer; an operator confirms it with
 -- topup_confirm). Nothing is credited before the payment is confirmed.
+-- For 'stripe' the call to Stripe happens inside the caller's transaction:
+-- an application calling this from SQL calls it before it takes locks.
 CREATE FUNCTION envoisms.topup_create(account_id text, payment_method text DEFAULT 'stripe',
                                       amount_mad numeric DEFAULT NULL, amount_eur numeric DEFAULT NULL,
                                       pack_id text DEFAULT NULL, api_key_id text DEFAULT NULL)
