@@ -3,7 +3,8 @@
  *
  * envoisms.api maps (method, path) to a handler through the rows of
  * envoisms.api_endpoints: the exact path, else the path with its third
- * segment as :id (/v1/messages/msg_123 → /v1/messages/:id). api_route()
+ * segment as :id (/v1/messages/msg_123 → /v1/messages/:id), else with its
+ * fourth (/v1/billing/topups/top_123 → /v1/billing/topups/:id). api_route()
  * keeps the whole table per backend (it holds a few dozen rows, changed
  * only by installing or upgrading the extension) and answers both lookups
  * in one call; the cache is emptied in every backend when the table
@@ -98,6 +99,49 @@ find_route(const RouteKey *key, Route *routes, int count)
 	return NULL;
 }
 
+/*
+ * The route of path with its segment after the first `skip` ones of
+ * /v1/<segment>/... taken as :id (skip 0: /v1/<segment>/<id>[/rest] as
+ * /v1/<segment>/:id[/rest]); NULL when there is none.
+ */
+static Route *
+find_template_route(text *method, const char *p, int len, int skip, Route *routes, int count)
+{
+	const char *id = p + 4;
+	const char *id_end;
+	char		template[ROUTE_TEMPLATE_MAX + 1];
+	RouteKey	key;
+	int			prefix;
+	int			rest;
+
+	if (len <= 4 || strncmp(p, "/v1/", 4) != 0)
+		return NULL;
+	/* step over the literal segments before the id; none may be empty */
+	for (int i = 0; i <= skip; i++)
+	{
+		const char *segment_end = memchr(id, '/', p + len - id);
+
+		if (segment_end == NULL || segment_end == id)
+			return NULL;
+		id = segment_end + 1;
+	}
+	if (id >= p + len || *id == '/')
+		return NULL;
+	id_end = memchr(id, '/', p + len - id);
+	if (id_end == NULL)
+		id_end = p + len;
+	prefix = id - p;
+	rest = p + len - id_end;
+	if (prefix + 3 + rest > ROUTE_TEMPLATE_MAX)
+		return NULL;
+	memcpy(template, p, prefix);
+	memcpy(template + prefix, ":id", 3);
+	memcpy(template + prefix + 3, id_end, rest);
+	if (!route_key(&key, VARDATA_ANY(method), VARSIZE_ANY_EXHDR(method), template, prefix + 3 + rest))
+		return NULL;
+	return find_route(&key, routes, count);
+}
+
 PG_FUNCTION_INFO_V1(api_route);
 
 /*
@@ -151,32 +195,11 @@ api_route(PG_FUNCTION_ARGS)
 
 	if (route_key(&key, VARDATA_ANY(method), VARSIZE_ANY_EXHDR(method), p, len))
 		route = find_route(&key, routes, count);
-	/* else /v1/<segment>/<id>[/rest] as /v1/<segment>/:id[/rest] */
-	if (route == NULL && len > 4 && strncmp(p, "/v1/", 4) == 0)
+	/* else /v1/<segment>/<id>[/rest], then /v1/<segment>/<segment>/<id>[/rest] */
+	for (int skip = 0; route == NULL && skip < 2; skip++)
 	{
-		const char *segment_end = memchr(p + 4, '/', len - 4);
-
-		if (segment_end != NULL && segment_end > p + 4 && segment_end + 1 < p + len && segment_end[1] != '/')
-		{
-			const char *id = segment_end + 1;
-			const char *id_end = memchr(id, '/', p + len - id);
-			char		template[ROUTE_TEMPLATE_MAX + 1];
-			int			prefix = id - p;
-			int			rest;
-
-			if (id_end == NULL)
-				id_end = p + len;
-			rest = p + len - id_end;
-			if (prefix + 3 + rest <= ROUTE_TEMPLATE_MAX)
-			{
-				memcpy(template, p, prefix);
-				memcpy(template + prefix, ":id", 3);
-				memcpy(template + prefix + 3, id_end, rest);
-				if (route_key(&key, VARDATA_ANY(method), VARSIZE_ANY_EXHDR(method), template, prefix + 3 + rest))
-					route = find_route(&key, routes, count);
-				by_template = route != NULL;
-			}
-		}
+		route = find_template_route(method, p, len, skip, routes, count);
+		by_template = route != NULL;
 	}
 
 	if (route != NULL)

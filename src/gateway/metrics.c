@@ -65,7 +65,8 @@ static const char *const route_words[] = {
 	"import", "lists", "campaigns", "webhooks", "test", "api-keys", "billing",
 	"balance", "analytics", "healthz", "metrics", "openapi.json", "templates",
 	"optouts", "events", "logs", "members", "cancel", "rotate", "usage",
-	"transactions", "invoices", "account", "carriers", "dlr", "whatsapp", NULL
+	"transactions", "invoices", "account", "carriers", "dlr", "whatsapp", "packs",
+	"payment-methods", "topups", "stripe", "webhook", NULL
 };
 
 /* Whether a path segment is a literal word of the API (else it is an id). */

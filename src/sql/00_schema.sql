@@ -59,14 +59,20 @@ CREATE TABLE envoisms.ledger (
     message_id  text,
     reference   text CHECK (length(reference) <= 200),
     created_at  timestamptz NOT NULL DEFAULT now(),
+    topup_id    text,                                       -- the paid top-up (envoisms.topups) a 'topup' credits
     PRIMARY KEY (account_id, entry_id),
     CHECK (kind <> 'topup'  OR amount_mad > 0),
     CHECK (kind <> 'refund' OR (amount_mad > 0 AND message_id IS NOT NULL)),
-    CHECK (kind <> 'debit'  OR amount_mad < 0)
+    CHECK (kind <> 'debit'  OR amount_mad < 0),
+    CONSTRAINT ledger_topup_id_kind CHECK (topup_id IS NULL OR kind = 'topup')
 );
 -- A message is refunded at most once, whatever retries or races happen.
 CREATE UNIQUE INDEX ledger_one_refund_per_message
     ON envoisms.ledger (account_id, message_id) WHERE kind = 'refund';
+-- A paid top-up (Stripe Checkout, bank transfer) credits once, whatever
+-- replays or races happen (82_billing.sql).
+CREATE UNIQUE INDEX ledger_one_credit_per_topup
+    ON envoisms.ledger (topup_id) WHERE topup_id IS NOT NULL;
 
 -- Unit prices. account_id '*' holds the defaults; a row for an account overrides.
 CREATE TABLE envoisms.prices (

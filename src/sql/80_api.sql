@@ -227,13 +227,12 @@ $$;
 CREATE FUNCTION envoisms.api_route_refusal(method text, path text, handler regprocedure, permission text,
                                            key_permissions text[], OUT code text, OUT message text, OUT allow text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
-DECLARE
-    tmpl text;
 BEGIN
     IF handler IS NULL THEN
-        tmpl := regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id');
         SELECT string_agg(DISTINCT e.method, ', ') INTO allow
-          FROM envoisms.api_endpoints e WHERE e.template IN (path, tmpl);
+          FROM envoisms.api_endpoints e
+         WHERE e.template IN (path, regexp_replace(path, '^(/v1/[^/]+/)[^/]+', '\1:id'),
+                              regexp_replace(path, '^(/v1/[^/]+/[^/]+/)[^/]+', '\1:id'));
         IF allow IS NOT NULL THEN
             code := 'METHOD_NOT_ALLOWED';
             message := format('%s is not allowed on %s', left(method, 10), left(path, 200));
@@ -277,10 +276,10 @@ BEGIN
 
     BEGIN
         -- 1. route (cached per backend, routes.c): the exact path, else the
-        -- path with its third segment as :id
+        -- path with its third (then its fourth) segment as :id
         r := envoisms.api_route(method, path);
         IF r.by_template THEN
-            req.id := envoisms.url_decode(split_part(path, '/', 4));
+            req.id := envoisms.url_decode(split_part(path, '/', CASE WHEN split_part(r.template, '/', 4) = ':id' THEN 4 ELSE 5 END));
         END IF;
 
         -- 2. the key the Authorization header names (cached per backend, keys.c);
@@ -444,7 +443,7 @@ BEGIN
 END
 $$;
 
--- ---- handlers of the messages, billing and analytics routes
+-- ---- handlers of the messages and analytics routes (billing: 82_billing.sql)
 
 -- The fields of a POST /v1/messages body with their defaults, or in
 -- bad_field the first one of a wrong type (json.c).
@@ -510,16 +509,6 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION envoisms.api_billing_balance(req envoisms.api_request) RETURNS envoisms.api_reply
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-BEGIN
-    RETURN envoisms.reply(200, (
-        SELECT jsonb_build_object('balance_mad', envoisms.money(envoisms.account_balance(a.account_id)),
-                                  'currency', 'MAD', 'plan', a.plan)
-          FROM envoisms.accounts a WHERE a.account_id = req.account_id));
-END
-$$;
-
 -- GET /v1/analytics: from_date and to_date (the contract), or "days" (the
 -- last N days, what the official clients send) when from_date is absent.
 CREATE FUNCTION envoisms.api_analytics(req envoisms.api_request) RETURNS envoisms.api_reply
@@ -539,5 +528,4 @@ INSERT INTO envoisms.api_endpoints (method, template, handler, permission) VALUE
     ('POST', '/v1/messages/bulk',   'envoisms.api_messages_bulk(envoisms.api_request)',   'send'),
     ('GET',  '/v1/messages',        'envoisms.api_messages_list(envoisms.api_request)',   'status'),
     ('GET',  '/v1/messages/:id',    'envoisms.api_messages_get(envoisms.api_request)',    'status'),
-    ('GET',  '/v1/billing/balance', 'envoisms.api_billing_balance(envoisms.api_request)', 'balance'),
     ('GET',  '/v1/analytics',       'envoisms.api_analytics(envoisms.api_request)',       'analytics');

@@ -88,7 +88,7 @@ SELECT is(pg_temp.state(:'poor'), :'before', '402: nothing written');
 SELECT is((pg_temp.call('POST', '/v1/messages/bulk', pg_temp.bulk(3), :'poorkey')).status, 201, '3 × 0.31 MAD on 1 MAD: 201');
 
 -- ---- billing and analytics
-SELECT is((pg_temp.call('GET', '/v1/billing/balance', NULL, :'poorkey')).body, '{"balance_mad": 0.07, "currency": "MAD", "plan": "starter"}'::jsonb, 'balance: the contract''s shape');
+SELECT is((pg_temp.call('GET', '/v1/billing/balance', NULL, :'poorkey')).body, '{"balance_mad": 0.07, "balance_eur": 0.0063, "currency": "MAD", "plan": "starter"}'::jsonb, 'balance: the contract''s shape, and balance_eur for the official clients');
 UPDATE envoisms.messages SET status = 'delivered' WHERE account_id = :'poor' AND to_number <> '+212610000003';
 UPDATE envoisms.messages SET status = 'failed' WHERE account_id = :'poor' AND to_number = '+212610000003';
 SELECT envoisms.message_refund(:'poor', message_id) FROM envoisms.messages WHERE account_id = :'poor' AND status = 'failed';

@@ -5,7 +5,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(40);
+SELECT plan(43);
 
 SELECT pg_temp.new_account(10) AS a \gset
 SELECT pg_temp.new_account(10) AS b \gset
@@ -22,6 +22,8 @@ SELECT envoisms.template_create(:'b', 'B tpl', 'Hi')->>'id' AS b_tpl \gset
 SELECT envoisms.campaign_create(:'b', 'B cmp', 'Hi', list_id => :'b_lst')->>'id' AS b_cmp \gset
 SELECT envoisms.webhook_create(:'b', 'https://b.example.ma/h')->>'id' AS b_whk \gset
 SELECT envoisms.optout_add(:'b', '+212612345671') IS NOT NULL AS ok \gset
+INSERT INTO envoisms.billing_settings (name, value) VALUES ('bank_transfer_details', '{"rib": "190 780 2111122223333444 55"}');
+SELECT envoisms.topup_create(:'b', 'bank_transfer', 100)->>'id' AS b_top \gset
 
 CREATE TEMP TABLE probes (method text, path text, body text, covers text);
 INSERT INTO probes VALUES
@@ -37,6 +39,7 @@ INSERT INTO probes VALUES
     ('PATCH',  '/v1/api-keys/' || :'b_key',              '{"active": false}', '/v1/api-keys/:id'),
     ('DELETE', '/v1/api-keys/' || :'b_key',              NULL, '/v1/api-keys/:id'),
     ('DELETE', '/v1/optouts/%2B212612345671',            NULL, '/v1/optouts/:id'),
+    ('GET',    '/v1/billing/topups/' || :'b_top',        NULL, '/v1/billing/topups/:id'),
     -- ids given in bodies
     ('POST',   '/v1/contacts',        format('{"phone": "+212600000001", "list_id": "%s"}', :'b_lst'), 'body list_id'),
     ('POST',   '/v1/contacts/import', format('{"contacts": [{"phone": "+212600000001"}], "list_id": "%s"}', :'b_lst'), 'body list_id'),
@@ -61,6 +64,7 @@ SELECT is((SELECT array_agg(DISTINCT e.template ORDER BY e.template) FROM envois
           'every :id route has a cross-account probe');
 -- lists of A show nothing of B
 SELECT is((SELECT count(*)::int FROM pg_temp.call('GET', '/v1/contacts') r, jsonb_array_elements(r.body->'data') d), 0, 'A lists no contact of B');
+SELECT is((SELECT body->'total' FROM pg_temp.call('GET', '/v1/billing/topups')), '0'::jsonb, 'A lists no top-up of B');
 SELECT is((SELECT jsonb_array_length(body->'data') FROM pg_temp.call('GET', '/v1/webhooks')), 0, 'A lists no webhook of B');
 
 SELECT * FROM finish();

@@ -1,5 +1,5 @@
 # 001_dump_restore.pl — pg_dump keeps the users' data: accounts, money,
-# keys, messages, the OTP secret and the rest restore into a new database
+# keys, messages, the OTP secret, billing settings, packs and top-ups and the rest restore into a new database
 # without an error, the books still balance and a key still authenticates.
 use strict;
 use warnings;
@@ -18,13 +18,19 @@ $node->safe_psql('envoisms', qq{
     INSERT INTO envoisms.carriers (carrier_id, kind, name, config) VALUES ('iam', 'http', 'IAM', '{"url": "https://carrier.example/send"}');
     INSERT INTO envoisms.routes (channel, prefix, carrier_id, priority) VALUES ('sms', '2126', 'iam', 0);
     INSERT INTO envoisms.inbound_numbers (account_id, number) VALUES ('$account', '+212522000000');
+    INSERT INTO envoisms.billing_settings (name, value) VALUES ('bank_transfer_details', '{"rib": "190 780 2111122223333444 55"}');
+    INSERT INTO envoisms.billing_packs (pack_id, name, sms_count, price_mad) VALUES ('sms-1000', '1 000 SMS', 1000, 290);
+    SELECT envoisms.topup_confirm(envoisms.topup_create('$account', 'bank_transfer', 120)->>'id');
+    SELECT envoisms.topup_create('$account', 'bank_transfer', pack_id => 'sms-1000');
 });
 my $before = $node->safe_psql('envoisms', q{
     SELECT (SELECT count(*) FROM envoisms.accounts) || ' ' || (SELECT count(*) FROM envoisms.messages) || ' '
         || (SELECT count(*) FROM envoisms.ledger) || ' ' || (SELECT count(*) FROM envoisms.api_keys) || ' '
         || (SELECT sum(balance_mad) FROM envoisms.balance_check()) || ' '
         || (SELECT string_agg(carrier_id, ',' ORDER BY carrier_id) FROM envoisms.carriers) || ' '
-        || (SELECT count(*) FROM envoisms.routes) || ' ' || (SELECT count(*) FROM envoisms.inbound_numbers)});
+        || (SELECT count(*) FROM envoisms.routes) || ' ' || (SELECT count(*) FROM envoisms.inbound_numbers) || ' '
+        || (SELECT string_agg(name, ',') FROM envoisms.billing_settings) || ' ' || (SELECT count(*) FROM envoisms.billing_packs) || ' '
+        || (SELECT string_agg(status, ',' ORDER BY topup_id) FROM envoisms.topups)});
 
 my $dump = $node->basedir . '/envoisms.dump';
 my ($host, $port) = ($node->host, $node->port);
@@ -39,7 +45,10 @@ is($node->safe_psql('restored', q{
         || (SELECT count(*) FROM envoisms.ledger) || ' ' || (SELECT count(*) FROM envoisms.api_keys) || ' '
         || (SELECT sum(balance_mad) FROM envoisms.balance_check()) || ' '
         || (SELECT string_agg(carrier_id, ',' ORDER BY carrier_id) FROM envoisms.carriers) || ' '
-        || (SELECT count(*) FROM envoisms.routes) || ' ' || (SELECT count(*) FROM envoisms.inbound_numbers)}), $before, 'the same rows, money, carriers, routes and numbers after the restore');
+        || (SELECT count(*) FROM envoisms.routes) || ' ' || (SELECT count(*) FROM envoisms.inbound_numbers) || ' '
+        || (SELECT string_agg(name, ',') FROM envoisms.billing_settings) || ' ' || (SELECT count(*) FROM envoisms.billing_packs) || ' '
+        || (SELECT string_agg(status, ',' ORDER BY topup_id) FROM envoisms.topups)}), $before,
+   'the same rows, money, carriers, routes, numbers, billing settings, packs and top-ups after the restore');
 is($node->safe_psql('restored', 'SELECT bool_and(ok) FROM envoisms.balance_check()'), 't', 'the books still balance');
 is($node->safe_psql('restored', qq{SELECT status FROM envoisms.api('GET', '/v1/billing/balance', '', '{"Authorization": "Bearer $key"}')}),
    '200', 'the API key still authenticates');

@@ -140,4 +140,15 @@ sub worker_conf
 		@_);
 }
 
+# POST a JSON body to one of stripe_peer.js's /_test endpoints (mode, event,
+# replay); returns its decoded JSON answer.
+sub stripe_peer_call
+{
+	my ($peer, $path, $body) = @_;
+	my ($status, undef, $text) = EnvoismsTest::http('POST', "$peer->{url}$path",
+		{ 'Content-Type' => 'application/json' }, JSON::PP->new->utf8->canonical->encode($body // {}));
+	croak "stripe peer $path: HTTP $status: $text" unless $status == 200;
+	return JSON::PP->new->utf8->decode($text);
+}
+
 1;
