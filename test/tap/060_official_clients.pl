@@ -143,6 +143,28 @@ ok(defined $j->{error}{message}, 'python: EnvoiSMSError reads error.message');
 ($st, $h, $j) = call('python', 'POST', '/v1/optouts', { phone => '+212699999999' });
 is($st, 201, 'python create_optout: 201');
 
+# ---- billing: what the SDKs call beyond the reference (the operator set a
+# bank transfer and one pack; Stripe is covered by 070_billing_stripe.pl)
+$q->(q{INSERT INTO envoisms.billing_settings (name, value) VALUES
+        ('bank_transfer_details', '{"beneficiary": "Acme SARL", "rib": "011 780 0000123456789012 34"}')});
+$q->(q{INSERT INTO envoisms.billing_packs (pack_id, name, sms_count, price_mad) VALUES ('pack_1000', 'Pack 1000', 1000, 300)});
+($st, $h, $j) = call('node', 'GET', '/v1/billing/balance');
+reads('node getBalance', $j, [qw(balance_mad balance_eur currency plan)]);
+($st, $h, $j) = call('node', 'GET', '/v1/billing/packs');
+is($st, 200, 'node listPacks: 200');
+reads('node listPacks: a pack', $j->{packs}[0] // {}, [qw(id name sms_count price_mad price_eur)]);
+($st, $h, $j) = call('python', 'GET', '/v1/billing/payment-methods');
+is($st, 200, 'python list_payment_methods: 200');
+like(JSON::PP->new->canonical->encode($j), qr/bank_transfer/, 'python list_payment_methods: the configured bank transfer');
+($st, $h, $j) = call('python', 'POST', '/v1/billing/topups', { payment_method => 'bank_transfer', amount_mad => 100 });
+is("$st $j->{status}", '201 pending', 'python create_topup(amount_mad=100, payment_method="bank_transfer"): a pending top-up');
+ok(defined $j->{bank_transfer}{reference}, 'with the reference to write on the transfer');
+($st, $h, $j) = call('node', 'POST', '/v1/billing/topups', { payment_method => 'crypto', amount_eur => 10 });
+is("$st $j->{error}{code} $j->{error}{field}", '400 VALIDATION_ERROR payment_method',
+	'node createTopup({payment_method: "crypto"}): a named 400, not 404 or 5xx');
+($st, $h, $j) = call('php', 'POST', '/v1/billing/topups', { pack_id => 'pack_1000', payment_method => 'bank_transfer' });
+is("$st $j->{pack_id}", '201 pack_1000', 'php createTopup(pack_id): 201');
+
 # ---- php: its paths (listMessages without offset), no User-Agent of its own
 ($st, $h, $j) = call('php', 'GET', '/v1/messages?limit=50');
 is($st, 200, 'php listMessages(50): 200');
@@ -162,6 +184,12 @@ is("$st1 $st2", '201 201', 'mcp send_sms, then the same call retried');
 is($j2->{id}, $j1->{id}, 'mcp: the retry answers the same message');
 is($h2->{'idempotent-replayed'}, 'true', 'mcp: the retry is a replay');
 is($q->("SELECT count(*) FROM envoisms.messages WHERE account_id = '$account'") - $before, 1, 'mcp: one message sent, not two');
+my $balance = $q->("SELECT envoisms.account_balance('$account')");
+($st, $h, $j) = call('mcp', 'POST', '/v1/messages', { to => '+212612345678', message => 'Salut', channel => 'whatsapp' },
+	headers => { 'Idempotency-Key' => "$idem-wa" });
+is("$st $j->{error}{code}", '403 WHATSAPP_NOT_CONNECTED',
+	'mcp send_sms on whatsapp from an account with no connected number: the refusal its tool description names');
+is($q->("SELECT envoisms.account_balance('$account')"), $balance, 'mcp: nothing charged for the refusal');
 ($st, $h, $j) = call('mcp', 'GET', '/v1/billing/balance');
 is($st, 200, 'mcp get_balance (GET without Content-Type)');
 
