@@ -12,8 +12,10 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c))) src/phone_lib.o
 # SQL parts are concatenated in name order (NN_area.sql) into the install script.
 SQL_PARTS   = $(sort $(wildcard src/sql/*.sql))
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql $(EXTENSION).control
-# Released versions: their frozen install scripts and the upgrade scripts
-# between them (upgrade/); the current version's script is generated.
+# Released versions (upgrade/): the oldest one's install script and the
+# upgrade scripts between each version and the next, all frozen; PostgreSQL
+# installs any released version by walking that chain. The current
+# version's script is generated.
 DATA        = $(wildcard upgrade/$(EXTENSION)--*.sql)
 
 PG_CONFIG  ?= pg_config

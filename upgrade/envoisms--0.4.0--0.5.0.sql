@@ -258,12 +258,7 @@ DECLARE
     rows jsonb;
     n bigint;
 BEGIN
-    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND 200 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'limit must be an integer from 1 to 200', 'limit');
-    END IF;
-    IF "offset" IS NULL OR "offset" < 0 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
-    END IF;
+    PERFORM envoisms.check_page("limit", "offset", 200);
     IF status IS NOT NULL AND status NOT IN ('queued', 'sent', 'delivered', 'failed', 'expired', 'received') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR',
             'status must be one of queued, sent, delivered, failed, expired, received', 'status');
@@ -1820,7 +1815,7 @@ CREATE UNIQUE INDEX ledger_one_credit_per_topup
 -- its API base, currency, URLs and timeout, the bank transfer details, the
 -- EUR rate and the top-up limits. The table is empty at install (every
 -- setting has its default, billing_setting_defaults()), so pg_dump keeps
--- exactly what the operator set (96_dump.sql). A value is checked by a trigger whose error
+-- exactly what the operator set. A value is checked by a trigger whose error
 -- names the setting, never the value (a CHECK's error would print the row,
 -- secret included).
 --
@@ -1911,6 +1906,7 @@ CREATE TABLE envoisms.billing_settings (
     value      text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.billing_settings', '');
 REVOKE ALL ON envoisms.billing_settings FROM PUBLIC;
 
 -- The check of a setting: its error names the setting and the expected
@@ -1956,6 +1952,8 @@ LANGUAGE sql STABLE AS $$
       FROM envoisms.billing_setting_defaults() d LEFT JOIN envoisms.billing_settings s ON s.name = d.name
      ORDER BY d.name
 $$;
+COMMENT ON FUNCTION envoisms.billing_config() IS
+'Every billing setting as it applies now, secrets masked';
 
 -- An amount in MAD in EUR at eur_per_mad, rounded to `scale` decimals (and back).
 CREATE FUNCTION envoisms.mad_to_eur(amount numeric, scale int DEFAULT 4) RETURNS numeric
@@ -1992,6 +1990,7 @@ CREATE TABLE envoisms.billing_packs (
     sort_order int NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.billing_packs', '');
 
 -- What buying pack p credits to an account.
 CREATE FUNCTION envoisms.pack_credit(p envoisms.billing_packs, account_id text) RETURNS numeric
@@ -2008,6 +2007,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
              ORDER BY p.sort_order, p.price_mad, p.pack_id), '[]'))
       FROM envoisms.billing_packs p WHERE p.active
 $$;
+COMMENT ON FUNCTION envoisms.pack_list(text) IS
+'The operator''s top-up packs as an account sees them (GET /v1/billing/packs)';
 
 -- ---- payment methods
 
@@ -2031,6 +2032,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
                        'max_amount_mad', envoisms.money(envoisms.billing_setting('topup_max_mad')::numeric))
              WHERE envoisms.billing_setting('bank_transfer_details') IS NOT NULL) m
 $$;
+COMMENT ON FUNCTION envoisms.payment_methods() IS
+'The payment methods this install offers (GET /v1/billing/payment-methods)';
 
 -- ---- top-ups
 
@@ -2057,6 +2060,7 @@ CREATE TABLE envoisms.topups (
     CHECK ((status = 'failed') = (failed_at IS NOT NULL)),
     CHECK (method <> 'stripe' OR checkout_url IS NOT NULL)
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.topups', '');
 -- The operator and Stripe's events name a top-up by its id alone.
 CREATE UNIQUE INDEX topups_topup_id ON envoisms.topups (topup_id);
 
@@ -2232,6 +2236,8 @@ BEGIN
     RETURN envoisms.topup_json(t);
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_create(text, text, numeric, numeric, text, text) IS
+'Start a top-up paid through Stripe Checkout or bank transfer (POST /v1/billing/topups)';
 
 -- Credit a top-up, once: pending (or, for a payment Stripe reports paid,
 -- failed) becomes completed and the ledger gets its 'topup' row. True when
@@ -2267,6 +2273,8 @@ BEGIN
     RETURN FOUND;
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_fail(text, text) IS
+'Cancel a pending top-up with a reason';
 
 -- The operator confirms a top-up whose payment arrived (a bank transfer,
 -- or a Stripe payment checked in Stripe's dashboard): true when this call
@@ -2286,6 +2294,8 @@ BEGIN
     RETURN envoisms.topup_complete(topup_id);
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_confirm(text) IS
+'Confirm a pending top-up as paid (a bank transfer received): credits once; false when it was credited already';
 
 CREATE FUNCTION envoisms.topup_get(account_id text, topup_id text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
@@ -2300,6 +2310,8 @@ BEGIN
     RETURN envoisms.topup_json(t);
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_get(text, text) IS
+'One top-up of an account (GET /v1/billing/topups/:id)';
 
 -- The account's top-ups, newest first.
 CREATE FUNCTION envoisms.topup_list(account_id text, "limit" int DEFAULT 50, "offset" int DEFAULT 0,
@@ -2310,12 +2322,7 @@ DECLARE
     rows jsonb;
     n bigint;
 BEGIN
-    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND 200 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'limit must be an integer from 1 to 200', 'limit');
-    END IF;
-    IF "offset" IS NULL OR "offset" < 0 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
-    END IF;
+    PERFORM envoisms.check_page("limit", "offset", 200);
     IF status IS NOT NULL AND status NOT IN ('pending', 'completed', 'failed') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'status must be one of pending, completed, failed', 'status');
     END IF;
@@ -2328,6 +2335,8 @@ BEGIN
     RETURN jsonb_build_object('topups', rows, 'total', n, 'limit', "limit", 'offset', "offset");
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_list(text, int, int, text) IS
+'A page of an account''s top-ups (GET /v1/billing/topups)';
 
 -- ---- Stripe's events
 
@@ -2500,7 +2509,283 @@ SELECT pg_catalog.pg_extension_config_dump('envoisms.billing_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('envoisms.billing_packs', '');
 SELECT pg_catalog.pg_extension_config_dump('envoisms.topups', '');
 
--- ---- 9. nothing is open to PUBLIC (as 95_grants.sql does at install)
+-- ---- 9. one home per concern: the page checks of the list functions
+-- in one helper; psql's \df+ explains the SQL API (a comment on every public
+-- domain function)
+
+CREATE FUNCTION envoisms.check_page("limit" int, "offset" int, max_limit int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND max_limit THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('limit must be an integer from 1 to %s', max_limit), 'limit');
+    END IF;
+    IF "offset" IS NULL OR "offset" < 0 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.message_list(account_id text, "limit" int DEFAULT 50, "offset" int DEFAULT 0,
+                                      status text DEFAULT NULL, channel text DEFAULT NULL,
+                                      from_date timestamptz DEFAULT NULL, to_date timestamptz DEFAULT NULL,
+                                      direction text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    rows jsonb;
+    n bigint;
+BEGIN
+    PERFORM envoisms.check_page("limit", "offset", 200);
+    IF status IS NOT NULL AND status NOT IN ('queued', 'sent', 'delivered', 'failed', 'expired', 'received') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'status must be one of queued, sent, delivered, failed, expired, received', 'status');
+    END IF;
+    IF channel IS NOT NULL AND channel NOT IN ('sms', 'whatsapp') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
+    END IF;
+    IF direction IS NOT NULL AND direction NOT IN ('outbound', 'inbound') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'direction must be "outbound" or "inbound"', 'direction');
+    END IF;
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'id', m.message_id, 'to', m.to_number, 'channel', m.channel,
+               'body', envoisms.message_body_shown(m.body, m.metadata),
+               'sender_id', m.sender_id, 'status', m.status, 'cost_mad', envoisms.money(m.cost_mad),
+               'direction', m.direction, 'created_at', envoisms.iso_time(m.created_at))
+               ORDER BY m.message_id DESC), '[]')
+      INTO rows
+      FROM (SELECT * FROM envoisms.messages x
+             WHERE x.account_id = message_list.account_id
+               AND (message_list.status IS NULL OR x.status = message_list.status)
+               AND (message_list.channel IS NULL OR x.channel = message_list.channel)
+               AND (message_list.direction IS NULL OR x.direction = message_list.direction)
+               AND (from_date IS NULL OR x.created_at >= from_date)
+               AND (to_date IS NULL OR x.created_at <= to_date)
+             ORDER BY x.message_id DESC
+             LIMIT "limit" OFFSET "offset") m;
+    SELECT count(*) INTO n FROM envoisms.messages x
+     WHERE x.account_id = message_list.account_id
+       AND (message_list.status IS NULL OR x.status = message_list.status)
+       AND (message_list.channel IS NULL OR x.channel = message_list.channel)
+       AND (message_list.direction IS NULL OR x.direction = message_list.direction)
+       AND (from_date IS NULL OR x.created_at >= from_date)
+       AND (to_date IS NULL OR x.created_at <= to_date);
+    -- the rows under "data" (the contract) and "messages" (what the official
+    -- Node client reads): one value referenced twice, serialised twice
+    RETURN jsonb_build_object('data', rows, 'messages', rows, 'limit', "limit", 'offset', "offset", 'total', n);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.contact_list(account_id text, "limit" int DEFAULT 100, "offset" int DEFAULT 0,
+                                      q text DEFAULT NULL, list_id text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    words tsquery;
+    phone_prefix text;
+    digits text;
+    email_prefix text;
+    rows jsonb;
+    n bigint;
+BEGIN
+    PERFORM envoisms.check_page("limit", "offset", 500);
+    IF q IS NOT NULL AND length(q) > 100 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'q must be at most 100 characters', 'q');
+    END IF;
+    PERFORM envoisms.check_list(account_id, list_id);
+    q := nullif(btrim(q), '');
+    IF q IS NOT NULL THEN
+        phone_prefix := envoisms.contact_phone_prefix(q);
+        -- a phone fragment (digits, +, spaces) is not searched among words
+        words := CASE WHEN phone_prefix IS NULL THEN envoisms.contact_words_query(q) END;
+        digits := CASE WHEN phone_prefix IS NOT NULL AND length(phone_prefix) >= 5 THEN ltrim(phone_prefix, '+') END;
+        email_prefix := CASE WHEN q !~ '\s' THEN lower(q) END;
+        IF words IS NULL AND phone_prefix IS NULL AND email_prefix IS NULL THEN
+            RETURN jsonb_build_object('data', '[]'::jsonb, 'limit', "limit", 'offset', "offset", 'total', 0);
+        END IF;
+    END IF;
+
+    IF q IS NULL THEN
+        -- a listing: the page walks the primary key backwards, the total counts
+        SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]') INTO rows
+          FROM (SELECT * FROM envoisms.contact_search(account_id, list_id, false, NULL, NULL, NULL, NULL) c
+                 ORDER BY c.contact_id DESC LIMIT "limit" OFFSET "offset") p;
+        SELECT count(*) INTO n FROM envoisms.contact_search(account_id, list_id, false, NULL, NULL, NULL, NULL);
+    ELSE
+        -- a search: the hits come from the indexes (BitmapOr) once, then are
+        -- counted and sorted; never a walk of the primary key that filters
+        -- every contact (the planner cannot estimate prefix matches)
+        WITH hits AS MATERIALIZED (
+            SELECT * FROM envoisms.contact_search(account_id, list_id, true, words, phone_prefix, digits, email_prefix))
+        SELECT (SELECT count(*) FROM hits),
+               (SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]')
+                  FROM (SELECT * FROM hits h ORDER BY h.contact_id DESC LIMIT "limit" OFFSET "offset") p)
+          INTO n, rows;
+    END IF;
+    RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION envoisms.optout_list(account_id text, "limit" int DEFAULT 100, "offset" int DEFAULT 0,
+                                     phone text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    e164 text;
+    rows jsonb;
+    n bigint;
+BEGIN
+    PERFORM envoisms.check_page("limit", "offset", 500);
+    IF phone IS NOT NULL THEN
+        e164 := envoisms.check_phone(phone, 'phone');
+    END IF;
+    SELECT coalesce(jsonb_agg(envoisms.optout_json(o) ORDER BY o.created_at DESC, o.phone), '[]') INTO rows
+      FROM (SELECT * FROM envoisms.optouts x
+             WHERE x.account_id = optout_list.account_id AND (e164 IS NULL OR x.phone = e164)
+             ORDER BY x.created_at DESC, x.phone LIMIT "limit" OFFSET "offset") o;
+    SELECT count(*) INTO n FROM envoisms.optouts x
+     WHERE x.account_id = optout_list.account_id AND (e164 IS NULL OR x.phone = e164);
+    RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
+END
+$$;
+
+COMMENT ON FUNCTION envoisms.sms_segments(text) IS
+'Encoding (gsm7 or ucs2), number of SMS parts, units (septets or UTF-16 code units) and characters of a message body';
+COMMENT ON FUNCTION envoisms.sms_split(text) IS
+'The parts a message body is sent as, by the same rules as sms_segments';
+COMMENT ON FUNCTION envoisms.phone_e164(text, text) IS
+'E.164 form of a valid phone number (local numbers need the ISO region), else NULL';
+COMMENT ON FUNCTION envoisms.phone_parse(text, text) IS
+'Validity, formats, region, line type and English location of a phone number; valid = false for garbage';
+COMMENT ON FUNCTION envoisms.phone_country_name(text) IS
+'English name of an ISO 3166-1 region supported by libphonenumber, else NULL';
+COMMENT ON FUNCTION envoisms.new_id(text) IS
+'New time-ordered id: prefix, "_", 12 hex digits of Unix milliseconds, 16 random hex digits';
+COMMENT ON FUNCTION envoisms.id_time(text) IS
+'Creation time encoded in an id made by new_id, NULL when the id is malformed';
+COMMENT ON FUNCTION envoisms.account_create(text, numeric, text, text[]) IS
+'Create an account with an opening balance (MAD), a plan and its channels; returns its acc_… id';
+COMMENT ON FUNCTION envoisms.account_balance(text) IS
+'An account''s balance in MAD (the sum of its balance buckets)';
+COMMENT ON FUNCTION envoisms.account_topup(text, numeric, text) IS
+'Add money to an account (a ledger topup row with an optional reference); returns the new balance';
+COMMENT ON FUNCTION envoisms.message_refund(text, text, text) IS
+'Refund a failed or expired message once (a second call refunds nothing); returns the amount refunded';
+COMMENT ON FUNCTION envoisms.balance_check(text) IS
+'Prove the books: per account, the balance against what the ledger and the messages explain (ok = they agree)';
+COMMENT ON FUNCTION envoisms.message_send(text, text, text, text, text, boolean, jsonb, jsonb, text, boolean, text, boolean) IS
+'Send one message in the caller''s transaction: validated, priced, debited and queued (POST /v1/messages)';
+COMMENT ON FUNCTION envoisms.message_send_bulk(text, jsonb, text, text, text, boolean) IS
+'Send up to 10,000 messages at once, all or nothing (POST /v1/messages/bulk)';
+COMMENT ON FUNCTION envoisms.message_get(text, text) IS
+'One message of an account with its delivery log (GET /v1/messages/:id)';
+COMMENT ON FUNCTION envoisms.message_list(text, int, int, text, text, timestamptz, timestamptz, text) IS
+'A page of an account''s messages, newest first, with the contract''s filters (GET /v1/messages)';
+COMMENT ON FUNCTION envoisms.analytics_summary(text, timestamptz, timestamptz) IS
+'Volumes, delivery rate and billed cost of an account between two times (GET /v1/analytics)';
+COMMENT ON FUNCTION envoisms.verify_send(text, text, text, text, int, int, text, text, text, boolean) IS
+'Start an OTP verification: a fresh code sent by SMS or WhatsApp, only its HMAC stored (POST /v1/verify/send)';
+COMMENT ON FUNCTION envoisms.verify_check(text, text, text) IS
+'Check an OTP code against a session: verified once, 5 wrong codes kill it (POST /v1/verify/check)';
+COMMENT ON FUNCTION envoisms.verify_cancel(text, text) IS
+'Void a live verification session: no code verifies it any more (POST /v1/verify/:id/cancel)';
+COMMENT ON FUNCTION envoisms.verify_get(text, text) IS
+'One verification session of an account (GET /v1/verify/:id)';
+COMMENT ON FUNCTION envoisms.number_lookup(text, text) IS
+'Validate a phone number: formats, country, carrier, line type and location (POST /v1/verify/lookup)';
+COMMENT ON FUNCTION envoisms.contact_create(text, text, text, text, text, jsonb) IS
+'Create a contact, optionally in a list (POST /v1/contacts)';
+COMMENT ON FUNCTION envoisms.contact_import(text, jsonb, text) IS
+'Import up to 10,000 contacts, optionally into a list; reports what was created, updated or refused (POST /v1/contacts/import)';
+COMMENT ON FUNCTION envoisms.contact_delete(text, text) IS
+'Delete a contact (DELETE /v1/contacts/:id)';
+COMMENT ON FUNCTION envoisms.contact_list(text, int, int, text, text) IS
+'A page of an account''s contacts, searched by name, phone or email, or by list (GET /v1/contacts)';
+COMMENT ON FUNCTION envoisms.contact_list_create(text, text, text) IS
+'Create a contact list (POST /v1/contacts/lists)';
+COMMENT ON FUNCTION envoisms.contact_lists(text) IS
+'Every contact list of an account with its member count (GET /v1/contacts/lists)';
+COMMENT ON FUNCTION envoisms.template_create(text, text, text, text, text) IS
+'Create a message template (POST /v1/templates)';
+COMMENT ON FUNCTION envoisms.template_list(text) IS
+'Every template of an account (GET /v1/templates)';
+COMMENT ON FUNCTION envoisms.campaign_create(text, text, text, text, text, text, text, timestamptz, jsonb, jsonb, text, boolean) IS
+'Create a campaign, a draft or scheduled (POST /v1/campaigns)';
+COMMENT ON FUNCTION envoisms.campaign_get(text, text) IS
+'One campaign with its progress (GET /v1/campaigns/:id)';
+COMMENT ON FUNCTION envoisms.campaign_list(text) IS
+'Every campaign of an account (GET /v1/campaigns)';
+COMMENT ON FUNCTION envoisms.campaign_launch(text, text, boolean, text) IS
+'Send a campaign now: one queued message per reachable list member, debited at once (POST /v1/campaigns/:id/send)';
+COMMENT ON FUNCTION envoisms.campaign_schedule_recurring(text, text, text) IS
+'Run a copy of the campaign on a cron schedule (pg_cron)';
+COMMENT ON FUNCTION envoisms.campaign_unschedule_recurring(text, text) IS
+'Stop a campaign''s recurring runs';
+COMMENT ON FUNCTION envoisms.webhook_address_refusal(inet) IS
+'Why a webhook delivery would refuse to connect to an address, or NULL (the SSRF guard)';
+COMMENT ON FUNCTION envoisms.webhook_create(text, text, text[], text, text) IS
+'Register a webhook; the only answer that shows its signing secret (POST /v1/webhooks)';
+COMMENT ON FUNCTION envoisms.webhook_list(text) IS
+'Every live webhook of an account, without secrets (GET /v1/webhooks)';
+COMMENT ON FUNCTION envoisms.webhook_update(text, text, text, text[], boolean, text) IS
+'Change a webhook''s URL, events, active flag or signature format (PATCH /v1/webhooks/:id)';
+COMMENT ON FUNCTION envoisms.webhook_delete(text, text) IS
+'Delete a webhook and cancel its pending deliveries (DELETE /v1/webhooks/:id)';
+COMMENT ON FUNCTION envoisms.webhook_test(text, text) IS
+'Queue a message.test event to one webhook (POST /v1/webhooks/:id/test)';
+COMMENT ON FUNCTION envoisms.api_key_create(text, text, boolean, text[], text[], int) IS
+'Create an API key as the operator (env_live_… or sandbox env_test_…); the full key is in the answer, only its SHA-256 is stored';
+COMMENT ON FUNCTION envoisms.api_key_list(text) IS
+'Every API key of an account, active and revoked, without the keys themselves (GET /v1/api-keys)';
+COMMENT ON FUNCTION envoisms.api_key_issue(text, text, text, text[], text[], int, boolean) IS
+'Create an API key on behalf of another key of the account, within that key''s rights (POST /v1/api-keys)';
+COMMENT ON FUNCTION envoisms.api_key_update(text, text, text, text, text[], text[], int, boolean) IS
+'Change a key''s name, permissions, allowlist, rate limit or active flag, within the caller''s rights (PATCH /v1/api-keys/:id)';
+COMMENT ON FUNCTION envoisms.api_key_revoke(text, text, text) IS
+'Revoke an API key for good (DELETE /v1/api-keys/:id)';
+COMMENT ON FUNCTION envoisms.optout_add(text, text, text, text) IS
+'Add a number to an account''s opt-out list (POST /v1/optouts)';
+COMMENT ON FUNCTION envoisms.optout_remove(text, text) IS
+'Remove a number from an account''s opt-out list (DELETE /v1/optouts/:phone)';
+COMMENT ON FUNCTION envoisms.optout_list(text, int, int, text) IS
+'A page of an account''s opt-out list (GET /v1/optouts)';
+COMMENT ON FUNCTION envoisms.ratelimit_stats() IS
+'The rate limiter''s shared table: buckets in use, capacity, evictions since start';
+COMMENT ON FUNCTION envoisms.api(text, text, text, jsonb, text, inet) IS
+'The whole HTTP contract as one call: authentication, rate limit, routing, handler, error envelope (what the gateway calls)';
+COMMENT ON FUNCTION envoisms.api_precheck(text, text, jsonb, inet) IS
+'Whether a request may be read at all, from its head: no row when it may, else the refusal envoisms.api would give';
+COMMENT ON FUNCTION envoisms.billing_config() IS
+'Every billing setting as it applies now, secrets masked';
+COMMENT ON FUNCTION envoisms.pack_list(text) IS
+'The operator''s top-up packs as an account sees them (GET /v1/billing/packs)';
+COMMENT ON FUNCTION envoisms.payment_methods() IS
+'The payment methods this install offers (GET /v1/billing/payment-methods)';
+COMMENT ON FUNCTION envoisms.topup_create(text, text, numeric, numeric, text, text) IS
+'Start a top-up paid through Stripe Checkout or bank transfer (POST /v1/billing/topups)';
+COMMENT ON FUNCTION envoisms.topup_fail(text, text) IS
+'Cancel a pending top-up with a reason';
+COMMENT ON FUNCTION envoisms.topup_confirm(text) IS
+'Confirm a pending top-up as paid (a bank transfer received): credits once; false when it was credited already';
+COMMENT ON FUNCTION envoisms.topup_get(text, text) IS
+'One top-up of an account (GET /v1/billing/topups/:id)';
+COMMENT ON FUNCTION envoisms.topup_list(text, int, int, text) IS
+'A page of an account''s top-ups (GET /v1/billing/topups)';
+COMMENT ON FUNCTION envoisms.wake_dispatcher() IS
+'Wake the dispatchers when the calling transaction commits; false (and nothing happens) without the preload';
+COMMENT ON FUNCTION envoisms.wake_webhooks() IS
+'Wake the webhook workers when the calling transaction commits; false (and nothing happens) without the preload';
+COMMENT ON FUNCTION envoisms.smpp_parse_receipt(text) IS
+'Fields of the text form of an SMPP delivery receipt (id:… sub:… dlvrd:… submit date:… done date:… stat:… err:… text:…); an error says what is malformed';
+COMMENT ON FUNCTION envoisms.smpp_binds() IS
+'One row per running SMPP bind worker: its state (connecting, binding, bound, throttled, backoff, unbinding) and counters since it started';
+COMMENT ON FUNCTION envoisms.inbound_receive(text, text, text, text, text, text, timestamptz) IS
+'Record an inbound message (direction inbound, status received) for the account owning to_number; applies STOP/START; on WhatsApp opens the sender''s 24-hour window';
+COMMENT ON FUNCTION envoisms.expiry_sweep(int) IS
+'Expire a batch of messages past their validity (the scheduler calls it); returns how many';
+COMMENT ON FUNCTION envoisms.retention_purge(int, int) IS
+'Purge the bodies and delivery logs of a batch of messages older than the retention (the scheduler calls it); returns how many';
+
+-- ---- 10. nothing is open to PUBLIC (as 95_grants.sql does at install)
 REVOKE ALL ON ALL TABLES IN SCHEMA envoisms FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA envoisms FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA envoisms FROM PUBLIC;

@@ -76,3 +76,17 @@ EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format OR invalid_tim
     PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be an ISO 8601 date or time', field), field);
 END
 $$;
+
+-- Check a page's limit (1 to max_limit) and offset (0 or more) given to a
+-- domain function, or raise VALIDATION_ERROR naming the one at fault.
+CREATE FUNCTION envoisms.check_page("limit" int, "offset" int, max_limit int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND max_limit THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('limit must be an integer from 1 to %s', max_limit), 'limit');
+    END IF;
+    IF "offset" IS NULL OR "offset" < 0 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
+    END IF;
+END
+$$;

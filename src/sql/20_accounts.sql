@@ -1,4 +1,4 @@
--- 20_accounts.sql — accounts, balances and the ledger, API keys (operator side).
+-- 20_accounts.sql — accounts, balances and the ledger (API keys: 65_apikeys.sql).
 --
 -- Locking and money: see the design note atop 00_schema.sql. Debits take one
 -- bucket with SKIP LOCKED (never wait behind another sender's commit); the
@@ -33,6 +33,8 @@ BEGIN
     RETURN id;
 END
 $$;
+COMMENT ON FUNCTION envoisms.account_create(text, numeric, text, text[]) IS
+'Create an account with an opening balance (MAD), a plan and its channels; returns its acc_… id';
 
 -- What a send reads of its account: status, channels, and whether any number
 -- opted out of it; every field NULL for no such account. Cached per backend
@@ -45,6 +47,8 @@ AS 'MODULE_PATHNAME', 'account_lookup' LANGUAGE C STRICT STABLE;
 CREATE FUNCTION envoisms.account_balance(account_id text) RETURNS numeric
 LANGUAGE sql STABLE
 RETURN (SELECT sum(b.balance_mad) FROM envoisms.balance_buckets b WHERE b.account_id = account_balance.account_id);
+COMMENT ON FUNCTION envoisms.account_balance(text) IS
+'An account''s balance in MAD (the sum of its balance buckets)';
 
 -- Lock every bucket, add `delta` (may be negative) to the total and spread the
 -- result so that the fast path finds money: at most every bucket, at least one,
@@ -158,6 +162,8 @@ BEGIN
     RETURN total;
 END
 $$;
+COMMENT ON FUNCTION envoisms.account_topup(text, numeric, text) IS
+'Add money to an account (a ledger topup row with an optional reference); returns the new balance';
 
 -- Refund what a message was charged (once, ever); returns the amount refunded
 -- (0 when there was nothing to refund or it was refunded already).
@@ -180,6 +186,8 @@ BEGIN
     RETURN due;
 END
 $$;
+COMMENT ON FUNCTION envoisms.message_refund(text, text, text) IS
+'Refund a failed or expired message once (a second call refunds nothing); returns the amount refunded';
 
 -- Prove the books: the buckets hold exactly what the ledger and the
 -- messages explain. One row per account (or the given one).
@@ -199,92 +207,5 @@ LANGUAGE sql STABLE AS $$
       FROM b LEFT JOIN l USING (account_id) LEFT JOIN m USING (account_id)
      ORDER BY 1
 $$;
-
--- The contract's permission names.
-CREATE FUNCTION envoisms.api_permissions() RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN ARRAY['send', 'verify', 'status', 'balance', 'contacts', 'campaigns', 'webhooks',
-             'billing', 'analytics', 'api_keys', 'optouts'];
-
--- A permission list as stored: sorted, without duplicates. NULL (every
--- permission) stays NULL and an empty list stays empty (no permission): an
--- aggregate over no row would turn it into NULL, that is into every one.
-CREATE FUNCTION envoisms.permissions_normalize(permissions text[]) RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN permissions IS NOT NULL THEN ARRAY(SELECT DISTINCT p FROM unnest(permissions) p ORDER BY p) END;
-
--- Create an API key; returns the contract's POST /v1/api-keys response with
--- the full key (shown once: only its SHA-256 is stored). NULL permissions =
--- all, an empty list = none; the operator may set any rate limit or NULL
--- (unlimited).
-CREATE FUNCTION envoisms.api_key_create(account_id text, name text DEFAULT 'API key', live boolean DEFAULT true,
-                                        permissions text[] DEFAULT NULL, ip_whitelist text[] DEFAULT NULL,
-                                        rate_limit int DEFAULT 100)
-RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-DECLARE
-    prefix text := CASE WHEN live THEN 'env_live' ELSE 'env_test' END;
-    key text := prefix || '_' || envoisms.random_bytes_hex(24);
-    id text := envoisms.new_id('key');
-    nets cidr[];
-    bad text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM envoisms.accounts a WHERE a.account_id = api_key_create.account_id) THEN
-        PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
-    END IF;
-    IF name IS NULL OR length(name) NOT BETWEEN 1 AND 100 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be 1 to 100 characters', 'name');
-    END IF;
-    SELECT p INTO bad FROM unnest(permissions) p WHERE p IS NULL OR NOT p = ANY (envoisms.api_permissions()) LIMIT 1;
-    IF FOUND THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR',
-            format('unknown permission "%s"; allowed: %s', bad, array_to_string(envoisms.api_permissions(), ', ')),
-            'permissions');
-    END IF;
-    nets := envoisms.parse_ip_list(ip_whitelist, 'ip_whitelist');
-    IF rate_limit IS NOT NULL AND rate_limit < 1 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'rate_limit must be positive', 'rate_limit');
-    END IF;
-    INSERT INTO envoisms.api_keys (account_id, api_key_id, name, key_prefix, key_hash, key_hint,
-                                   permissions, ip_whitelist, rate_limit)
-    VALUES (api_key_create.account_id, id, api_key_create.name, prefix, envoisms.sha256_hex(key), right(key, 4),
-            envoisms.permissions_normalize(permissions), nets, api_key_create.rate_limit);
-    RETURN jsonb_build_object(
-        'id', id,
-        'name', api_key_create.name,
-        'key_prefix', prefix,
-        'api_key', key,
-        'permissions', to_jsonb(coalesce(permissions, envoisms.api_permissions())),
-        'ip_whitelist', to_jsonb(coalesce(ip_whitelist, '{}')),
-        'rate_limit', api_key_create.rate_limit,
-        'warning', 'The full API key is shown once. Store it securely.');
-END
-$$;
-
--- Parse a list of IPs or CIDRs (text) or raise VALIDATION_ERROR naming the field.
-CREATE FUNCTION envoisms.parse_ip_list(entries text[], field text) RETURNS cidr[]
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
-DECLARE
-    e text;
-    result cidr[] := '{}';
-BEGIN
-    IF entries IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF cardinality(entries) > 100 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s has at most 100 entries', field), field);
-    END IF;
-    FOREACH e IN ARRAY entries LOOP
-        BEGIN
-            IF e IS NULL OR e !~ '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' THEN
-                RAISE invalid_text_representation;
-            END IF;
-            result := result || e::inet::cidr;
-        EXCEPTION WHEN invalid_text_representation OR invalid_binary_representation THEN
-            PERFORM envoisms.raise_error('VALIDATION_ERROR',
-                format('%s entries must be IP addresses or CIDR ranges, got "%s"', field, left(e, 64)), field);
-        END;
-    END LOOP;
-    RETURN result;
-END
-$$;
+COMMENT ON FUNCTION envoisms.balance_check(text) IS
+'Prove the books: per account, the balance against what the ledger and the messages explain (ok = they agree)';

@@ -319,6 +319,8 @@ BEGIN
     RETURN envoisms.message_send_reply(id, e164, channel, cascade, cost_eur, cost_mad, n_segments, created);
 END
 $$;
+COMMENT ON FUNCTION envoisms.message_send(text, text, text, text, text, boolean, jsonb, jsonb, text, boolean, text, boolean) IS
+'Send one message in the caller''s transaction: validated, priced, debited and queued (POST /v1/messages)';
 
 -- The "messages" array of a bulk reply, [{"id", "to", "status": "queued"}, ...],
 -- built in C (jsonb_agg spent a fifth of a 10,000-message send on it).
@@ -453,6 +455,8 @@ BEGIN
         'messages', envoisms.message_bulk_items(ids, numbers));
 END
 $$;
+COMMENT ON FUNCTION envoisms.message_send_bulk(text, jsonb, text, text, text, boolean) IS
+'Send up to 10,000 messages at once, all or nothing (POST /v1/messages/bulk)';
 
 -- A message's body as it may leave the database (the API, webhooks): an OTP
 -- message's has every run of four or more digits (a code has 4 to 8)
@@ -509,6 +513,8 @@ BEGIN
     RETURN envoisms.message_json(m);
 END
 $$;
+COMMENT ON FUNCTION envoisms.message_get(text, text) IS
+'One message of an account with its delivery log (GET /v1/messages/:id)';
 
 -- A page of an account's messages, newest first, with the contract's filters.
 CREATE FUNCTION envoisms.message_list(account_id text, "limit" int DEFAULT 50, "offset" int DEFAULT 0,
@@ -521,12 +527,7 @@ DECLARE
     rows jsonb;
     n bigint;
 BEGIN
-    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND 200 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'limit must be an integer from 1 to 200', 'limit');
-    END IF;
-    IF "offset" IS NULL OR "offset" < 0 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
-    END IF;
+    PERFORM envoisms.check_page("limit", "offset", 200);
     IF status IS NOT NULL AND status NOT IN ('queued', 'sent', 'delivered', 'failed', 'expired', 'received') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR',
             'status must be one of queued, sent, delivered, failed, expired, received', 'status');
@@ -565,6 +566,8 @@ BEGIN
     RETURN jsonb_build_object('data', rows, 'messages', rows, 'limit', "limit", 'offset', "offset", 'total', n);
 END
 $$;
+COMMENT ON FUNCTION envoisms.message_list(text, int, int, text, text, timestamptz, timestamptz, text) IS
+'A page of an account''s messages, newest first, with the contract''s filters (GET /v1/messages)';
 
 -- Usage summary: totals, delivery rate and what was billed, over live
 -- messages plus the daily rollups kept past the retention purge.
@@ -595,3 +598,5 @@ LANGUAGE sql STABLE AS $$
         'cost_mad', envoisms.money(live.cost + old.cost)))
       FROM live, old
 $$;
+COMMENT ON FUNCTION envoisms.analytics_summary(text, timestamptz, timestamptz) IS
+'Volumes, delivery rate and billed cost of an account between two times (GET /v1/analytics)';

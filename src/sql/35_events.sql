@@ -2,34 +2,7 @@
 -- transaction as the change: a delivery-log event, webhook deliveries for
 -- every active webhook subscribed to the event, and a NOTIFY on the channel
 -- 'envoisms_message_status' (payload: {"id","account_id","status"}) so an
--- application can LISTEN for its messages. Also the opt-out list the send
--- path checks.
-
-CREATE TABLE envoisms.optouts (
-    account_id  text NOT NULL REFERENCES envoisms.accounts,
-    phone       text NOT NULL CHECK (phone ~ '^\+[1-9][0-9]{6,14}$'),
-    source      text NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'inbound', 'import', 'operator')),
-    reason      text,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (account_id, phone)
-);
--- whether an account has any opt-out is cached per backend (account_lookup, accounts.c)
-CREATE TRIGGER optouts_cache_forget
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.optouts
-    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
-
--- Refuse a recipient who opted out (OPTED_OUT). OTP sends skip this check:
--- a one-time code is requested by the recipient themself.
-CREATE FUNCTION envoisms.check_not_opted_out(account_id text, phone text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM envoisms.optouts o
-                WHERE o.account_id = check_not_opted_out.account_id AND o.phone = check_not_opted_out.phone) THEN
-        PERFORM envoisms.raise_error('OPTED_OUT',
-            format('%s opted out of messages from this account', phone), 'to');
-    END IF;
-END
-$$;
+-- application can LISTEN for its messages.
 
 -- The webhook event types.
 CREATE FUNCTION envoisms.webhook_event_types() RETURNS text[]
@@ -119,5 +92,3 @@ CREATE TRIGGER messages_status_changed
     AFTER UPDATE OF status ON envoisms.messages
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION envoisms.messages_status_changed();
-
-SELECT pg_catalog.pg_extension_config_dump('envoisms.optouts', '');

@@ -27,6 +27,12 @@ CREATE TYPE envoisms.api_reply AS (
     body    jsonb
 );
 
+-- The contract's permission names.
+CREATE FUNCTION envoisms.api_permissions() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ARRAY['send', 'verify', 'status', 'balance', 'contacts', 'campaigns', 'webhooks',
+             'billing', 'analytics', 'api_keys', 'optouts'];
+
 CREATE TABLE envoisms.api_endpoints (
     method      text NOT NULL CHECK (method IN ('GET', 'POST', 'PATCH', 'PUT', 'DELETE')),
     template    text NOT NULL CHECK (template ~ '^/v1/[a-z-]+(/[a-z:-]+)*$'),
@@ -38,4 +44,3 @@ CREATE TABLE envoisms.api_endpoints (
     PRIMARY KEY (method, template),
     CHECK (permission = ANY (envoisms.api_permissions()))
 );
-

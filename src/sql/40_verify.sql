@@ -224,6 +224,8 @@ BEGIN
                               'expires_at', envoisms.iso_time(expires), 'status', 'sent');
 END
 $$;
+COMMENT ON FUNCTION envoisms.verify_send(text, text, text, text, int, int, text, text, text, boolean) IS
+'Start an OTP verification: a fresh code sent by SMS or WhatsApp, only its HMAC stored (POST /v1/verify/send)';
 
 -- Check a code; returns the contract's POST /v1/verify/check response, with
 -- "status" ("verified", or "failed" for this check) for the official clients.
@@ -287,6 +289,8 @@ BEGIN
     RETURN failed;      -- not reached
 END
 $$;
+COMMENT ON FUNCTION envoisms.verify_check(text, text, text) IS
+'Check an OTP code against a session: verified once, 5 wrong codes kill it (POST /v1/verify/check)';
 
 -- Void a session (the user gave up, the app moved on): no code verifies it
 -- any more. Voiding a voided session changes nothing; a verified one is a
@@ -313,6 +317,8 @@ BEGIN
     RETURN envoisms.verify_json(s);
 END
 $$;
+COMMENT ON FUNCTION envoisms.verify_cancel(text, text) IS
+'Void a live verification session: no code verifies it any more (POST /v1/verify/:id/cancel)';
 
 -- One verification session of an account, or NOT_FOUND.
 CREATE FUNCTION envoisms.verify_get(account_id text, session_id text) RETURNS jsonb
@@ -328,6 +334,8 @@ BEGIN
     RETURN envoisms.verify_json(s);
 END
 $$;
+COMMENT ON FUNCTION envoisms.verify_get(text, text) IS
+'One verification session of an account (GET /v1/verify/:id)';
 
 -- ---- HTTP handlers
 

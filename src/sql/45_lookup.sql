@@ -179,6 +179,8 @@ BEGIN
         'line_type', p.line_type);
 END
 $$;
+COMMENT ON FUNCTION envoisms.number_lookup(text, text) IS
+'Validate a phone number: formats, country, carrier, line type and location (POST /v1/verify/lookup)';
 
 CREATE FUNCTION envoisms.api_verify_lookup(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$

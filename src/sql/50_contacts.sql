@@ -161,6 +161,8 @@ BEGIN
     RETURN envoisms.contact_json(c);
 END
 $$;
+COMMENT ON FUNCTION envoisms.contact_create(text, text, text, text, text, jsonb) IS
+'Create a contact, optionally in a list (POST /v1/contacts)';
 
 -- Import up to 5,000 contacts at once (optionally into a list); returns
 -- {"imported", "skipped", "errors"}. Invalid entries and phones already in
@@ -236,6 +238,8 @@ BEGIN
                               'errors', errors);
 END
 $$;
+COMMENT ON FUNCTION envoisms.contact_import(text, jsonb, text) IS
+'Import up to 10,000 contacts, optionally into a list; reports what was created, updated or refused (POST /v1/contacts/import)';
 
 -- Delete a contact for good (and its list memberships); NOT_FOUND when the
 -- account has no such contact.
@@ -250,6 +254,8 @@ BEGIN
     RETURN jsonb_build_object('deleted', true, 'id', contact_id);
 END
 $$;
+COMMENT ON FUNCTION envoisms.contact_delete(text, text) IS
+'Delete a contact (DELETE /v1/contacts/:id)';
 
 -- The search condition of q as a tsquery of word prefixes ("kar benn" →
 -- 'kar':* & 'benn':*), NULL when q has no word.
@@ -308,12 +314,7 @@ DECLARE
     rows jsonb;
     n bigint;
 BEGIN
-    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND 500 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'limit must be an integer from 1 to 500', 'limit');
-    END IF;
-    IF "offset" IS NULL OR "offset" < 0 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
-    END IF;
+    PERFORM envoisms.check_page("limit", "offset", 500);
     IF q IS NOT NULL AND length(q) > 100 THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'q must be at most 100 characters', 'q');
     END IF;
@@ -350,6 +351,8 @@ BEGIN
     RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
 END
 $$;
+COMMENT ON FUNCTION envoisms.contact_list(text, int, int, text, text) IS
+'A page of an account''s contacts, searched by name, phone or email, or by list (GET /v1/contacts)';
 
 -- The contract's list shape, with its live member count.
 CREATE FUNCTION envoisms.contact_list_json(l envoisms.contact_lists) RETURNS jsonb
@@ -382,6 +385,8 @@ BEGIN
     RETURN envoisms.contact_list_json(l);
 END
 $$;
+COMMENT ON FUNCTION envoisms.contact_list_create(text, text, text) IS
+'Create a contact list (POST /v1/contacts/lists)';
 
 -- Every contact list of the account, newest first.
 CREATE FUNCTION envoisms.contact_lists(account_id text) RETURNS jsonb
@@ -389,6 +394,8 @@ LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.contact_list_json(l) ORDER BY l.list_id DESC), '[]'))
       FROM envoisms.contact_lists l WHERE l.account_id = contact_lists.account_id
 $$;
+COMMENT ON FUNCTION envoisms.contact_lists(text) IS
+'Every contact list of an account with its member count (GET /v1/contacts/lists)';
 
 -- ---- HTTP handlers
 

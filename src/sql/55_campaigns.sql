@@ -112,12 +112,16 @@ BEGIN
     RETURN envoisms.template_json(t);
 END
 $$;
+COMMENT ON FUNCTION envoisms.template_create(text, text, text, text, text) IS
+'Create a message template (POST /v1/templates)';
 
 CREATE FUNCTION envoisms.template_list(account_id text) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.template_json(t) ORDER BY t.template_id DESC), '[]'))
       FROM envoisms.templates t WHERE t.account_id = template_list.account_id
 $$;
+COMMENT ON FUNCTION envoisms.template_list(text) IS
+'Every template of an account (GET /v1/templates)';
 
 -- ---- campaigns
 
@@ -232,6 +236,8 @@ BEGIN
     RETURN envoisms.campaign_json(c);
 END
 $$;
+COMMENT ON FUNCTION envoisms.campaign_create(text, text, text, text, text, text, text, timestamptz, jsonb, jsonb, text, boolean) IS
+'Create a campaign, a draft or scheduled (POST /v1/campaigns)';
 
 -- One campaign of the account, or NOT_FOUND.
 CREATE FUNCTION envoisms.campaign_get(account_id text, campaign_id text) RETURNS jsonb
@@ -247,6 +253,8 @@ BEGIN
     RETURN envoisms.campaign_json(c);
 END
 $$;
+COMMENT ON FUNCTION envoisms.campaign_get(text, text) IS
+'One campaign with its progress (GET /v1/campaigns/:id)';
 
 -- Every campaign of the account, newest first.
 CREATE FUNCTION envoisms.campaign_list(account_id text) RETURNS jsonb
@@ -254,6 +262,8 @@ LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.campaign_json(c) ORDER BY c.campaign_id DESC), '[]'))
       FROM envoisms.campaigns c WHERE c.account_id = campaign_list.account_id
 $$;
+COMMENT ON FUNCTION envoisms.campaign_list(text) IS
+'Every campaign of an account (GET /v1/campaigns)';
 
 -- One recipient of a campaign run, validated (see campaign_send).
 CREATE TYPE envoisms.bulk_entry AS (
@@ -408,6 +418,8 @@ BEGIN
         || CASE WHEN free_text_whatsapp THEN jsonb_build_object('out_of_window', outside) ELSE '{}' END;
 END
 $$;
+COMMENT ON FUNCTION envoisms.campaign_launch(text, text, boolean, text) IS
+'Send a campaign now: one queued message per reachable list member, debited at once (POST /v1/campaigns/:id/send)';
 
 -- Launch every scheduled campaign that is due; returns how many started.
 -- Safe to run from several sessions at once (SKIP LOCKED). A campaign that
@@ -532,6 +544,8 @@ BEGIN
     RETURN job;
 END
 $$;
+COMMENT ON FUNCTION envoisms.campaign_schedule_recurring(text, text, text) IS
+'Run a copy of the campaign on a cron schedule (pg_cron)';
 
 -- Stop a recurring campaign; returns whether a schedule was removed.
 CREATE FUNCTION envoisms.campaign_unschedule_recurring(account_id text, campaign_id text) RETURNS boolean
@@ -558,6 +572,8 @@ BEGIN
     RETURN removed;
 END
 $$;
+COMMENT ON FUNCTION envoisms.campaign_unschedule_recurring(text, text) IS
+'Stop a campaign''s recurring runs';
 
 -- ---- HTTP handlers
 

@@ -21,6 +21,8 @@ RETURN ARRAY(SELECT e FROM unnest(envoisms.webhook_event_types()) e WHERE e <> '
 -- address a webhook delivery connects to, after DNS (worker_ssrf.c).
 CREATE FUNCTION envoisms.webhook_address_refusal(address inet) RETURNS text
 AS 'MODULE_PATHNAME', 'webhook_address_refusal' LANGUAGE C STRICT IMMUTABLE;
+COMMENT ON FUNCTION envoisms.webhook_address_refusal(inet) IS
+'Why a webhook delivery would refuse to connect to an address, or NULL (the SSRF guard)';
 
 -- Validate a webhook URL or raise VALIDATION_ERROR.
 CREATE FUNCTION envoisms.check_webhook_url(url text) RETURNS text
@@ -136,6 +138,8 @@ BEGIN
                               'created_at', envoisms.iso_time(w.created_at));
 END
 $$;
+COMMENT ON FUNCTION envoisms.webhook_create(text, text, text[], text, text) IS
+'Register a webhook; the only answer that shows its signing secret (POST /v1/webhooks)';
 
 -- Every live webhook of the account, newest first.
 CREATE FUNCTION envoisms.webhook_list(account_id text) RETURNS jsonb
@@ -143,6 +147,8 @@ LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.webhook_json(w) ORDER BY w.webhook_id DESC), '[]'))
       FROM envoisms.webhooks w WHERE w.account_id = webhook_list.account_id AND w.deleted_at IS NULL
 $$;
+COMMENT ON FUNCTION envoisms.webhook_list(text) IS
+'Every live webhook of an account, without secrets (GET /v1/webhooks)';
 
 -- Change a webhook's url, events, active flag or signature format (NULL =
 -- unchanged; at least one must be given). Re-activating clears an automatic
@@ -176,6 +182,8 @@ BEGIN
     RETURN jsonb_build_object('updated', true, 'id', w.webhook_id);
 END
 $$;
+COMMENT ON FUNCTION envoisms.webhook_update(text, text, text, text[], boolean, text) IS
+'Change a webhook''s URL, events, active flag or signature format (PATCH /v1/webhooks/:id)';
 
 -- Delete a webhook (logically) and cancel its pending deliveries.
 CREATE FUNCTION envoisms.webhook_delete(account_id text, webhook_id text) RETURNS jsonb
@@ -190,6 +198,8 @@ BEGIN
     RETURN jsonb_build_object('deleted', true, 'id', w.webhook_id);
 END
 $$;
+COMMENT ON FUNCTION envoisms.webhook_delete(text, text) IS
+'Delete a webhook and cancel its pending deliveries (DELETE /v1/webhooks/:id)';
 
 -- Queue a message.test event to one webhook (active or not).
 CREATE FUNCTION envoisms.webhook_test(account_id text, webhook_id text) RETURNS jsonb
@@ -205,6 +215,8 @@ BEGIN
     RETURN jsonb_build_object('queued', true, 'id', w.webhook_id);
 END
 $$;
+COMMENT ON FUNCTION envoisms.webhook_test(text, text) IS
+'Queue a message.test event to one webhook (POST /v1/webhooks/:id/test)';
 
 -- ---- HTTP handlers
 

@@ -20,6 +20,90 @@
 --     left in the account.
 -- Over HTTP rate_limit is 10..1000 requests per minute (default 100).
 
+-- A permission list as stored: sorted, without duplicates. NULL (every
+-- permission) stays NULL and an empty list stays empty (no permission): an
+-- aggregate over no row would turn it into NULL, that is into every one.
+CREATE FUNCTION envoisms.permissions_normalize(permissions text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN permissions IS NOT NULL THEN ARRAY(SELECT DISTINCT p FROM unnest(permissions) p ORDER BY p) END;
+
+-- Create an API key; returns the contract's POST /v1/api-keys response with
+-- the full key (shown once: only its SHA-256 is stored). NULL permissions =
+-- all, an empty list = none; the operator may set any rate limit or NULL
+-- (unlimited).
+CREATE FUNCTION envoisms.api_key_create(account_id text, name text DEFAULT 'API key', live boolean DEFAULT true,
+                                        permissions text[] DEFAULT NULL, ip_whitelist text[] DEFAULT NULL,
+                                        rate_limit int DEFAULT 100)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    prefix text := CASE WHEN live THEN 'env_live' ELSE 'env_test' END;
+    key text := prefix || '_' || envoisms.random_bytes_hex(24);
+    id text := envoisms.new_id('key');
+    nets cidr[];
+    bad text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM envoisms.accounts a WHERE a.account_id = api_key_create.account_id) THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
+    END IF;
+    IF name IS NULL OR length(name) NOT BETWEEN 1 AND 100 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be 1 to 100 characters', 'name');
+    END IF;
+    SELECT p INTO bad FROM unnest(permissions) p WHERE p IS NULL OR NOT p = ANY (envoisms.api_permissions()) LIMIT 1;
+    IF FOUND THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            format('unknown permission "%s"; allowed: %s', bad, array_to_string(envoisms.api_permissions(), ', ')),
+            'permissions');
+    END IF;
+    nets := envoisms.parse_ip_list(ip_whitelist, 'ip_whitelist');
+    IF rate_limit IS NOT NULL AND rate_limit < 1 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'rate_limit must be positive', 'rate_limit');
+    END IF;
+    INSERT INTO envoisms.api_keys (account_id, api_key_id, name, key_prefix, key_hash, key_hint,
+                                   permissions, ip_whitelist, rate_limit)
+    VALUES (api_key_create.account_id, id, api_key_create.name, prefix, envoisms.sha256_hex(key), right(key, 4),
+            envoisms.permissions_normalize(permissions), nets, api_key_create.rate_limit);
+    RETURN jsonb_build_object(
+        'id', id,
+        'name', api_key_create.name,
+        'key_prefix', prefix,
+        'api_key', key,
+        'permissions', to_jsonb(coalesce(permissions, envoisms.api_permissions())),
+        'ip_whitelist', to_jsonb(coalesce(ip_whitelist, '{}')),
+        'rate_limit', api_key_create.rate_limit,
+        'warning', 'The full API key is shown once. Store it securely.');
+END
+$$;
+COMMENT ON FUNCTION envoisms.api_key_create(text, text, boolean, text[], text[], int) IS
+'Create an API key as the operator (env_live_… or sandbox env_test_…); the full key is in the answer, only its SHA-256 is stored';
+
+-- Parse a list of IPs or CIDRs (text) or raise VALIDATION_ERROR naming the field.
+CREATE FUNCTION envoisms.parse_ip_list(entries text[], field text) RETURNS cidr[]
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    e text;
+    result cidr[] := '{}';
+BEGIN
+    IF entries IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF cardinality(entries) > 100 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s has at most 100 entries', field), field);
+    END IF;
+    FOREACH e IN ARRAY entries LOOP
+        BEGIN
+            IF e IS NULL OR e !~ '^[0-9a-fA-F:.]+(/[0-9]{1,3})?$' THEN
+                RAISE invalid_text_representation;
+            END IF;
+            result := result || e::inet::cidr;
+        EXCEPTION WHEN invalid_text_representation OR invalid_binary_representation THEN
+            PERFORM envoisms.raise_error('VALIDATION_ERROR',
+                format('%s entries must be IP addresses or CIDR ranges, got "%s"', field, left(e, 64)), field);
+        END;
+    END LOOP;
+    RETURN result;
+END
+$$;
 -- The contract's API key shape (never the key itself: only its hash is kept).
 CREATE FUNCTION envoisms.api_key_json(k envoisms.api_keys) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -40,6 +124,8 @@ LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.api_key_json(k) ORDER BY k.api_key_id DESC), '[]'))
       FROM envoisms.api_keys k WHERE k.account_id = api_key_list.account_id
 $$;
+COMMENT ON FUNCTION envoisms.api_key_list(text) IS
+'Every API key of an account, active and revoked, without the keys themselves (GET /v1/api-keys)';
 
 -- Raise FORBIDDEN unless a key with these permissions, IP allowlist and
 -- rate limit grants nothing that `holder` lacks: every permission held (NULL
@@ -144,6 +230,8 @@ BEGIN
                                    permissions, ip_whitelist, rate_limit);
 END
 $$;
+COMMENT ON FUNCTION envoisms.api_key_issue(text, text, text, text[], text[], int, boolean) IS
+'Create an API key on behalf of another key of the account, within that key''s rights (POST /v1/api-keys)';
 
 -- The warning that goes with a revocation, or NULL.
 CREATE FUNCTION envoisms.api_key_revoke_warning(account_id text, revoked_key_id text, caller_key_id text) RETURNS text
@@ -208,6 +296,8 @@ BEGIN
     RETURN jsonb_strip_nulls(jsonb_build_object('updated', true, 'id', k.api_key_id, 'warning', warning));
 END
 $$;
+COMMENT ON FUNCTION envoisms.api_key_update(text, text, text, text, text[], text[], int, boolean) IS
+'Change a key''s name, permissions, allowlist, rate limit or active flag, within the caller''s rights (PATCH /v1/api-keys/:id)';
 
 -- Revoke a key for good (revoked_at, inactive); revoking a revoked key
 -- changes nothing. A test caller revokes test keys only. Warns when the
@@ -228,6 +318,8 @@ BEGIN
         'warning', envoisms.api_key_revoke_warning(account_id, api_key_id, caller_key_id)));
 END
 $$;
+COMMENT ON FUNCTION envoisms.api_key_revoke(text, text, text) IS
+'Revoke an API key for good (DELETE /v1/api-keys/:id)';
 
 -- ---- HTTP handlers
 

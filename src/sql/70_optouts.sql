@@ -1,10 +1,39 @@
--- 70_optouts.sql — the opt-out list over HTTP: GET/POST /v1/optouts,
--- DELETE /v1/optouts/:phone (permission "optouts").
+-- 70_optouts.sql — the opt-out list: its table, the send-side check, and
+-- the routes GET/POST /v1/optouts, DELETE /v1/optouts/:phone (permission
+-- "optouts").
 --
--- The table and the send-side check are in 35_events.sql: message_send and
--- bulk refuse an opted-out recipient (403 OPTED_OUT), campaigns leave them
--- out of the run. OTP codes (verify/send) are exempt: the recipient asked
--- for the code. Inbound STOP messages add rows with source 'inbound'.
+-- message_send and bulk refuse an opted-out recipient (403 OPTED_OUT,
+-- check_not_opted_out), campaigns leave them out of the run. OTP codes
+-- (verify/send) are exempt: the recipient asked for the code. Inbound STOP
+-- messages add rows with source 'inbound'.
+
+CREATE TABLE envoisms.optouts (
+    account_id  text NOT NULL REFERENCES envoisms.accounts,
+    phone       text NOT NULL CHECK (phone ~ '^\+[1-9][0-9]{6,14}$'),
+    source      text NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'inbound', 'import', 'operator')),
+    reason      text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, phone)
+);
+SELECT pg_catalog.pg_extension_config_dump('envoisms.optouts', '');
+
+-- whether an account has any opt-out is cached per backend (account_lookup, accounts.c)
+CREATE TRIGGER optouts_cache_forget
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.optouts
+    FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
+
+-- Refuse a recipient who opted out (OPTED_OUT). OTP sends skip this check:
+-- a one-time code is requested by the recipient themself.
+CREATE FUNCTION envoisms.check_not_opted_out(account_id text, phone text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM envoisms.optouts o
+                WHERE o.account_id = check_not_opted_out.account_id AND o.phone = check_not_opted_out.phone) THEN
+        PERFORM envoisms.raise_error('OPTED_OUT',
+            format('%s opted out of messages from this account', phone), 'to');
+    END IF;
+END
+$$;
 
 -- The contract-style opt-out shape.
 CREATE FUNCTION envoisms.optout_json(o envoisms.optouts) RETURNS jsonb
@@ -44,6 +73,8 @@ BEGIN
     RETURN envoisms.optout_json(o) || jsonb_build_object('created', created);
 END
 $$;
+COMMENT ON FUNCTION envoisms.optout_add(text, text, text, text) IS
+'Add a number to an account''s opt-out list (POST /v1/optouts)';
 
 -- Remove a number from the opt-out list, or NOT_FOUND when it is not on it.
 CREATE FUNCTION envoisms.optout_remove(account_id text, phone text) RETURNS jsonb
@@ -58,6 +89,8 @@ BEGIN
     RETURN jsonb_build_object('deleted', true, 'phone', e164);
 END
 $$;
+COMMENT ON FUNCTION envoisms.optout_remove(text, text) IS
+'Remove a number from an account''s opt-out list (DELETE /v1/optouts/:phone)';
 
 -- A page of the account's opt-outs, newest first (`phone` looks one number up).
 CREATE FUNCTION envoisms.optout_list(account_id text, "limit" int DEFAULT 100, "offset" int DEFAULT 0,
@@ -69,12 +102,7 @@ DECLARE
     rows jsonb;
     n bigint;
 BEGIN
-    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND 500 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'limit must be an integer from 1 to 500', 'limit');
-    END IF;
-    IF "offset" IS NULL OR "offset" < 0 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
-    END IF;
+    PERFORM envoisms.check_page("limit", "offset", 500);
     IF phone IS NOT NULL THEN
         e164 := envoisms.check_phone(phone, 'phone');
     END IF;
@@ -87,6 +115,8 @@ BEGIN
     RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
 END
 $$;
+COMMENT ON FUNCTION envoisms.optout_list(text, int, int, text) IS
+'A page of an account''s opt-out list (GET /v1/optouts)';
 
 -- The phone of DELETE /v1/optouts/:phone: an unencoded "+" in a URL path
 -- arrives as a space after URL decoding, and a bare 212… means +212….

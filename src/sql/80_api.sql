@@ -35,6 +35,8 @@ AS 'MODULE_PATHNAME', 'ratelimit_take' LANGUAGE C VOLATILE;
 -- The rate limiter's table: buckets in use, how many fit, evictions since start.
 CREATE FUNCTION envoisms.ratelimit_stats(OUT buckets bigint, OUT capacity int, OUT evictions bigint)
 AS 'MODULE_PATHNAME', 'ratelimit_stats' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION envoisms.ratelimit_stats() IS
+'The rate limiter''s shared table: buckets in use, capacity, evictions since start';
 
 CREATE FUNCTION envoisms.ratelimit_reset(key_id text) RETURNS boolean
 AS 'MODULE_PATHNAME', 'ratelimit_reset' LANGUAGE C STRICT VOLATILE;
@@ -392,6 +394,8 @@ BEGIN
     RETURN NEXT ROW(err_http, out_headers, envoisms.error_envelope(err_code, err_message, err_column))::envoisms.api_reply;
 END
 $$;
+COMMENT ON FUNCTION envoisms.api(text, text, text, jsonb, text, inet) IS
+'The whole HTTP contract as one call: authentication, rate limit, routing, handler, error envelope (what the gateway calls)';
 
 -- Whether a request may be read at all, from its head alone: no row when it
 -- may (a public route, or a key that authenticates and holds the route's
@@ -442,6 +446,8 @@ BEGIN
                     envoisms.error_envelope(e.code, err_message))::envoisms.api_reply;
 END
 $$;
+COMMENT ON FUNCTION envoisms.api_precheck(text, text, jsonb, inet) IS
+'Whether a request may be read at all, from its head: no row when it may, else the refusal envoisms.api would give';
 
 -- ---- handlers of the messages and analytics routes (billing: 82_billing.sql)
 

@@ -7,7 +7,7 @@
 -- its API base, currency, URLs and timeout, the bank transfer details, the
 -- EUR rate and the top-up limits. The table is empty at install (every
 -- setting has its default, billing_setting_defaults()), so pg_dump keeps
--- exactly what the operator set (96_dump.sql). A value is checked by a trigger whose error
+-- exactly what the operator set. A value is checked by a trigger whose error
 -- names the setting, never the value (a CHECK's error would print the row,
 -- secret included).
 --
@@ -98,6 +98,7 @@ CREATE TABLE envoisms.billing_settings (
     value      text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.billing_settings', '');
 REVOKE ALL ON envoisms.billing_settings FROM PUBLIC;
 
 -- The check of a setting: its error names the setting and the expected
@@ -143,6 +144,8 @@ LANGUAGE sql STABLE AS $$
       FROM envoisms.billing_setting_defaults() d LEFT JOIN envoisms.billing_settings s ON s.name = d.name
      ORDER BY d.name
 $$;
+COMMENT ON FUNCTION envoisms.billing_config() IS
+'Every billing setting as it applies now, secrets masked';
 
 -- An amount in MAD in EUR at eur_per_mad, rounded to `scale` decimals (and back).
 CREATE FUNCTION envoisms.mad_to_eur(amount numeric, scale int DEFAULT 4) RETURNS numeric
@@ -179,6 +182,7 @@ CREATE TABLE envoisms.billing_packs (
     sort_order int NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.billing_packs', '');
 
 -- What buying pack p credits to an account.
 CREATE FUNCTION envoisms.pack_credit(p envoisms.billing_packs, account_id text) RETURNS numeric
@@ -195,6 +199,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
              ORDER BY p.sort_order, p.price_mad, p.pack_id), '[]'))
       FROM envoisms.billing_packs p WHERE p.active
 $$;
+COMMENT ON FUNCTION envoisms.pack_list(text) IS
+'The operator''s top-up packs as an account sees them (GET /v1/billing/packs)';
 
 -- ---- payment methods
 
@@ -218,6 +224,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
                        'max_amount_mad', envoisms.money(envoisms.billing_setting('topup_max_mad')::numeric))
              WHERE envoisms.billing_setting('bank_transfer_details') IS NOT NULL) m
 $$;
+COMMENT ON FUNCTION envoisms.payment_methods() IS
+'The payment methods this install offers (GET /v1/billing/payment-methods)';
 
 -- ---- top-ups
 
@@ -244,6 +252,7 @@ CREATE TABLE envoisms.topups (
     CHECK ((status = 'failed') = (failed_at IS NOT NULL)),
     CHECK (method <> 'stripe' OR checkout_url IS NOT NULL)
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.topups', '');
 -- The operator and Stripe's events name a top-up by its id alone.
 CREATE UNIQUE INDEX topups_topup_id ON envoisms.topups (topup_id);
 
@@ -419,6 +428,8 @@ BEGIN
     RETURN envoisms.topup_json(t);
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_create(text, text, numeric, numeric, text, text) IS
+'Start a top-up paid through Stripe Checkout or bank transfer (POST /v1/billing/topups)';
 
 -- Credit a top-up, once: pending (or, for a payment Stripe reports paid,
 -- failed) becomes completed and the ledger gets its 'topup' row. True when
@@ -454,6 +465,8 @@ BEGIN
     RETURN FOUND;
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_fail(text, text) IS
+'Cancel a pending top-up with a reason';
 
 -- The operator confirms a top-up whose payment arrived (a bank transfer,
 -- or a Stripe payment checked in Stripe's dashboard): true when this call
@@ -473,6 +486,8 @@ BEGIN
     RETURN envoisms.topup_complete(topup_id);
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_confirm(text) IS
+'Confirm a pending top-up as paid (a bank transfer received): credits once; false when it was credited already';
 
 CREATE FUNCTION envoisms.topup_get(account_id text, topup_id text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
@@ -487,6 +502,8 @@ BEGIN
     RETURN envoisms.topup_json(t);
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_get(text, text) IS
+'One top-up of an account (GET /v1/billing/topups/:id)';
 
 -- The account's top-ups, newest first.
 CREATE FUNCTION envoisms.topup_list(account_id text, "limit" int DEFAULT 50, "offset" int DEFAULT 0,
@@ -497,12 +514,7 @@ DECLARE
     rows jsonb;
     n bigint;
 BEGIN
-    IF "limit" IS NULL OR "limit" NOT BETWEEN 1 AND 200 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'limit must be an integer from 1 to 200', 'limit');
-    END IF;
-    IF "offset" IS NULL OR "offset" < 0 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'offset must be an integer of 0 or more', 'offset');
-    END IF;
+    PERFORM envoisms.check_page("limit", "offset", 200);
     IF status IS NOT NULL AND status NOT IN ('pending', 'completed', 'failed') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'status must be one of pending, completed, failed', 'status');
     END IF;
@@ -515,6 +527,8 @@ BEGIN
     RETURN jsonb_build_object('topups', rows, 'total', n, 'limit', "limit", 'offset', "offset");
 END
 $$;
+COMMENT ON FUNCTION envoisms.topup_list(text, int, int, text) IS
+'A page of an account''s top-ups (GET /v1/billing/topups)';
 
 -- ---- Stripe's events
 

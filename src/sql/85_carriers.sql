@@ -1,24 +1,15 @@
--- 85_carriers.sql — carriers, routes, and the dispatcher's SQL interface:
--- claim, outcomes (sent / retry / failed), delivery reports, and the
--- delivery-report intake routes served by envoisms.api.
+-- 85_carriers.sql — carriers and routes, a message's life after it was
+-- handed to a carrier (expiry, failure, the WhatsApp-to-SMS cascade,
+-- delivery reports), and the delivery-report intake routes served by
+-- envoisms.api. The dispatcher's claim and outcome protocol is in
+-- 86_dispatch.sql.
 --
--- Workers (src/worker_dispatch.c, src/worker_smpp*.c) follow one shape:
---   1. envoisms.dispatch_claim() in a short transaction: due queued messages
---      are locked with FOR UPDATE SKIP LOCKED, routed, and leased
---      (locked_until = now() + lease, attempts + 1);
---   2. network I/O outside any transaction;
---   3. the outcome in a second short transaction: dispatch_sent,
---      dispatch_retry or dispatch_failed (or dispatch_record for a batch).
--- A lease that runs out (crashed worker) makes the message claimable again,
--- so a message is sent at least once; a second send of the same message id
--- happens only when the first transfer was in flight when its worker died.
---
--- Outcomes only act on a compatible state (a 'sent' outcome needs a queued
--- message, a delivery report needs a sent one ...), so a repeated or late
--- call changes nothing. Money: a message that ends failed or expired is
--- refunded once through envoisms.message_refund (the ledger's unique index
--- makes twice impossible). Status changes fire the trigger of 35_events.sql
--- (event row, webhooks, NOTIFY envoisms_message_status).
+-- Money: a message that ends failed or expired is refunded once through
+-- envoisms.message_refund (the ledger's unique index makes twice
+-- impossible). Status changes fire the trigger of 35_events.sql (event row,
+-- webhooks, NOTIFY envoisms_message_status). A delivery report only acts on
+-- a compatible state (it needs a sent message), so a repeated or late one
+-- changes nothing.
 --
 -- Carriers and routes are operator-level and global: the one documented
 -- exception to "every table is keyed by account_id". Their config holds
@@ -34,6 +25,8 @@ CREATE TABLE envoisms.carriers (
     down_until     timestamptz,                             -- circuit open: routes fail over
     created_at     timestamptz NOT NULL DEFAULT now()
 );
+-- the built-in sandbox carrier is made by CREATE EXTENSION: not dumped
+SELECT pg_catalog.pg_extension_config_dump('envoisms.carriers', 'WHERE carrier_id <> ''sandbox''');
 REVOKE ALL ON envoisms.carriers FROM PUBLIC;
 INSERT INTO envoisms.carriers (carrier_id, kind, name)
 VALUES ('sandbox', 'sandbox', 'Built-in sandbox (no network)');
@@ -47,6 +40,7 @@ CREATE TABLE envoisms.routes (
     priority   int  NOT NULL DEFAULT 0,
     PRIMARY KEY (channel, prefix, priority)
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.routes', '');
 REVOKE ALL ON envoisms.routes FROM PUBLIC;
 
 -- Token buckets of the carriers with max_per_second (one row each, made on demand).
@@ -67,6 +61,7 @@ CREATE TABLE envoisms.pending_dlrs (
     received_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (carrier_id, carrier_ref, status)
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.pending_dlrs', '');
 
 -- Delivery reports find their message by the carrier's id.
 CREATE INDEX messages_carrier_ref ON envoisms.messages (carrier_id, carrier_ref) WHERE carrier_ref IS NOT NULL;
@@ -100,147 +95,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
            AND c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
          ORDER BY length(r.prefix) DESC, r.priority
          LIMIT 1) END
-$$;
-
--- Claim up to `batch` due messages for carriers of `carrier_kinds` (and only
--- `only_carrier` when given): route, lock, lease. The route is computed in
--- the scan itself (sandbox messages → 'sandbox'; others by the longest
--- prefix, then priority, over enabled carriers that are not down), so rows
--- routed to other kinds are passed over without being locked, and a backlog
--- for one kind never hides another's messages. Carriers with max_per_second
--- get at most what their token bucket holds. A whatsapp_cloud message's
--- config names the account's number it goes from (whatsapp_sender). When
--- the claim comes back short, due messages that no carrier can take wait
--- 30 s (NO_ROUTE); they expire if that lasts past their validity.
-CREATE FUNCTION envoisms.dispatch_claim(carrier_kinds text[], only_carrier text, batch int, lease interval)
-RETURNS TABLE (account_id text, message_id text, carrier_id text, carrier_kind text, to_number text,
-               sender_id text, channel text, body text, encoding text, segments int, buttons jsonb,
-               metadata jsonb, attempts int, expires_at timestamptz, carrier_config jsonb)
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-DECLARE
-    allowance jsonb := '{}';
-    claimed int;
-BEGIN
-    IF batch IS NULL OR batch < 1 OR lease IS NULL OR lease <= interval '0' THEN
-        RAISE EXCEPTION 'dispatch_claim needs a positive batch and lease'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- Refill the token buckets of rate-capped carriers this claim may use.
-    IF EXISTS (SELECT 1 FROM envoisms.carriers c WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)) THEN
-        INSERT INTO envoisms.carrier_rate_state AS s (carrier_id, tokens, updated_at)
-        SELECT c.carrier_id, c.max_per_second, now() FROM envoisms.carriers c
-         WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
-           AND (only_carrier IS NULL OR c.carrier_id = only_carrier)
-        ON CONFLICT ON CONSTRAINT carrier_rate_state_pkey DO UPDATE
-           SET tokens = least(EXCLUDED.tokens,
-                              s.tokens + EXCLUDED.tokens * extract(epoch FROM now() - s.updated_at)),
-               updated_at = now();
-        SELECT coalesce(jsonb_object_agg(s.carrier_id, floor(s.tokens)::int), '{}') INTO allowance
-          FROM envoisms.carrier_rate_state s JOIN envoisms.carriers c ON c.carrier_id = s.carrier_id
-         WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
-           AND (only_carrier IS NULL OR c.carrier_id = only_carrier);
-    END IF;
-
-    RETURN QUERY
-    WITH usable AS MATERIALIZED (
-        SELECT r.channel, r.prefix, r.priority, c.carrier_id, c.kind, c.config
-          FROM envoisms.routes r JOIN envoisms.carriers c ON c.carrier_id = r.carrier_id
-         WHERE c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
-    ), sandbox_carrier AS MATERIALIZED (
-        SELECT c.carrier_id, c.kind, c.config FROM envoisms.carriers c WHERE c.carrier_id = 'sandbox'
-    ), locked AS (
-        SELECT m.account_id, m.message_id, m.next_attempt_at, rt.carrier_id AS routed, rt.kind, rt.config
-          FROM envoisms.messages m
-         CROSS JOIN LATERAL (
-                SELECT sc.carrier_id, sc.kind, sc.config FROM sandbox_carrier sc WHERE m.sandbox
-                UNION ALL
-                (SELECT u.carrier_id, u.kind, u.config FROM usable u
-                  WHERE NOT m.sandbox AND u.channel = m.channel AND starts_with(ltrim(m.to_number, '+'), u.prefix)
-                  ORDER BY length(u.prefix) DESC, u.priority
-                  LIMIT 1)
-                LIMIT 1) rt
-         WHERE m.status = 'queued' AND m.next_attempt_at <= now()
-           AND (m.locked_until IS NULL OR m.locked_until < now())
-           AND m.expires_at > now()
-           AND rt.kind = ANY (carrier_kinds) AND (only_carrier IS NULL OR rt.carrier_id = only_carrier)
-           AND coalesce((allowance->>rt.carrier_id)::int, 1) > 0
-         ORDER BY m.next_attempt_at
-         LIMIT batch
-           FOR UPDATE OF m SKIP LOCKED
-    ), chosen AS (
-        SELECT l.* FROM (SELECT lk.*, row_number() OVER (PARTITION BY lk.routed ORDER BY lk.next_attempt_at) AS rn
-                           FROM locked lk) l
-         WHERE l.rn <= coalesce((allowance->>l.routed)::int, 2147483647)
-    ), leased AS (
-        UPDATE envoisms.messages m
-           SET carrier_id = ch.routed, locked_until = now() + lease, attempts = m.attempts + 1,
-               updated_at = now()
-          FROM chosen ch
-         WHERE m.account_id = ch.account_id AND m.message_id = ch.message_id
-        RETURNING m.account_id, m.message_id, m.carrier_id, ch.kind, m.to_number, m.sender_id, m.channel::text,
-                  m.body, m.encoding::text, m.segments::int, m.buttons, m.metadata, m.attempts, m.expires_at,
-                  CASE WHEN ch.kind = 'whatsapp_cloud' AND NOT m.sandbox
-                       THEN ch.config || envoisms.whatsapp_sender(m.account_id, m.message_id, m.campaign_id,
-                                                              m.to_number, m.metadata)
-                       ELSE ch.config END
-    ), spent AS (
-        UPDATE envoisms.carrier_rate_state s SET tokens = s.tokens - n.used
-          FROM (SELECT l.carrier_id, count(*) AS used FROM leased l GROUP BY 1) n
-         WHERE s.carrier_id = n.carrier_id
-        RETURNING 1
-    )
-    SELECT l.* FROM leased l;
-    GET DIAGNOSTICS claimed = ROW_COUNT;
-
-    IF claimed < batch THEN
-        -- what no carrier takes (no route, or only disabled / down carriers) waits
-        UPDATE envoisms.messages m
-           SET next_attempt_at = now() + interval '30 seconds', error_code = 'NO_ROUTE',
-               error_message = 'no enabled carrier routes this number on this channel'
-         WHERE m.ctid = ANY (ARRAY(
-                SELECT x.ctid FROM envoisms.messages x
-                 WHERE x.status = 'queued' AND x.next_attempt_at <= now() AND NOT x.sandbox
-                   AND (x.locked_until IS NULL OR x.locked_until < now())
-                   AND NOT EXISTS (SELECT 1 FROM envoisms.routes r JOIN envoisms.carriers c ON c.carrier_id = r.carrier_id
-                                    WHERE c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
-                                      AND r.channel = x.channel AND starts_with(ltrim(x.to_number, '+'), r.prefix))
-                 ORDER BY x.next_attempt_at
-                 LIMIT batch
-                   FOR UPDATE SKIP LOCKED));
-    END IF;
-END
-$$;
-
--- When the next claimable queued message is due (NULL when none): the
--- dispatcher's timed wake.
-CREATE FUNCTION envoisms.dispatch_next_due() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-    SELECT m.next_attempt_at FROM envoisms.messages m
-     WHERE m.status = 'queued' AND (m.locked_until IS NULL OR m.locked_until < now())
-     ORDER BY m.next_attempt_at LIMIT 1
-$$;
-
--- Release leases without an outcome (a worker stopping): the messages are
--- claimable at once and the attempt does not count.
-CREATE FUNCTION envoisms.dispatch_release(account_id text, message_id text) RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog AS $$
-    UPDATE envoisms.messages m SET locked_until = NULL, attempts = greatest(m.attempts - 1, 0), updated_at = now()
-     WHERE m.account_id = dispatch_release.account_id AND m.message_id = dispatch_release.message_id
-       AND m.status = 'queued' AND m.locked_until IS NOT NULL
-    RETURNING true
-$$;
-
--- At a worker's start: release the leases taken before `since` (the start of
--- this server's shared memory, so leases of workers killed by a crash) on
--- carriers of the given kinds. Leases taken since belong to live workers.
-CREATE FUNCTION envoisms.dispatch_reclaim(carrier_kinds text[], since timestamptz) RETURNS int
-LANGUAGE sql SET search_path = pg_catalog AS $$
-    WITH r AS (
-        UPDATE envoisms.messages m SET locked_until = NULL
-         WHERE m.status = 'queued' AND m.locked_until > now() AND m.updated_at < since
-           AND m.carrier_id IN (SELECT c.carrier_id FROM envoisms.carriers c WHERE c.kind = ANY (carrier_kinds))
-        RETURNING 1)
-    SELECT count(*)::int FROM r
 $$;
 
 -- Expire a message (validity over) and refund it; false when not queued/sent.
@@ -411,183 +265,6 @@ BEGIN
     RETURN envoisms.dlr_apply_message(m.account_id, m.message_id, status, left(error_code, 100),
                                       left(error_message, 500));
 END
-$$;
-
--- The carrier accepted the message: 'sent', then any report that came first.
--- Returns false when the message was not leased-queued (a late duplicate).
-CREATE FUNCTION envoisms.dispatch_sent(account_id text, message_id text, carrier_id text, carrier_ref text)
-RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-DECLARE
-    d record;
-BEGIN
-    UPDATE envoisms.messages m
-       SET status = 'sent', sent_at = now(), carrier_id = dispatch_sent.carrier_id,
-           carrier_ref = dispatch_sent.carrier_ref, locked_until = NULL, updated_at = now(),
-           error_code = NULL, error_message = NULL
-     WHERE m.account_id = dispatch_sent.account_id AND m.message_id = dispatch_sent.message_id
-       AND m.status = 'queued';
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    IF carrier_ref IS NOT NULL THEN
-        FOR d IN DELETE FROM envoisms.pending_dlrs p
-                  WHERE p.carrier_id = dispatch_sent.carrier_id AND p.carrier_ref = dispatch_sent.carrier_ref
-                 RETURNING p.status, p.error_code, p.error_message
-        LOOP
-            -- the first final report applied stays (the others are then 'ignored')
-            IF d.status <> 'sent' THEN
-                PERFORM envoisms.dlr_apply_message(account_id, message_id, d.status, d.error_code, d.error_message);
-            END IF;
-        END LOOP;
-    END IF;
-    RETURN true;
-END
-$$;
-
--- A transient failure: back to the queue after `delay`, or expired and
--- refunded when that is past the message's validity. Returns the status.
-CREATE FUNCTION envoisms.dispatch_retry(account_id text, message_id text, error_code text, error_message text,
-                                        delay interval)
-RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-DECLARE
-    valid_until timestamptz;
-BEGIN
-    SELECT m.expires_at INTO valid_until FROM envoisms.messages m
-     WHERE m.account_id = dispatch_retry.account_id AND m.message_id = dispatch_retry.message_id
-       AND m.status = 'queued' FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF now() + coalesce(delay, interval '0') >= valid_until THEN
-        PERFORM envoisms.message_expire(account_id, message_id, coalesce(error_code, 'EXPIRED'),
-            'the message validity ended while retrying: ' || coalesce(error_message, 'carrier unavailable'));
-        RETURN 'expired';
-    END IF;
-    UPDATE envoisms.messages m
-       SET next_attempt_at = now() + coalesce(delay, interval '0'), locked_until = NULL, updated_at = now(),
-           error_code = left(dispatch_retry.error_code, 100), error_message = left(dispatch_retry.error_message, 500)
-     WHERE m.account_id = dispatch_retry.account_id AND m.message_id = dispatch_retry.message_id;
-    RETURN 'queued';
-END
-$$;
-
--- A permanent failure (the carrier rejected the message): 'failed' and
--- refunded once, or back to the queue as an SMS for a cascade.
-CREATE FUNCTION envoisms.dispatch_failed(account_id text, message_id text, error_code text, error_message text)
-RETURNS text
-LANGUAGE sql SET search_path = pg_catalog
-RETURN envoisms.message_fail(account_id, message_id, left(error_code, 100), left(error_message, 500));
-
--- Record a batch of outcomes in one transaction (the dispatcher's second
--- transaction): [{"op":"sent"|"retry"|"failed"|"release", "a": account_id,
--- "m": message_id, "c": carrier_id, "r": carrier_ref, "code", "msg",
--- "delay_ms"}]. The 'sent' outcomes, nearly all of them, are applied in one
--- statement (then any early report); the others one by one. Returns how
--- many were applied.
-CREATE FUNCTION envoisms.dispatch_record(outcomes jsonb) RETURNS int
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-DECLARE
-    o record;
-    d record;
-    n int := 0;
-    ok boolean;
-BEGIN
-    WITH s AS (
-        SELECT x.a, x.m, x.c, x.r FROM jsonb_to_recordset(outcomes) AS x(op text, a text, m text, c text, r text)
-         WHERE x.op = 'sent'
-    ), upd AS (
-        UPDATE envoisms.messages m
-           SET status = 'sent', sent_at = now(), carrier_id = s.c, carrier_ref = s.r, locked_until = NULL,
-               updated_at = now(), error_code = NULL, error_message = NULL
-          FROM s
-         WHERE m.account_id = s.a AND m.message_id = s.m AND m.status = 'queued'
-        RETURNING 1
-    )
-    SELECT count(*) INTO n FROM upd;
-    -- delivery reports that came before the submit answer
-    IF EXISTS (SELECT 1 FROM envoisms.pending_dlrs) THEN
-        FOR d IN DELETE FROM envoisms.pending_dlrs p
-                  USING jsonb_to_recordset(outcomes) AS x(op text, a text, m text, c text, r text)
-                  WHERE x.op = 'sent' AND p.carrier_id = x.c AND p.carrier_ref = x.r
-                 RETURNING x.a, x.m, p.status, p.error_code, p.error_message
-        LOOP
-            IF d.status <> 'sent' THEN
-                PERFORM envoisms.dlr_apply_message(d.a, d.m, d.status, d.error_code, d.error_message);
-            END IF;
-        END LOOP;
-    END IF;
-
-    FOR o IN SELECT * FROM jsonb_to_recordset(outcomes)
-                    AS x(op text, a text, m text, c text, r text, code text, msg text, delay_ms double precision)
-              WHERE x.op <> 'sent'
-    LOOP
-        CASE o.op
-        WHEN 'retry' THEN
-            ok := envoisms.dispatch_retry(o.a, o.m, o.code, o.msg,
-                                          make_interval(secs => coalesce(o.delay_ms, 0) / 1000)) IS NOT NULL;
-        WHEN 'failed' THEN
-            ok := envoisms.dispatch_failed(o.a, o.m, o.code, o.msg) IS NOT NULL;
-        WHEN 'release' THEN
-            ok := coalesce(envoisms.dispatch_release(o.a, o.m), false);
-        ELSE
-            RAISE EXCEPTION 'unknown dispatch outcome "%"', o.op USING ERRCODE = 'invalid_parameter_value';
-        END CASE;
-        IF ok THEN
-            n := n + 1;
-        END IF;
-    END LOOP;
-    RETURN n;
-END
-$$;
-
--- The sandbox carrier's delivery reports: messages it sent at least `delay`
--- ago become delivered (in one statement), or failed / expired for the
--- magic numbers. Returns how many were applied (at most `batch`).
-CREATE FUNCTION envoisms.sandbox_deliver_due(delay interval, batch int) RETURNS int
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-DECLARE
-    m record;
-    n int := 0;
-BEGIN
-    FOR m IN WITH due AS (
-                 SELECT x.account_id, x.message_id, x.to_number FROM envoisms.messages x
-                  WHERE x.status = 'sent' AND left(x.carrier_ref, 4) = 'sbx_' AND x.sent_at <= now() - delay
-                  ORDER BY x.sent_at LIMIT batch FOR UPDATE SKIP LOCKED
-             ), delivered AS (
-                 UPDATE envoisms.messages x SET status = 'delivered', delivered_at = now(), updated_at = now()
-                   FROM due
-                  WHERE x.account_id = due.account_id AND x.message_id = due.message_id
-                    AND due.to_number NOT IN ('+212600000001', '+212600000002')
-                 RETURNING 1
-             )
-             SELECT due.*, (SELECT count(*) FROM delivered) AS n_delivered FROM due
-              WHERE due.to_number IN ('+212600000001', '+212600000002')
-             UNION ALL
-             SELECT NULL, NULL, NULL, (SELECT count(*) FROM delivered)
-    LOOP
-        IF m.account_id IS NULL THEN
-            n := n + m.n_delivered;
-            CONTINUE;
-        END IF;
-        PERFORM envoisms.dlr_apply_message(m.account_id, m.message_id,
-            CASE m.to_number WHEN '+212600000001' THEN 'failed' ELSE 'expired' END,
-            CASE m.to_number WHEN '+212600000001' THEN 'SANDBOX_UNDELIVERABLE' ELSE 'SANDBOX_EXPIRED' END,
-            CASE m.to_number WHEN '+212600000001' THEN 'sandbox magic number: the handset never acknowledged'
-                             ELSE 'sandbox magic number: the validity ran out at the carrier' END);
-        n := n + 1;
-    END LOOP;
-    RETURN n;
-END
-$$;
-
--- When the next sandbox delivery report is due (NULL when none).
-CREATE FUNCTION envoisms.sandbox_next_due(delay interval) RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-    SELECT x.sent_at + delay FROM envoisms.messages x
-     WHERE x.status = 'sent' AND left(x.carrier_ref, 4) = 'sbx_'
-     ORDER BY x.sent_at LIMIT 1
 $$;
 
 -- Open a carrier's circuit for `seconds` (routes fail over meanwhile).

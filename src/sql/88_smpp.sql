@@ -117,6 +117,7 @@ CREATE TABLE envoisms.smpp_parts (
     FOREIGN KEY (account_id, message_id) REFERENCES envoisms.messages ON DELETE CASCADE,
     CHECK (part <= parts)
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.smpp_parts', '');
 -- Receipts name a part by the SMSC's id.
 CREATE UNIQUE INDEX smpp_parts_smsc ON envoisms.smpp_parts (carrier_id, smsc_message_id);
 

@@ -30,6 +30,7 @@ CREATE TABLE envoisms.inbound_numbers (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (account_id, number, channel)
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.inbound_numbers', '');
 -- A number reaches one account per channel: inbound lookup needs it unique.
 CREATE UNIQUE INDEX inbound_numbers_number ON envoisms.inbound_numbers (number, channel);
 -- Meta's callbacks name the number by its id.
@@ -48,6 +49,8 @@ CREATE TABLE envoisms.inbound_unmatched (
     channel      text NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now()
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.inbound_unmatched', '');
+SELECT pg_catalog.pg_extension_config_dump('envoisms.inbound_unmatched_received_id_seq', '');
 COMMENT ON TABLE envoisms.inbound_unmatched IS
 'Inbound messages to a number no account owns (see inbound_numbers), kept for the operator';
 
@@ -63,6 +66,7 @@ CREATE TABLE envoisms.inbound_parts (
     received_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (carrier_id, from_number, to_number, ref, total, seq)
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.inbound_parts', '');
 
 -- The keyword form of a message: lower case, Latin accents and Arabic
 -- letter variants folded, diacritics, tatweel, punctuation and blanks removed.

@@ -35,9 +35,9 @@ CREATE TABLE envoisms.whatsapp_windows (
     last_inbound_at timestamptz NOT NULL,   -- when they last wrote
     PRIMARY KEY (account_id, phone)
 );
+SELECT pg_catalog.pg_extension_config_dump('envoisms.whatsapp_windows', '');
 COMMENT ON TABLE envoisms.whatsapp_windows IS
 'When each customer last wrote to an account on WhatsApp (and to which number): free text reaches them for whatsapp_window() after it';
--- (pg_dump keeps its rows: 96_dump.sql)
 
 -- Open or extend the window of `phone` with the account: it wrote to our
 -- `number` at `at`. Idempotent; an older message changes nothing.

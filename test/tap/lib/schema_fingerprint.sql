@@ -37,5 +37,8 @@ SELECT line FROM (
   SELECT 'member ' || pg_describe_object(classid, objid, objsubid)
     FROM pg_depend WHERE deptype = 'e' AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'envoisms')
   UNION ALL
-  SELECT 'config ' || extconfig::regclass[]::text || ' ' || coalesce(extcondition::text, '') FROM pg_extension WHERE extname = 'envoisms'
+  -- each dumped table with its condition (the order of the calls that made
+  -- them does not matter to pg_dump, so it does not matter here)
+  SELECT 'config ' || c.tab::regclass::text || ' ' || coalesce(c.cond, '')
+    FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS c(tab, cond) WHERE e.extname = 'envoisms'
 ) f ORDER BY line;
