@@ -1806,6 +1806,21 @@ ALTER TABLE envoisms.ledger ADD COLUMN topup_id text,
 CREATE UNIQUE INDEX ledger_one_credit_per_topup
     ON envoisms.ledger (topup_id) WHERE topup_id IS NOT NULL;
 
+CREATE FUNCTION envoisms.body_amount(body jsonb, field text) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    v jsonb := body->field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) <> 'number' OR abs(v::numeric) >= 1e12 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be a number', field), field);
+    END IF;
+    RETURN v::numeric;
+END
+$$;
+
 -- 82_billing.sql — billing: the balance in MAD and EUR, top-up packs, the
 -- payment methods of this install, top-ups paid through Stripe Checkout or
 -- by bank transfer, and Stripe's webhook (routes /v1/billing/*).
@@ -2405,22 +2420,6 @@ END
 $$;
 
 -- ---- HTTP handlers
-
--- An amount field of a JSON body: absent/null → NULL; anything but a number → VALIDATION_ERROR.
-CREATE FUNCTION envoisms.body_amount(body jsonb, field text) RETURNS numeric
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
-DECLARE
-    v jsonb := body->field;
-BEGIN
-    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v) <> 'number' OR abs(v::numeric) >= 1e12 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be a number', field), field);
-    END IF;
-    RETURN v::numeric;
-END
-$$;
 
 -- GET /v1/billing/balance: the contract's fields, and balance_eur (at eur_per_mad, 4 decimals).
 CREATE OR REPLACE FUNCTION envoisms.api_billing_balance(req envoisms.api_request) RETURNS envoisms.api_reply

@@ -185,6 +185,22 @@ BEGIN
 END
 $$;
 
+-- An amount field of a JSON body: absent/null → NULL; anything but a number → VALIDATION_ERROR.
+CREATE FUNCTION envoisms.body_amount(body jsonb, field text) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    v jsonb := body->field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) <> 'number' OR abs(v::numeric) >= 1e12 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be a number', field), field);
+    END IF;
+    RETURN v::numeric;
+END
+$$;
+
 -- Read an array-of-strings field (absent/null → NULL).
 CREATE FUNCTION envoisms.body_text_array(body jsonb, field text) RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$

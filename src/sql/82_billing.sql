@@ -598,22 +598,6 @@ $$;
 
 -- ---- HTTP handlers
 
--- An amount field of a JSON body: absent/null → NULL; anything but a number → VALIDATION_ERROR.
-CREATE FUNCTION envoisms.body_amount(body jsonb, field text) RETURNS numeric
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
-DECLARE
-    v jsonb := body->field;
-BEGIN
-    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v) <> 'number' OR abs(v::numeric) >= 1e12 THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', format('%s must be a number', field), field);
-    END IF;
-    RETURN v::numeric;
-END
-$$;
-
 -- GET /v1/billing/balance: the contract's fields, and balance_eur (at eur_per_mad, 4 decimals).
 CREATE FUNCTION envoisms.api_billing_balance(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
