@@ -11,6 +11,11 @@ PACKAGES=(
     libphonenumber-dev libprotobuf-dev libicu-dev libboost-dev libsmpp34-dev
     libipc-run-perl libnet-smpp-perl libjson-pp-perl libdigest-sha-perl libyaml-libyaml-perl
     wrk nodejs
+    # the search for security bugs (docs/testing.md): libFuzzer and the
+    # sanitizer runtimes of clang 14, llvm-symbolizer for their stacks, the
+    # OpenAPI-driven API fuzzer, sqlsmith
+    clang libclang-rt-14-dev llvm-14
+    python3-hypothesis python3-yaml python3-psycopg2 sqlsmith
 )
 
 missing=()

@@ -41,12 +41,46 @@ ensure_server_user() {
     fi
 }
 
-# Build and install the extension and the gateway.
+# The build wanted: "sanitize" (ENVOISMS_SANITIZE=1: ASan and UBSan, make
+# SANITIZE=1) or "normal".
+build_flavour() {
+    if [ "${ENVOISMS_SANITIZE:-0}" = 1 ]; then echo sanitize; else echo normal; fi
+}
+
+# Whether any object or binary of the tree was built in another flavour
+# than $1 (an instrumented object references the ASan runtime). Asking the
+# objects themselves cannot go stale, as a stamp file could after an
+# interrupted build.
+built_in_other_flavour() {
+    local want=$1 f
+    for f in "$ENVOISMS_ROOT"/src/*.o "$ENVOISMS_ROOT"/src/gateway/*.o "$ENVOISMS_ROOT"/envoisms.so \
+             "$ENVOISMS_ROOT"/src/gateway/envoisms-gateway; do
+        [ -f "$f" ] || continue
+        if nm "$f" 2>/dev/null | grep -q '__asan_'; then
+            [ "$want" = sanitize ] || return 0
+        else
+            [ "$want" = normal ] || return 0
+        fi
+    done
+    return 1
+}
+
+# Build and install the extension and the gateway, from clean when the
+# flavour changed (no object of a sanitized build is reused in a normal one,
+# nor the other way round).
 build_and_install() {
-    say "building envoisms"
-    make -C "$ENVOISMS_ROOT" -s -j"$(nproc)" PG_CONFIG="$PG_CONFIG"
-    say "installing envoisms"
-    as_root make -C "$ENVOISMS_ROOT" -s install PG_CONFIG="$PG_CONFIG"
+    local flavour
+    flavour=$(build_flavour)
+    if built_in_other_flavour "$flavour"; then
+        say "the tree was built in another flavour: cleaning for a $flavour build"
+        make -C "$ENVOISMS_ROOT" -s clean PG_CONFIG="$PG_CONFIG" >/dev/null
+    fi
+    say "building envoisms ($flavour)"
+    make -C "$ENVOISMS_ROOT" -s -j"$(nproc)" PG_CONFIG="$PG_CONFIG" \
+        $([ "$flavour" = sanitize ] && echo SANITIZE=1)
+    say "installing envoisms ($flavour)"
+    as_root make -C "$ENVOISMS_ROOT" -s install PG_CONFIG="$PG_CONFIG" \
+        $([ "$flavour" = sanitize ] && echo SANITIZE=1)
 }
 
 # Write the extension's server settings for a cluster (appended to postgresql.conf).

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # scripts/test-suites.sh — runs as the unprivileged server user, in a tree it
 # may write to. Starts one scratch cluster for pg_regress, isolation and
-# pgTAP; the TAP tests start their own clusters and peers.
-# ENVOISMS_TEST_ONLY=regress|isolation|pgtap|tap (comma separated) narrows it.
+# pgTAP; the TAP tests start their own clusters and peers; then the
+# libFuzzer harnesses (fuzz/run.sh): over their corpus only, or, in
+# sanitizer mode, fuzzing each for ENVOISMS_FUZZ_SECONDS (default 60).
+# ENVOISMS_TEST_ONLY=regress|isolation|pgtap|tap|fuzz (comma separated)
+# narrows it; ENVOISMS_TEST_PORT moves the scratch cluster off 54329.
+#
+# ENVOISMS_SANITIZE=1 (the build is ASan + UBSan, scripts/test.sh): every
+# server started here or by the TAP tests (through pg_ctl) preloads the ASan
+# runtime, sanitizer reports go to files under the scratch directory, and
+# any such file fails the run as "sanitizer reports".
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ENVOISMS_ROOT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-only=${ENVOISMS_TEST_ONLY:-regress,isolation,pgtap,tap}
+only=${ENVOISMS_TEST_ONLY:-regress,isolation,pgtap,tap,fuzz}
 want() { [[ ",$only," == *",$1,"* ]]; }
 
 passed=0
@@ -21,6 +29,27 @@ tmp=$(mktemp -d /tmp/envoisms-suites.XXXXXX)
 export PGHOST=$tmp PGPORT=${ENVOISMS_TEST_PORT:-54329} PGUSER=$(id -un)
 cleanup() { pg_ctl -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$tmp"; }
 trap cleanup EXIT
+
+# ---- sanitizer mode: postgres is not instrumented, so it preloads the ASan
+# runtime (and fuzz/asan_preload.c, without which it hangs at start); a pg_ctl
+# first in PATH does it for every cluster, PostgreSQL::Test::Cluster's too.
+# ASan's and UBSan's reports go to files; detect_leaks=0 because postgres
+# leaves its memory to process exit by design.
+sanitize=${ENVOISMS_SANITIZE:-0}
+if [ "$sanitize" = 1 ]; then
+    san=$tmp/sanitizer
+    mkdir -p "$san/bin" "$san/reports"
+    gcc -shared -fPIC -O2 -o "$san/asan_preload.so" fuzz/asan_preload.c
+    preload="$(gcc -print-file-name=libasan.so) $san/asan_preload.so"
+    [ -f "${preload%% *}" ] || die "the ASan runtime of gcc is missing (libasan8)"
+    for tool in pg_ctl postgres; do
+        printf '#!/bin/sh\nLD_PRELOAD="%s" exec %s/%s "$@"\n' "$preload" "$PGBIN" "$tool" > "$san/bin/$tool"
+        chmod +x "$san/bin/$tool"
+    done
+    export PATH="$san/bin:$PATH"
+    export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:disable_coredump=1:log_path=$san/reports/asan"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$san/reports/ubsan"
+fi
 
 if want regress || want isolation || want pgtap; then
     initdb -D "$tmp/data" -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
@@ -82,6 +111,43 @@ if want tap && ls test/tap/*.pl >/dev/null 2>&1; then
     for f in test/tap/${ENVOISMS_TAP:-*}.pl; do
         if prove -v "$f"; then record "tap/$(basename "$f")" 0; else record "tap/$(basename "$f")" 1; fi
     done
+fi
+
+# ---- libFuzzer harnesses: one result per harness
+if want fuzz; then
+    if [ "$sanitize" = 1 ]; then
+        say "fuzzing each harness for ${ENVOISMS_FUZZ_SECONDS:-60} s"
+        fuzz_args=("${ENVOISMS_FUZZ_SECONDS:-60}")
+    else
+        say "fuzz harnesses over their corpus (regression inputs)"
+        fuzz_args=(--regress)
+    fi
+    if ! command -v clang >/dev/null; then
+        record "fuzz (clang is missing: run scripts/deps.sh)" 1
+    else
+        # the harnesses bring their own sanitizer runtime and options
+        out=$tmp/fuzz.out
+        fuzz_path=$PATH
+        [ "$sanitize" = 1 ] && fuzz_path=${PATH#"$san/bin:"}
+        env -u ASAN_OPTIONS -u UBSAN_OPTIONS PATH="$fuzz_path" FUZZ_WORK="$tmp/fuzz" \
+            bash fuzz/run.sh "${fuzz_args[@]}" 2>&1 | tee "$out" || true
+        n=0
+        while read -r name status; do
+            record "fuzz/$name" "$([ "$status" = ok ] && echo 0 || echo 1)"
+            n=$((n + 1))
+        done < <(sed -nE 's/^fuzz ([a-z0-9_]+): (ok|FAILED) .*/\1 \2/p' "$out")
+        [ "$n" -gt 0 ] || record "fuzz (fuzz/run.sh ran no harness)" 1
+    fi
+fi
+
+if [ "$sanitize" = 1 ]; then
+    reports=("$san"/reports/*)
+    if [ -e "${reports[0]}" ]; then
+        record "sanitizer reports" 1
+        for r in "${reports[@]}"; do echo "---- $r"; head -80 "$r"; done
+    else
+        record "sanitizer reports (none)" 0
+    fi
 fi
 
 echo

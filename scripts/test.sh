@@ -3,6 +3,11 @@
 # build, then run every suite (pg_regress, isolation, pgTAP, TAP) against
 # real servers run by an unprivileged user. Prints one summary line
 # "N passed, N failed" and exits non-zero on any failure.
+#
+# ENVOISMS_SANITIZE=1 builds and installs the extension and the gateway
+# with AddressSanitizer and UndefinedBehaviorSanitizer, runs every suite
+# against them and fuzzes each libFuzzer harness (docs/testing.md); the next
+# run without it rebuilds and reinstalls the normal build.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 "$ENVOISMS_ROOT/scripts/deps.sh"
@@ -15,10 +20,16 @@ if [ "$(id -un)" = "$ENVOISMS_USER" ]; then
     workdir=$ENVOISMS_ROOT
 else
     workdir=$(as_root mktemp -d /var/tmp/envoisms-test.XXXXXX)
-    as_root rsync -a --exclude .git --exclude '*.o' --exclude '*.so' "$ENVOISMS_ROOT/" "$workdir/"
+    as_root rsync -a --exclude .git --exclude '*.o' --exclude '*.so' --exclude /fuzz/build \
+        "$ENVOISMS_ROOT/" "$workdir/"
     as_root chown -R "$ENVOISMS_USER:" "$workdir"
     trap 'as_root rm -rf "$workdir"' EXIT
 fi
 
-as_server_user env ${ENVOISMS_TEST_ONLY:+ENVOISMS_TEST_ONLY="$ENVOISMS_TEST_ONLY"} ${ENVOISMS_TAP:+ENVOISMS_TAP="$ENVOISMS_TAP"} \
-    bash "$workdir/scripts/test-suites.sh"
+# What narrows or tunes the run travels with it (sudo and runuser drop the environment).
+pass=()
+for name in ENVOISMS_TEST_ONLY ENVOISMS_TAP ENVOISMS_TEST_PORT ENVOISMS_SANITIZE ENVOISMS_PGBIN \
+            ENVOISMS_FUZZ_SECONDS ENVOISMS_API_FUZZ_SECONDS ENVOISMS_API_FUZZ_REQUESTS ENVOISMS_SQLSMITH_SECONDS; do
+    if [ -n "${!name:-}" ]; then pass+=("$name=${!name}"); fi
+done
+as_server_user env "${pass[@]}" bash "$workdir/scripts/test-suites.sh"
