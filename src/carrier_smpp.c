@@ -35,6 +35,11 @@
 #define GSM_MULTI_SEPTETS 153
 #define UCS2_SINGLE_OCTETS 140
 
+/* optional parameters a deliver_sm may carry (SMPP 3.4 defines about 30) */
+#define SMPP_DELIVER_MAX_TLVS 64
+
+#define GSM_CR 0x0D				/* carriage return, the padding septet */
+
 /* GSM 03.38 basic table: septet → Unicode code point. */
 static const uint16_t gsm_basic[128] = {
 	0x0040, 0x00A3, 0x0024, 0x00A5, 0x00E8, 0x00E9, 0x00F9, 0x00EC,
@@ -162,8 +167,11 @@ ucs2_encode(const char *utf8, int len, uint8_t *out, int outsize)
 
 /*
  * Pack septets 7-bit after `header` octets already in out (the UDH), with
- * the fill bits that start the first septet on a septet boundary. Returns
- * the total octet length, or -1 when it does not fit.
+ * the fill bits that start the first septet on a septet boundary. When 7
+ * bits are left over in the last octet they hold a CR, as 3GPP 23.038 says
+ * (seven zero bits would read as a trailing '@': an SMPP short message
+ * counts octets, not septets). Returns the total octet length, or -1 when it
+ * does not fit.
  */
 static int
 gsm_pack(const uint8_t *septets, int count, int header, uint8_t *out, int outsize)
@@ -186,6 +194,8 @@ gsm_pack(const uint8_t *septets, int count, int header, uint8_t *out, int outsiz
 			if (septets[i] & (1 << b))
 				out[bit / 8] |= (uint8_t) (1 << (bit % 8));
 	}
+	if (total * 8 - bit == 7)
+		out[total - 1] |= (uint8_t) (GSM_CR << 1);
 	return total;
 }
 
@@ -354,8 +364,11 @@ SmppDecodeText(const uint8_t *data, int len, int data_coding, bool udhi,
 		{
 			int			bit = start * 8;
 
+			int			first_bit;
+
 			if (start > 0)
 				bit += (7 - (bit % 7)) % 7;
+			first_bit = bit;
 			while (bit + 7 <= len * 8 && count < (int) sizeof(septets))
 			{
 				int			v = 0;
@@ -366,6 +379,9 @@ SmppDecodeText(const uint8_t *data, int len, int data_coding, bool udhi,
 						v |= 1 << b;
 				septets[count++] = v;
 			}
+			/* a CR in the last 7 bits of the last octet is the padding of gsm_pack */
+			if (count > 0 && (len * 8 - first_bit) % 7 == 0 && septets[count - 1] == GSM_CR)
+				count--;
 		}
 		else
 			for (i = start; i < len && count < (int) sizeof(septets); i++)
@@ -582,6 +598,53 @@ address_text(char *out, int ton, const uint8_t *addr)
 		snprintf(out, SMPP_ADDRESS_MAX + 2, "%s", a);
 }
 
+/* Skip a C-octet string of at most `max` octets with its NUL; false when there is none. */
+static bool
+skip_c_octets(const uint8_t *buf, int len, int *pos, int max)
+{
+	for (int i = 0; i < max && *pos + i < len; i++)
+		if (buf[*pos + i] == '\0')
+		{
+			*pos += i + 1;
+			return true;
+		}
+	return false;
+}
+
+/*
+ * Whether a deliver_sm's body is well formed up to its last optional
+ * parameter, with at most SMPP_DELIVER_MAX_TLVS of them, checked before
+ * libsmpp34 reads it: its unpacker writes a log line per TLV into a fixed
+ * global buffer without bound (a PDU with a few hundred TLVs overflows it)
+ * and leaks the TLV list when the last one is cut short. The SMSC is not
+ * trusted with either.
+ */
+static bool
+deliver_well_formed(const uint8_t *buf, int len)
+{
+	int			pos = 16;		/* after the header */
+	int			tlvs = 0;
+
+	if (!skip_c_octets(buf, len, &pos, 6) ||	/* service_type */
+		(pos += 2) > len ||		/* source_addr_ton, source_addr_npi */
+		!skip_c_octets(buf, len, &pos, 21) ||	/* source_addr */
+		(pos += 2) > len ||		/* dest_addr_ton, dest_addr_npi */
+		!skip_c_octets(buf, len, &pos, 21) ||	/* destination_addr */
+		(pos += 3) > len ||		/* esm_class, protocol_id, priority_flag */
+		!skip_c_octets(buf, len, &pos, 17) ||	/* schedule_delivery_time */
+		!skip_c_octets(buf, len, &pos, 17) ||	/* validity_period */
+		(pos += 4) >= len)		/* registered_delivery … sm_default_msg_id */
+		return false;
+	pos += 1 + buf[pos];		/* sm_length, short_message */
+	while (pos < len)
+	{
+		if (pos + 4 > len || ++tlvs > SMPP_DELIVER_MAX_TLVS)
+			return false;
+		pos += 4 + ((buf[pos + 2] << 8) | buf[pos + 3]);
+	}
+	return pos == len;
+}
+
 bool
 SmppParseDeliver(const uint8_t *buf, int len, SmppDeliver *d, const char **error)
 {
@@ -592,6 +655,11 @@ SmppParseDeliver(const uint8_t *buf, int len, SmppDeliver *d, const char **error
 	memset(&pdu, 0, sizeof(pdu));
 	memset(d, 0, sizeof(*d));
 	d->message_state = -1;
+	if (!deliver_well_formed(buf, len))
+	{
+		*error = "malformed deliver_sm (truncated, or too many optional parameters)";
+		return false;
+	}
 	if (smpp34_unpack2(&pdu, buf, len) != 0)
 	{
 		destroy_tlv(pdu.tlv);

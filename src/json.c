@@ -282,54 +282,6 @@ typedef struct BodyParse
 	bool		number_out_of_range;
 } BodyParse;
 
-/* Decimal exponent of a JSON number's leading digit (123.4e5 → 7), clamped. */
-static long
-number_exponent(const char *token)
-{
-	const char *p = token;
-	long		digits = 0;
-	long		leading_zeros_after_point = 0;
-	bool		nonzero_seen = false;
-	long		exponent = 0;
-
-	if (*p == '-')
-		p++;
-	for (; *p >= '0' && *p <= '9'; p++)
-	{
-		if (*p != '0')
-			nonzero_seen = true;
-		if (nonzero_seen)
-			digits++;
-	}
-	if (*p == '.')
-		for (p++; *p >= '0' && *p <= '9'; p++)
-		{
-			if (!nonzero_seen && *p == '0')
-				leading_zeros_after_point++;
-			else
-				nonzero_seen = true;
-		}
-	if (!nonzero_seen)
-		return 0;				/* zero, whatever its exponent */
-	if (*p == 'e' || *p == 'E')
-	{
-		bool		negative = false;
-
-		p++;
-		if (*p == '+' || *p == '-')
-			negative = (*p++ == '-');
-		for (; *p >= '0' && *p <= '9'; p++)
-		{
-			exponent = exponent * 10 + (*p - '0');
-			if (exponent > 100 * BODY_NUMBER_MAX_EXPONENT)
-				break;			/* far out of range already; avoid overflow */
-		}
-		if (negative)
-			exponent = -exponent;
-	}
-	return (digits > 0 ? digits - 1 : -(leading_zeros_after_point + 1)) + exponent;
-}
-
 static void
 body_push(BodyParse *parse, JsonbIteratorToken token, JsonbValue *value)
 {
@@ -371,12 +323,67 @@ body_field(void *state, char *fname, bool isnull)
 	body_push(state, WJB_KEY, &key);
 }
 
+/*
+ * Whether numeric_in could refuse a JSON number, so that it is refused
+ * first, as out of range, without an error: beyond 1e±BODY_NUMBER_MAX_EXPONENT
+ * (the decimal exponent of its leading digit: 123.4e5 → 7), or with more
+ * than BODY_NUMBER_MAX_EXPONENT decimals (its scale: digits after the point
+ * minus the written exponent). A zero has no leading digit but still its
+ * scale (0e-100000 would overflow numeric's display scale) and its written
+ * exponent, refused far beyond the range (0e2000000000 overflows numeric_in's
+ * exponent).
+ */
 static bool
 number_out_of_range(const char *token)
 {
-	long		e = number_exponent(token);
+	const char *p = token;
+	long		significant = 0;	/* integer digits from the first nonzero */
+	long		zeros_after_point = 0;	/* before the first nonzero decimal */
+	long		decimals = 0;
+	bool		nonzero_seen = false;
+	long		exponent = 0;
+	long		lead;
 
-	return e > BODY_NUMBER_MAX_EXPONENT || e < -BODY_NUMBER_MAX_EXPONENT;
+	if (*p == '-')
+		p++;
+	for (; *p >= '0' && *p <= '9'; p++)
+	{
+		if (*p != '0')
+			nonzero_seen = true;
+		if (nonzero_seen)
+			significant++;
+	}
+	if (*p == '.')
+		for (p++; *p >= '0' && *p <= '9'; p++)
+		{
+			decimals++;
+			if (!nonzero_seen && *p == '0')
+				zeros_after_point++;
+			else
+				nonzero_seen = true;
+		}
+	if (*p == 'e' || *p == 'E')
+	{
+		bool		negative = false;
+
+		p++;
+		if (*p == '+' || *p == '-')
+			negative = (*p++ == '-');
+		for (; *p >= '0' && *p <= '9'; p++)
+		{
+			exponent = exponent * 10 + (*p - '0');
+			if (exponent > 100 * BODY_NUMBER_MAX_EXPONENT)
+				break;			/* far out of range already; avoid overflow */
+		}
+		if (negative)
+			exponent = -exponent;
+	}
+	if (decimals - exponent > BODY_NUMBER_MAX_EXPONENT)
+		return true;
+	if (!nonzero_seen)
+		return exponent > 100 * BODY_NUMBER_MAX_EXPONENT;	/* numeric_in: 2^30 */
+	lead = (significant > 0 ? significant - 1 : -(zeros_after_point + 1)) + exponent;
+	return lead > BODY_NUMBER_MAX_EXPONENT || lead < -BODY_NUMBER_MAX_EXPONENT;
 }
 
 /* The scalar callback of a parse that only checks: numbers in range. */

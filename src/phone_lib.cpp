@@ -101,16 +101,25 @@ line_type_name(PhoneNumberUtil::PhoneNumberType type)
 	}
 }
 
-/* Parse and validate; true when number is a valid phone number. */
+/*
+ * Parse and validate; true when number is a valid phone number. Valid means
+ * libphonenumber's IsValidNumber and at most 15 digits in all (E.164's own
+ * limit): libphonenumber accepts some longer numbers (German ones of 16 or
+ * 17 digits), which no E.164 column here could hold.
+ */
 bool
 parse_valid(const char *number, const char *region, PhoneNumber *parsed)
 {
 	const PhoneNumberUtil *u = util();
 	std::string default_region = (region && *region) ? region : "ZZ";
+	std::string e164;
 
 	if (u->Parse(number, default_region, parsed) != PhoneNumberUtil::NO_PARSING_ERROR)
 		return false;
-	return u->IsValidNumber(*parsed);
+	if (!u->IsValidNumber(*parsed))
+		return false;
+	u->Format(*parsed, PhoneNumberUtil::E164, &e164);
+	return e164.size() <= 16;	/* "+" and 15 digits */
 }
 
 /*

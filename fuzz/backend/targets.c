@@ -346,6 +346,16 @@ check_roundtrip(const SmppSegment *seg, const char *part, bool ucs2, bool packed
 									  (seg->esm_class & SMPP_ESM_UDHI) != 0, packed,
 									  &r, &total, &seq);
 
+	/*
+	 * Packed GSM cannot tell a trailing CR that ends exactly on an octet
+	 * boundary from the CR that pads 7 spare bits (3GPP 23.038; an SMPP
+	 * short message counts octets, not septets): that one CR may be lost.
+	 */
+	size_t		plen = strlen(part);
+
+	if (packed && !ucs2 && plen > 0 && part[plen - 1] == '\r' &&
+		strlen(back) == plen - 1 && strncmp(back, part, plen - 1) == 0)
+		return;
 	if (strcmp(back, part) != 0)
 		FuzzFail("part %d of %d (%s%s) decodes to \"%s\", not \"%s\"", index + 1, nparts,
 				 ucs2 ? "UCS-2" : "GSM", packed ? ", packed" : "", back, part);

@@ -10,6 +10,7 @@
  * scalars. X-Envoisms-Key-Id names the key for the access log and is not
  * sent.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,10 +76,16 @@ JsonString(const char **p, StrBuf *sb)
 					break;
 				case 'u':
 					{
-						unsigned int cp;
+						unsigned int cp = 0;
 
-						if (sscanf(s + 1, "%4x", &cp) != 1)
-							return false;
+						/* exactly four hex digits; a shorter escape ends the text */
+						for (int i = 1; i <= 4; i++)
+						{
+							if (!isxdigit((unsigned char) s[i]))
+								return false;
+							cp = cp * 16 + (isdigit((unsigned char) s[i]) ? s[i] - '0'
+											: (tolower((unsigned char) s[i]) - 'a' + 10));
+						}
 						s += 4;
 						/* header values are ASCII; anything else is dropped later */
 						if (cp < 0x80)

@@ -4,7 +4,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(97);
+SELECT plan(99);
 
 SELECT pg_temp.new_account(10) AS acc \gset
 SELECT pg_temp.use_key(pg_temp.new_key(:'acc')) IS NOT NULL AS ok \gset
@@ -40,6 +40,8 @@ SELECT * FROM pg_temp.fails('POST', '/v1/contacts', '{"phone": "+212612345678"}'
 SELECT * FROM pg_temp.fails('POST', '/v1/contacts', '{"phone": "0612345678"}', 400, 'INVALID_PHONE', 'phone in local format');
 SELECT * FROM pg_temp.fails('POST', '/v1/contacts', '{"name": "x"}', 400, 'INVALID_PHONE', 'phone missing');
 SELECT * FROM pg_temp.fails('POST', '/v1/contacts', '{"phone": 212612345678}', 400, 'INVALID_PHONE', 'phone as a number');
+SELECT * FROM pg_temp.fails('POST', '/v1/contacts', '{"phone": "+4964000079640000"}', 400, 'INVALID_PHONE',
+                            'a 16-digit number libphonenumber calls valid (E.164 has at most 15 digits; it was a 500)');
 SELECT is((SELECT status FROM pg_temp.call('POST', '/v1/contacts', format('{"phone": "+212600000001", "name": "%s"}', repeat('n', 200)))), 201, 'name of 200 characters');
 SELECT * FROM pg_temp.fails('POST', '/v1/contacts', format('{"phone": "+212600000002", "name": "%s"}', repeat('n', 201)), 400, 'VALIDATION_ERROR', 'name of 201 characters');
 SELECT is((SELECT status FROM pg_temp.call('POST', '/v1/contacts', format('{"phone": "+212600000003", "email": "%s@example.ma"}', repeat('e', 243)))), 201, 'email of 254 characters');

@@ -2,7 +2,7 @@
 -- envoisms.api, as the contract shows them, and every bad input next to the
 -- good one, each proving nothing changed (no message, no ledger row, same balance).
 BEGIN;
-SELECT plan(116);
+SELECT plan(122);
 
 SELECT envoisms.account_create('Acme', 100) AS acc \gset
 SELECT envoisms.account_create('Other', 100) AS other \gset
@@ -122,6 +122,9 @@ SELECT * FROM pg_temp.rejects('GET', '/v1/analytics', NULL, :'live', 400, 'VALID
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+2126', :'live', 400, 'INVALID_JSON', 'non-JSON body');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '[{"to": "+212612345678", "message": "x"}]', :'live', 400, 'VALIDATION_ERROR', 'array body');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "metadata": {"n": 1e1000000}}', :'live', 400, 'VALIDATION_ERROR', 'a number jsonb cannot hold');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "metadata": {"n": 0e-100000}}', :'live', 400, 'VALIDATION_ERROR', 'a zero of scale 100000 (it was a 500)');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "x", "metadata": {"n": 0e2000000000}}', :'live', 400, 'VALIDATION_ERROR', 'a zero of exponent 2e9 (it was a 500)');
+SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+4964000079640000", "message": "x"}', :'live', 400, 'INVALID_PHONE', 'a 16-digit recipient (it was sent)');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": "\ud800"}', :'live', 400, 'INVALID_JSON', 'a lone surrogate escape');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": 212612345678, "message": "x"}', :'live', 400, 'INVALID_PHONE', 'number for to');
 SELECT * FROM pg_temp.rejects('POST', '/v1/messages', '{"to": "+212612345678", "message": 42}', :'live', 400, 'VALIDATION_ERROR', 'number for message');
