@@ -56,8 +56,8 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "carrier_smpp.h"
-#include "carrier_smpp_receipt.h"
+#include "smpp_pdu.h"
+#include "smpp_receipt.h"
 #include "worker.h"
 #include "worker_smpp_bind.h"
 
