@@ -17,7 +17,7 @@
  * message's validity ends); any other 4xx is a permanent rejection
  * (failed, refunded), with the reply's "error"/"message" as the reason.
  */
-#include "worker.h"
+#include "carrier.h"
 
 #include "utils/memutils.h"
 

@@ -9,7 +9,7 @@
  * fails, +212600000002 expires, +212600000003 is rejected at submit,
  * +212600000004 fails transiently once and is retried after 1 s.
  */
-#include "worker.h"
+#include "carrier.h"
 
 /* Submit one message to the sandbox: record its outcome. */
 void

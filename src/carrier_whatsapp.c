@@ -32,7 +32,7 @@
  * any other 4xx is permanent — and a cascade message then goes on as SMS.
  * Meta's codes are recorded as WHATSAPP_<code>, as status callbacks are.
  */
-#include "worker.h"
+#include "carrier.h"
 
 #include "utils/memutils.h"
 

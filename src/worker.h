@@ -1,9 +1,9 @@
 /*
  * worker.h — what every background worker of envoisms shares (worker_common.c):
  * the GUCs, the shared-memory slots (counters shown by envoisms.worker_stats
- * and the latches that commits set), the attach / wait / transaction
- * helpers, and the libcurl multi pool (worker_http.c) with the SSRF guard
- * (worker_ssrf.c).
+ * and the latches that commits set), and the attach / wait / transaction
+ * helpers. The curl pool is in http_pool.h, the address guard in ssrf.h,
+ * the dispatcher's carriers in carrier.h.
  *
  * A worker's life: WorkerAttach() (signals, database connection, slot),
  * WorkerAwaitExtension(), then a loop of WorkerRunTransaction() for the
@@ -16,11 +16,7 @@
 
 #include "envoisms.h"
 
-#include <sys/socket.h>
-#include <curl/curl.h>
-
 #include "datatype/timestamp.h"
-#include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
@@ -36,7 +32,6 @@ extern int	dispatch_batch_size;
 extern int	dispatch_max_in_flight;
 extern int	dispatch_lease_s;
 extern int	dispatch_poll_ms;
-extern int	carrier_timeout_ms;
 extern int	carrier_max_connections;
 extern int	dispatch_retry_base_ms;
 extern int	dispatch_retry_max_ms;
@@ -48,7 +43,6 @@ extern int	webhook_timeout_ms;
 extern int	webhook_lease_s;
 extern double webhook_retry_scale;
 extern int	webhook_disable_after_s;
-extern bool webhook_allow_private;
 extern bool webhook_allow_http;
 extern int	scheduler_interval_ms;
 extern int	retention_days;
@@ -134,118 +128,5 @@ extern long WorkerMsUntil(TimestampTz t);
 
 /* A delay with +-20% jitter. */
 extern long WorkerJitter(long ms);
-
-/* ---- the libcurl multi pool (worker_http.c) */
-
-typedef struct HttpTransfer
-{
-	CURL	   *easy;
-	struct curl_slist *headers;
-	char	   *request_body;	/* malloc'd */
-	char	   *response;		/* malloc'd, NUL-terminated */
-	size_t		response_len;
-	size_t		response_cap;
-	long		http_status;
-	long		retry_after_s;	/* Retry-After, -1 when absent */
-	CURLcode	result;
-	bool		ssrf_refused;
-	bool		ssrf_guard;		/* check the connected address */
-	char		ssrf_reason[128];
-	char		errbuf[CURL_ERROR_SIZE];
-	void	   *owner;			/* the worker's own record */
-	struct HttpTransfer *next_done;
-} HttpTransfer;
-
-typedef struct HttpPool HttpPool;
-
-extern HttpPool *HttpPoolCreate(long max_host_connections, long max_total_connections);
-/* Change the connection limits (after a reload). */
-extern void HttpPoolSetLimits(HttpPool *pool, long max_host_connections, long max_total_connections);
-/* A transfer ready for its URL, headers and body; the pool owns it from
- * HttpPoolStart until it comes back from HttpPoolNextDone. */
-extern HttpTransfer *HttpTransferNew(void *owner, bool ssrf_guard);
-extern void HttpTransferAddHeader(HttpTransfer *t, const char *header);
-extern void HttpTransferSetBody(HttpTransfer *t, const char *body, size_t len);
-extern void HttpPoolStart(HttpPool *pool, HttpTransfer *t);
-/* Drive the transfers (call after every wait). */
-extern void HttpPoolPerform(HttpPool *pool);
-/* Next finished transfer, or NULL. */
-extern HttpTransfer *HttpPoolNextDone(HttpPool *pool);
-/* Abort a transfer still running (at shutdown). */
-extern void HttpPoolAbort(HttpPool *pool, HttpTransfer *t);
-extern void HttpTransferFree(HttpTransfer *t);
-/* Milliseconds until curl wants to be called again (-1 = none). */
-extern long HttpPoolTimeout(HttpPool *pool);
-extern pgsocket HttpPoolSocket(HttpPool *pool);
-extern int	HttpPoolRunning(HttpPool *pool);
-
-/* A describable reason for a failed transfer (curl error or HTTP status). */
-extern const char *HttpTransferError(HttpTransfer *t);
-
-/* Extract a scalar at a dotted path ("messages.0.id") from a JSON text;
- * palloc'd string in CurrentMemoryContext, NULL when absent or not JSON. */
-extern char *JsonGetPath(const char *json, size_t len, const char *path);
-
-/* Append s as a JSON string literal. */
-extern void JsonAppendString(StringInfo buf, const char *s);
-
-/* ---- SSRF guard (worker_ssrf.c) */
-
-/* Whether a connection to this address is allowed for a webhook delivery;
- * when not, reason says why. */
-extern bool SsrfAddressAllowed(const struct sockaddr *sa, char *reason, size_t reasonlen);
-
-/* CURLOPT_OPENSOCKETFUNCTION: refuses forbidden addresses (clientp is the
- * HttpTransfer). */
-extern curl_socket_t SsrfOpenSocket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address);
-
-/* ---- carriers (carrier_*.c), used by the dispatcher */
-
-typedef struct DispatchItem
-{
-	char	   *account_id;
-	char	   *message_id;
-	char	   *carrier_id;
-	char	   *carrier_kind;
-	char	   *to_number;
-	char	   *sender_id;
-	char	   *channel;
-	char	   *body;
-	char	   *encoding;
-	int			segments;
-	char	   *buttons;		/* JSON text or NULL */
-	char	   *metadata;		/* JSON text or NULL */
-	int			attempts;
-	TimestampTz expires_at;
-	char	   *config;			/* the carrier's config, JSON text */
-	HttpTransfer *transfer;
-	struct DispatchItem *next;
-} DispatchItem;
-
-/* An outcome the dispatcher records for a message. */
-typedef enum DispatchOp
-{
-	DISPATCH_SENT,
-	DISPATCH_RETRY,
-	DISPATCH_FAILED,
-	DISPATCH_RELEASE,
-} DispatchOp;
-
-/* Append one outcome to the dispatcher's batch (worker_dispatch.c). */
-extern void DispatchOutcome(DispatchItem *item, DispatchOp op, const char *carrier_ref,
-							const char *error_code, const char *error_message, long delay_ms);
-
-/* The retry delay for a message's attempt number (backoff with jitter). */
-extern long DispatchBackoff(int attempts);
-
-extern void SandboxSubmit(DispatchItem *item);
-extern HttpTransfer *HttpCarrierPrepare(DispatchItem *item);
-extern void HttpCarrierFinish(DispatchItem *item, HttpTransfer *t);
-extern HttpTransfer *WhatsappPrepare(DispatchItem *item);
-extern void WhatsappFinish(DispatchItem *item, HttpTransfer *t);
-
-/* Classify a finished carrier transfer: common to http and whatsapp. */
-extern void CarrierClassifyFailure(DispatchItem *item, HttpTransfer *t, const char *error_code_from_body,
-								   const char *error_message_from_body);
 
 #endif							/* ENVOISMS_WORKER_H */

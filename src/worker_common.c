@@ -22,6 +22,7 @@
  */
 #include "worker.h"
 
+#include <curl/curl.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -41,6 +42,9 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+
+#include "carrier.h"
+#include "ssrf.h"
 
 /* ---- settings */
 char	   *worker_database = NULL;

@@ -42,6 +42,10 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "carrier.h"
+#include "http_pool.h"
+#include "json_text.h"
+
 PGDLLEXPORT void envoisms_dispatch_main(Datum main_arg);
 
 #define DISPATCH_KINDS "'{sandbox,http,whatsapp_cloud}'"

@@ -35,7 +35,6 @@
 #include "worker.h"
 
 #include "common/base64.h"
-#include "crypto.h"
 #include "executor/spi.h"
 #include "lib/ilist.h"
 #include "postmaster/bgworker.h"
@@ -44,6 +43,10 @@
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+
+#include "crypto.h"
+#include "http_pool.h"
+#include "json_text.h"
 
 PGDLLEXPORT void envoisms_webhooks_main(Datum main_arg);
 
