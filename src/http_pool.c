@@ -341,7 +341,7 @@ HttpTransferFree(HttpTransfer *t)
 
 /* Why a transfer failed, in words (a static buffer, valid until the next call). */
 const char *
-HttpTransferError(HttpTransfer *t)
+HttpTransferError(const HttpTransfer *t)
 {
 	static char buf[CURL_ERROR_SIZE + 64];
 

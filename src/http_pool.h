@@ -61,6 +61,6 @@ extern pgsocket HttpPoolSocket(HttpPool *pool);
 extern int	HttpPoolRunning(HttpPool *pool);
 
 /* A describable reason for a failed transfer (curl error or HTTP status). */
-extern const char *HttpTransferError(HttpTransfer *t);
+extern const char *HttpTransferError(const HttpTransfer *t);
 
 #endif							/* ENVOISMS_HTTP_POOL_H */

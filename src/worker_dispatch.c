@@ -17,6 +17,11 @@
  *      (retry or throttled carrier), the next sandbox report, or the poll
  *      interval.
  *
+ * Carriers: each claimed message goes to the CarrierOps of its kind
+ * (carrier.h; the kinds claimed are those of carrier.c's table). A carrier
+ * only fills a CarrierResult; record_result() turns it into a row of the
+ * outcome batch, applies the retry backoff and counts it.
+ *
  * Restart and crash: at start the leases taken before this server's shared
  * memory began (workers killed by a crash) are released; leases of a
  * worker that died alone run out after envoisms.dispatch_lease. On SIGTERM
@@ -48,12 +53,13 @@
 
 PGDLLEXPORT void envoisms_dispatch_main(Datum main_arg);
 
-#define DISPATCH_KINDS "'{sandbox,http,whatsapp_cloud}'"
-
+/* A message whose transfer runs in the pool. */
 typedef struct InFlight
 {
 	dlist_node	node;
 	DispatchItem *item;
+	const CarrierOps *carrier;
+	HttpTransfer *transfer;
 } InFlight;
 
 static HttpPool *pool = NULL;
@@ -75,8 +81,9 @@ typedef struct ClaimResult
 	TimestampTz next_due;
 } ClaimResult;
 
-long
-DispatchBackoff(int attempts)
+/* The retry delay for a message's attempt number: doubling, capped, with jitter. */
+static long
+backoff_ms(int attempts)
 {
 	double		ms = dispatch_retry_base_ms;
 
@@ -85,45 +92,59 @@ DispatchBackoff(int attempts)
 	return WorkerJitter((long) Min(ms, (double) dispatch_retry_max_ms));
 }
 
-void
-DispatchOutcome(DispatchItem *item, DispatchOp op, const char *carrier_ref,
-				const char *error_code, const char *error_message, long delay_ms)
+/* Add a carrier's result to the batch of outcomes, and count it. */
+static void
+record_result(const DispatchItem *item, const CarrierOps *carrier, const CarrierResult *result)
 {
-	MemoryContext old = MemoryContextSwitchTo(outcome_cxt);
+	static const char *const ops[] = {
+		[CARRIER_RELEASE] = "release",
+		[CARRIER_SENT] = "sent",
+		[CARRIER_RETRY] = "retry",
+		[CARRIER_FAILED] = "failed",
+	};
+	long		delay_ms = 0;
+	MemoryContext old;
 	StringInfoData buf;
-	static const char *ops[] = {"sent", "retry", "failed", "release"};
 
+	if (result->outcome == CARRIER_RETRY)
+	{
+		delay_ms = result->retry_after_ms;
+		if (result->backoff)
+			delay_ms = Max(backoff_ms(item->attempts), delay_ms);
+	}
+
+	old = MemoryContextSwitchTo(outcome_cxt);
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"op\":\"%s\",\"a\":", ops[op]);
+	appendStringInfo(&buf, "{\"op\":\"%s\",\"a\":", ops[result->outcome]);
 	JsonAppendString(&buf, item->account_id);
 	appendStringInfoString(&buf, ",\"m\":");
 	JsonAppendString(&buf, item->message_id);
 	appendStringInfoString(&buf, ",\"c\":");
 	JsonAppendString(&buf, item->carrier_id);
-	if (carrier_ref)
+	if (result->carrier_ref)
 	{
 		appendStringInfoString(&buf, ",\"r\":");
-		JsonAppendString(&buf, carrier_ref);
+		JsonAppendString(&buf, result->carrier_ref);
 	}
-	if (error_code)
+	if (result->error_code)
 	{
 		appendStringInfoString(&buf, ",\"code\":");
-		JsonAppendString(&buf, error_code);
+		JsonAppendString(&buf, result->error_code);
 	}
-	if (error_message)
+	if (result->error_message)
 	{
 		appendStringInfoString(&buf, ",\"msg\":");
-		JsonAppendString(&buf, error_message);
+		JsonAppendString(&buf, result->error_message);
 	}
 	appendStringInfo(&buf, ",\"delay_ms\":%ld}", Max(delay_ms, 0L));
 	outcomes = lappend(outcomes, buf.data);
 	MemoryContextSwitchTo(old);
 
-	switch (op)
+	switch (result->outcome)
 	{
-		case DISPATCH_SENT:
+		case CARRIER_SENT:
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->sent, 1);
-			if (strcmp(item->carrier_kind, "sandbox") == 0)
+			if (carrier != NULL && carrier->reports_from_dispatcher)
 			{
 				TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sandbox_delivery_delay_ms);
 
@@ -131,7 +152,7 @@ DispatchOutcome(DispatchItem *item, DispatchOp op, const char *carrier_ref,
 					sandbox_next_at = due;
 			}
 			break;
-		case DISPATCH_RETRY:
+		case CARRIER_RETRY:
 			{
 				TimestampTz at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(delay_ms, 0L));
 
@@ -140,14 +161,24 @@ DispatchOutcome(DispatchItem *item, DispatchOp op, const char *carrier_ref,
 			}
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->retried, 1);
 			WorkerNoteError("%s via %s: %s", item->message_id, item->carrier_id,
-							error_message ? error_message : "retry");
+							result->error_message ? result->error_message : "retry");
 			break;
-		case DISPATCH_FAILED:
+		case CARRIER_FAILED:
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->failed, 1);
 			break;
-		case DISPATCH_RELEASE:
+		case CARRIER_RELEASE:
 			break;
 	}
+}
+
+/* Give a message's lease back without an attempt. */
+static void
+record_release(const DispatchItem *item)
+{
+	CarrierResult result;
+
+	CarrierResultSet(&result, CARRIER_RELEASE, NULL, NULL, NULL, 0, false);
+	record_result(item, NULL, &result);
 }
 
 /* Copy a claimed row into one chunk of items_cxt. */
@@ -187,6 +218,7 @@ item_from_row(HeapTuple row, TupleDesc desc)
 	return item;
 }
 
+/* Claim due messages into res (transaction 1), and when fewer came, when the next falls due. */
 static void
 claim_txn(void *arg)
 {
@@ -199,8 +231,8 @@ claim_txn(void *arg)
 	snprintf(sql, sizeof(sql),
 			 "SELECT account_id, message_id, carrier_id, carrier_kind, to_number, sender_id, channel, body, "
 			 "encoding, segments, buttons::text, metadata::text, attempts, expires_at, carrier_config::text "
-			 "FROM envoisms.dispatch_claim(" DISPATCH_KINDS ", NULL, %d, make_interval(secs => %d))",
-			 res->wanted, dispatch_lease_s);
+			 "FROM envoisms.dispatch_claim('%s', NULL, %d, make_interval(secs => %d))",
+			 CarrierKinds(), res->wanted, dispatch_lease_s);
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "dispatch_claim failed");
 	res->got = (int) SPI_processed;
@@ -229,6 +261,7 @@ claim_txn(void *arg)
 	}
 }
 
+/* Apply a JSON array of outcomes with envoisms.dispatch_record (transaction 2). */
 static void
 record_txn(void *arg)
 {
@@ -274,39 +307,36 @@ flush_outcomes(void)
 	MemoryContextReset(outcome_cxt);
 }
 
+/* Hand a claimed message to its carrier: an outcome at once, or a transfer in the pool. */
 static void
 start_item(DispatchItem *item)
 {
+	const CarrierOps *carrier = CarrierFind(item->carrier_kind);
+	CarrierResult result;
 	HttpTransfer *t = NULL;
 	InFlight   *f;
 
-	if (strcmp(item->carrier_kind, "sandbox") == 0)
-	{
-		SandboxSubmit(item);
-		pfree(item);
-		return;
-	}
-	if (strcmp(item->carrier_kind, "http") == 0)
-		t = HttpCarrierPrepare(item);
-	else if (strcmp(item->carrier_kind, "whatsapp_cloud") == 0)
-		t = WhatsappPrepare(item);
-	else
-		DispatchOutcome(item, DISPATCH_RELEASE, NULL, NULL, NULL, 0);
+	/* what a carrier leaves unset gives the lease back */
+	CarrierResultSet(&result, CARRIER_RELEASE, NULL, NULL, NULL, 0, false);
+	if (carrier != NULL)
+		t = carrier->prepare(item, &result);
 	if (t == NULL)
 	{
-		/* the carrier recorded an outcome already (bad config) */
+		record_result(item, carrier, &result);
 		pfree(item);
 		return;
 	}
-	item->transfer = t;
 	HttpPoolStart(pool, t);
 	f = MemoryContextAlloc(items_cxt, sizeof(InFlight));
 	f->item = item;
+	f->carrier = carrier;
+	f->transfer = t;
 	t->owner = f;
 	dlist_push_tail(&in_flight, &f->node);
 	in_flight_count++;
 }
 
+/* Drive the pool and record what its carriers make of every finished transfer. */
 static void
 finish_transfers(void)
 {
@@ -316,29 +346,29 @@ finish_transfers(void)
 	while ((t = HttpPoolNextDone(pool)) != NULL)
 	{
 		InFlight   *f = (InFlight *) t->owner;
-		DispatchItem *item = f->item;
+		CarrierResult result;
 
-		if (strcmp(item->carrier_kind, "http") == 0)
-			HttpCarrierFinish(item, t);
-		else
-			WhatsappFinish(item, t);
+		CarrierResultSet(&result, CARRIER_RELEASE, NULL, NULL, NULL, 0, false);
+		f->carrier->finish(f->item, t, &result);
+		record_result(f->item, f->carrier, &result);
 		dlist_delete(&f->node);
 		in_flight_count--;
 		HttpTransferFree(t);
-		pfree(item);
+		pfree(f->item);
 		pfree(f);
 	}
 	pg_atomic_write_u32(&MyWorkerSlot->in_flight, (uint32) in_flight_count);
 }
 
+/* Release the leases taken before this server started (workers lost in a crash). */
 static void
 reclaim_txn(void *arg)
 {
 	char		sql[256];
 	char	   *since = pstrdup(timestamptz_to_str(WorkersBootTime()));
 
-	snprintf(sql, sizeof(sql), "SELECT envoisms.dispatch_reclaim(" DISPATCH_KINDS ", %s)",
-			 quote_literal_cstr(since));
+	snprintf(sql, sizeof(sql), "SELECT envoisms.dispatch_reclaim('%s', %s)",
+			 CarrierKinds(), quote_literal_cstr(since));
 	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "dispatch_reclaim failed");
 	if (SPI_processed == 1)
@@ -351,6 +381,7 @@ reclaim_txn(void *arg)
 	}
 }
 
+/* Apply the sandbox delivery reports that are due; note when the next one is. */
 static void
 sandbox_txn(void *arg)
 {
@@ -402,9 +433,9 @@ shutdown_dispatcher(void)
 	{
 		InFlight   *f = dlist_container(InFlight, node, iter.cur);
 
-		HttpPoolAbort(pool, f->item->transfer);
-		HttpTransferFree(f->item->transfer);
-		DispatchOutcome(f->item, DISPATCH_RELEASE, NULL, NULL, NULL, 0);
+		HttpPoolAbort(pool, f->transfer);
+		HttpTransferFree(f->transfer);
+		record_release(f->item);
 		dlist_delete(&f->node);
 		released++;
 	}
@@ -413,6 +444,7 @@ shutdown_dispatcher(void)
 	ereport(LOG, (errmsg("%s: stopping; %d unfinished leases released", MyWorkerSlot->name, released)));
 }
 
+/* The dispatcher's entry point: the loop of the file comment, until SIGTERM. */
 void
 envoisms_dispatch_main(Datum main_arg)
 {
