@@ -11,6 +11,9 @@
 
 #include "lib/stringinfo.h"
 
+/* Set by envoisms.carrier_timeout (defined by DispatchInit). */
+int			carrier_timeout_ms = 10000;
+
 static const CarrierOps *const carriers[] = {
 	&SandboxCarrier,
 	&HttpCarrier,

@@ -21,36 +21,14 @@
 #include "storage/latch.h"
 #include "storage/spin.h"
 
-/* ---- GUCs (defined in worker_common.c, documented in docs/workers.md) */
+/*
+ * ---- settings every worker reads (worker_common.c). Each worker's own
+ * settings are defined, and kept static, by its module's Init function
+ * (DispatchInit, WebhooksInit, SchedulerInit, SmppInit), called from
+ * _PG_init; docs/workers.md documents them all.
+ */
 extern char *worker_database;
-extern int	dispatch_workers;
-extern int	webhook_workers;
-extern bool scheduler_enabled;
-extern int	worker_restart_delay;
 extern int	worker_shutdown_grace_ms;
-extern int	dispatch_batch_size;
-extern int	dispatch_max_in_flight;
-extern int	dispatch_lease_s;
-extern int	dispatch_poll_ms;
-extern int	carrier_max_connections;
-extern int	dispatch_retry_base_ms;
-extern int	dispatch_retry_max_ms;
-extern int	sandbox_delivery_delay_ms;
-extern int	webhook_batch_size;
-extern int	webhook_max_in_flight;
-extern int	webhook_max_per_endpoint;
-extern int	webhook_timeout_ms;
-extern int	webhook_lease_s;
-extern double webhook_retry_scale;
-extern int	webhook_disable_after_s;
-extern bool webhook_allow_http;
-extern int	scheduler_interval_ms;
-extern int	retention_days;
-extern int	retention_batch_size;
-
-/* The webhook retry schedule: delay in milliseconds before attempt i + 1. */
-extern int	webhook_schedule_len;
-extern int	webhook_schedule_ms[32];
 
 /* ---- shared memory slots */
 typedef enum WorkerKind
@@ -90,6 +68,10 @@ extern WorkerSlot *MyWorkerSlot;
 extern TimestampTz WorkersBootTime(void);
 
 /* ---- worker life */
+
+/* Register count static workers of a type, started at function(index);
+ * nothing unless envoisms is being preloaded (and not in binary upgrade). */
+extern void WorkersRegister(const char *type, const char *function, int count);
 
 /* Become worker `index` of `kind`: signal handlers, slot, database
  * connection, application name `name`. */

@@ -1,7 +1,9 @@
 /*
- * worker_common.c — what the background workers share: their settings, their
- * shared-memory slots, their registration, and the helpers each loop is built
- * from (attach, wait, transaction).
+ * worker_common.c — what the background workers share: the settings they
+ * all read (database, restart delay, shutdown grace), their shared-memory
+ * slots, their registration, and the helpers each loop is built from
+ * (attach, wait, transaction). Each worker's own settings live in its
+ * module (DispatchInit, WebhooksInit, SchedulerInit, SmppInit).
  *
  * Shared memory: one array of WORKER_MAX_SLOTS slots. A worker takes the
  * slot of its (kind, index) at start and clears it at exit. Counters are
@@ -43,41 +45,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "carrier.h"
-#include "ssrf.h"
-
-/* ---- settings */
+/* ---- settings (the ones every worker reads; each worker defines its own) */
 char	   *worker_database = NULL;
-int			dispatch_workers = 1;
-int			webhook_workers = 1;
-bool		scheduler_enabled = true;
-int			worker_restart_delay = 5;
+static int	worker_restart_delay = 5;
 int			worker_shutdown_grace_ms = 2000;
-int			dispatch_batch_size = 500;
-int			dispatch_max_in_flight = 1000;
-int			dispatch_lease_s = 60;
-int			dispatch_poll_ms = 1000;
-int			carrier_timeout_ms = 10000;
-int			carrier_max_connections = 128;
-int			dispatch_retry_base_ms = 5000;
-int			dispatch_retry_max_ms = 3600000;
-int			sandbox_delivery_delay_ms = 1000;
-int			webhook_batch_size = 200;
-int			webhook_max_in_flight = 512;
-int			webhook_max_per_endpoint = 16;
-int			webhook_timeout_ms = 10000;
-int			webhook_lease_s = 60;
-double		webhook_retry_scale = 1.0;
-int			webhook_disable_after_s = 5 * 86400;
-bool		webhook_allow_private = false;
-bool		webhook_allow_http = false;
-int			scheduler_interval_ms = 1000;
-int			retention_days = 90;
-int			retention_batch_size = 1000;
-
-static char *webhook_retry_schedule = NULL;
-int			webhook_schedule_len = 0;
-int			webhook_schedule_ms[32];
 
 typedef struct WorkersShared
 {
@@ -101,67 +72,6 @@ static bool wake_callback_registered = false;
 static bool wake_dispatch_pending = false;
 static bool wake_webhooks_pending = false;
 
-/* "0,5,300" or "0, 100ms, 5s, 5min, 2h, 1d": milliseconds before each attempt
- * (a bare number is seconds). */
-static bool
-parse_schedule(const char *value, int *out, int *n)
-{
-	const char *p = value;
-
-	*n = 0;
-	while (*p)
-	{
-		char	   *end;
-		double		v;
-		double		unit = 1000;
-
-		while (*p == ' ' || *p == ',')
-			p++;
-		if (!*p)
-			break;
-		v = strtod(p, &end);
-		if (end == p || v < 0 || *n >= 32)
-			return false;
-		p = end;
-		if (strncmp(p, "ms", 2) == 0)
-			unit = 1, p += 2;
-		else if (strncmp(p, "min", 3) == 0)
-			unit = 60000, p += 3;
-		else if (*p == 's')
-			unit = 1000, p++;
-		else if (*p == 'h')
-			unit = 3600000, p++;
-		else if (*p == 'd')
-			unit = 86400000, p++;
-		if (*p && *p != ',' && *p != ' ')
-			return false;
-		if (v * unit > 30.0 * 86400000)
-			return false;
-		out[(*n)++] = (int) (v * unit);
-	}
-	return *n > 0;
-}
-
-static bool
-check_webhook_retry_schedule(char **newval, void **extra, GucSource source)
-{
-	int			tmp[32];
-	int			n;
-
-	if (*newval == NULL || !parse_schedule(*newval, tmp, &n))
-	{
-		GUC_check_errdetail("envoisms.webhook_retry_schedule is a comma-separated list of 1 to 32 delays such as \"0, 5s, 5min, 30min, 2h\", each at most 30 days.");
-		return false;
-	}
-	return true;
-}
-
-static void
-assign_webhook_retry_schedule(const char *newval, void *extra)
-{
-	if (newval && !parse_schedule(newval, webhook_schedule_ms, &webhook_schedule_len))
-		webhook_schedule_len = 0;
-}
 
 static void
 workers_shmem_request(void)
@@ -199,24 +109,34 @@ workers_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-static void
-register_worker(const char *type, const char *function, int index)
+/* Register count static workers of a type (see worker.h). */
+void
+WorkersRegister(const char *type, const char *function, int count)
 {
-	BackgroundWorker worker;
+	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
+		return;
+	for (int index = 0; index < count; index++)
+	{
+		BackgroundWorker worker;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = worker_restart_delay;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "envoisms");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", type, index);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
-	worker.bgw_main_arg = Int32GetDatum(index);
-	RegisterBackgroundWorker(&worker);
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = worker_restart_delay;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "envoisms");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+		snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", type, index);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
+		worker.bgw_main_arg = Int32GetDatum(index);
+		RegisterBackgroundWorker(&worker);
+	}
 }
 
-/* Defines the workers' GUCs; with the preload, their shared memory and the workers. */
+/*
+ * Defines the settings every worker reads and, with the preload, the
+ * workers' shared memory and libcurl. Runs before the workers' own Init
+ * functions, which register the workers.
+ */
 void
 WorkersInit(void)
 {
@@ -224,18 +144,6 @@ WorkersInit(void)
 							   "Database whose envoisms extension the background workers serve.",
 							   NULL, &worker_database, "postgres",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_workers",
-							"Number of dispatcher workers (sandbox, http and whatsapp_cloud carriers).",
-							NULL, &dispatch_workers, 1, 0, 16,
-							PGC_POSTMASTER, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_workers",
-							"Number of webhook delivery workers.",
-							NULL, &webhook_workers, 1, 0, 16,
-							PGC_POSTMASTER, 0, NULL, NULL, NULL);
-	DefineCustomBoolVariable("envoisms.scheduler",
-							 "Runs the scheduler worker (campaigns, expiry, retention).",
-							 NULL, &scheduler_enabled, true,
-							 PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("envoisms.worker_restart_delay",
 							"Seconds before a worker that stopped abnormally is restarted.",
 							NULL, &worker_restart_delay, 5, 1, 3600,
@@ -244,94 +152,6 @@ WorkersInit(void)
 							"On SIGTERM, how long transfers in flight may finish before their leases are released.",
 							NULL, &worker_shutdown_grace_ms, 2000, 0, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_batch_size",
-							"Messages a dispatcher claims per transaction.",
-							NULL, &dispatch_batch_size, 500, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_max_in_flight",
-							"Carrier requests a dispatcher keeps in flight at once.",
-							NULL, &dispatch_max_in_flight, 1000, 1, 100000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_lease",
-							"How long a claimed message stays reserved for its dispatcher.",
-							NULL, &dispatch_lease_s, 60, 5, 86400,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_poll_interval",
-							"Longest a dispatcher sleeps without a wake (messages queued without envoisms.wake_dispatcher()).",
-							NULL, &dispatch_poll_ms, 1000, 10, 600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.carrier_timeout",
-							"Timeout of one request to a carrier.",
-							NULL, &carrier_timeout_ms, 10000, 100, 600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.carrier_max_connections",
-							"Connections a dispatcher opens to one carrier host at most.",
-							NULL, &carrier_max_connections, 128, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_retry_base",
-							"First retry delay after a transient carrier failure; doubles with each attempt (with jitter).",
-							NULL, &dispatch_retry_base_ms, 5000, 1, 86400000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_retry_max",
-							"Longest retry delay after a transient carrier failure.",
-							NULL, &dispatch_retry_max_ms, 3600000, 1, 86400000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.sandbox_delivery_delay",
-							"Delay between sent and the delivery report of a sandbox message.",
-							NULL, &sandbox_delivery_delay_ms, 1000, 0, 3600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_batch_size",
-							"Webhook deliveries a worker claims per transaction.",
-							NULL, &webhook_batch_size, 200, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_max_in_flight",
-							"Webhook requests a worker keeps in flight at once.",
-							NULL, &webhook_max_in_flight, 512, 1, 100000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_max_per_endpoint",
-							"Webhook requests a worker keeps in flight to one endpoint (a slow receiver cannot starve the others).",
-							NULL, &webhook_max_per_endpoint, 16, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_timeout",
-							"Timeout of one webhook request (connect to last byte).",
-							NULL, &webhook_timeout_ms, 10000, 100, 600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_lease",
-							"How long a claimed webhook delivery stays reserved for its worker.",
-							NULL, &webhook_lease_s, 60, 5, 86400,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomStringVariable("envoisms.webhook_retry_schedule",
-							   "Delay before each webhook attempt: the first is the initial attempt, then one per retry.",
-							   NULL, &webhook_retry_schedule, "0, 5s, 5min, 30min, 2h, 5h, 10h, 14h, 20h, 24h",
-							   PGC_SIGHUP, 0, check_webhook_retry_schedule, assign_webhook_retry_schedule, NULL);
-	DefineCustomRealVariable("envoisms.webhook_retry_scale",
-							 "Factor applied to the webhook retry schedule (tests use small values).",
-							 NULL, &webhook_retry_scale, 1.0, 0.0, 100.0,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_disable_after",
-							"A webhook whose deliveries fail for this long without one success is disabled.",
-							NULL, &webhook_disable_after_s, 5 * 86400, 1, 365 * 86400,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomBoolVariable("envoisms.webhook_allow_private",
-							 "Lets webhook deliveries connect to loopback, private, link-local and other internal addresses (tests only).",
-							 NULL, &webhook_allow_private, false,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomBoolVariable("envoisms.webhook_allow_http",
-							 "Lets POST /v1/webhooks accept http:// URLs (tests only; the contract asks for https).",
-							 NULL, &webhook_allow_http, false,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.scheduler_interval",
-							"How often the scheduler starts due campaigns and sweeps expired messages.",
-							NULL, &scheduler_interval_ms, 1000, 10, 3600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.retention_days",
-							"Message bodies and delivery logs older than this are purged (0 = never).",
-							NULL, &retention_days, 90, 0, 36500,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.retention_batch_size",
-							"Messages purged per short transaction by the retention purge.",
-							NULL, &retention_batch_size, 1000, 1, 100000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
 		return;
@@ -343,13 +163,6 @@ WorkersInit(void)
 
 	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
 		ereport(ERROR, (errmsg("could not initialise libcurl")));
-
-	for (int i = 0; i < dispatch_workers; i++)
-		register_worker("envoisms dispatcher", "envoisms_dispatch_main", i);
-	for (int i = 0; i < webhook_workers; i++)
-		register_worker("envoisms webhooks", "envoisms_webhooks_main", i);
-	if (scheduler_enabled)
-		register_worker("envoisms scheduler", "envoisms_scheduler_main", 0);
 }
 
 TimestampTz

@@ -53,6 +53,17 @@
 
 PGDLLEXPORT void envoisms_dispatch_main(Datum main_arg);
 
+/* ---- settings (DispatchInit; carrier_timeout_ms belongs to carrier.c) */
+static int	dispatch_workers = 1;
+static int	dispatch_batch_size = 500;
+static int	dispatch_max_in_flight = 1000;
+static int	dispatch_lease_s = 60;
+static int	dispatch_poll_ms = 1000;
+static int	carrier_max_connections = 128;
+static int	dispatch_retry_base_ms = 5000;
+static int	dispatch_retry_max_ms = 3600000;
+static int	sandbox_delivery_delay_ms = 1000;
+
 /* A message whose transfer runs in the pool. */
 typedef struct InFlight
 {
@@ -80,6 +91,54 @@ typedef struct ClaimResult
 	DispatchItem *items;
 	TimestampTz next_due;
 } ClaimResult;
+
+/* Defines the dispatcher's settings; with the preload, registers the dispatchers. */
+void
+DispatchInit(void)
+{
+	DefineCustomIntVariable("envoisms.dispatch_workers",
+							"Number of dispatcher workers (sandbox, http and whatsapp_cloud carriers).",
+							NULL, &dispatch_workers, 1, 0, 16,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_batch_size",
+							"Messages a dispatcher claims per transaction.",
+							NULL, &dispatch_batch_size, 500, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_max_in_flight",
+							"Carrier requests a dispatcher keeps in flight at once.",
+							NULL, &dispatch_max_in_flight, 1000, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_lease",
+							"How long a claimed message stays reserved for its dispatcher.",
+							NULL, &dispatch_lease_s, 60, 5, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_poll_interval",
+							"Longest a dispatcher sleeps without a wake (messages queued without envoisms.wake_dispatcher()).",
+							NULL, &dispatch_poll_ms, 1000, 10, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.carrier_timeout",
+							"Timeout of one request to a carrier.",
+							NULL, &carrier_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.carrier_max_connections",
+							"Connections a dispatcher opens to one carrier host at most.",
+							NULL, &carrier_max_connections, 128, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_retry_base",
+							"First retry delay after a transient carrier failure; doubles with each attempt (with jitter).",
+							NULL, &dispatch_retry_base_ms, 5000, 1, 86400000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_retry_max",
+							"Longest retry delay after a transient carrier failure.",
+							NULL, &dispatch_retry_max_ms, 3600000, 1, 86400000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.sandbox_delivery_delay",
+							"Delay between sent and the delivery report of a sandbox message.",
+							NULL, &sandbox_delivery_delay_ms, 1000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	WorkersRegister("envoisms dispatcher", "envoisms_dispatch_main", dispatch_workers);
+}
 
 /* The retry delay for a message's attempt number: doubling, capped, with jitter. */
 static long

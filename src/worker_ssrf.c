@@ -35,6 +35,9 @@
 #include "http_pool.h"
 #include "ssrf.h"
 
+/* Set by envoisms.webhook_allow_private (defined by WebhooksInit). */
+bool		webhook_allow_private = false;
+
 /* Whether an IPv4 address (host order) is outside every refused range. */
 static bool
 ipv4_allowed(uint32 a, char *reason, size_t reasonlen)

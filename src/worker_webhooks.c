@@ -47,8 +47,26 @@
 #include "crypto.h"
 #include "http_pool.h"
 #include "json_text.h"
+#include "ssrf.h"
 
 PGDLLEXPORT void envoisms_webhooks_main(Datum main_arg);
+
+/* ---- settings (WebhooksInit; webhook_allow_private belongs to worker_ssrf.c) */
+static int	webhook_workers = 1;
+static int	webhook_batch_size = 200;
+static int	webhook_max_in_flight = 512;
+static int	webhook_max_per_endpoint = 16;
+static int	webhook_timeout_ms = 10000;
+static int	webhook_lease_s = 60;
+static int	webhook_poll_ms = 1000;
+static char *webhook_retry_schedule = NULL;
+static double webhook_retry_scale = 1.0;
+static int	webhook_disable_after_s = 5 * 86400;
+static bool webhook_allow_http = false;
+
+/* The retry schedule: the delay in milliseconds before attempt i + 1. */
+static int	webhook_schedule_len = 0;
+static int	webhook_schedule_ms[32];
 
 #define ENDPOINT_KEY_LEN 160
 
@@ -98,6 +116,126 @@ typedef struct ClaimResult
 	List	   *items;
 	TimestampTz next_due;
 } ClaimResult;
+
+/* "0,5,300" or "0, 100ms, 5s, 5min, 2h, 1d": milliseconds before each attempt
+ * (a bare number is seconds). */
+static bool
+parse_schedule(const char *value, int *out, int *n)
+{
+	const char *p = value;
+
+	*n = 0;
+	while (*p)
+	{
+		char	   *end;
+		double		v;
+		double		unit = 1000;
+
+		while (*p == ' ' || *p == ',')
+			p++;
+		if (!*p)
+			break;
+		v = strtod(p, &end);
+		if (end == p || v < 0 || *n >= 32)
+			return false;
+		p = end;
+		if (strncmp(p, "ms", 2) == 0)
+			unit = 1, p += 2;
+		else if (strncmp(p, "min", 3) == 0)
+			unit = 60000, p += 3;
+		else if (*p == 's')
+			unit = 1000, p++;
+		else if (*p == 'h')
+			unit = 3600000, p++;
+		else if (*p == 'd')
+			unit = 86400000, p++;
+		if (*p && *p != ',' && *p != ' ')
+			return false;
+		if (v * unit > 30.0 * 86400000)
+			return false;
+		out[(*n)++] = (int) (v * unit);
+	}
+	return *n > 0;
+}
+
+/* GUC check hook: refuse a schedule parse_schedule cannot read. */
+static bool
+check_webhook_retry_schedule(char **newval, void **extra, GucSource source)
+{
+	int			tmp[32];
+	int			n;
+
+	if (*newval == NULL || !parse_schedule(*newval, tmp, &n))
+	{
+		GUC_check_errdetail("envoisms.webhook_retry_schedule is a comma-separated list of 1 to 32 delays such as \"0, 5s, 5min, 30min, 2h\", each at most 30 days.");
+		return false;
+	}
+	return true;
+}
+
+/* GUC assign hook: the schedule in milliseconds, for retry_delay(). */
+static void
+assign_webhook_retry_schedule(const char *newval, void *extra)
+{
+	if (newval && !parse_schedule(newval, webhook_schedule_ms, &webhook_schedule_len))
+		webhook_schedule_len = 0;
+}
+
+/* Defines the webhook workers' settings; with the preload, registers the workers. */
+void
+WebhooksInit(void)
+{
+	DefineCustomIntVariable("envoisms.webhook_workers",
+							"Number of webhook delivery workers.",
+							NULL, &webhook_workers, 1, 0, 16,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_batch_size",
+							"Webhook deliveries a worker claims per transaction.",
+							NULL, &webhook_batch_size, 200, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_max_in_flight",
+							"Webhook requests a worker keeps in flight at once.",
+							NULL, &webhook_max_in_flight, 512, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_max_per_endpoint",
+							"Webhook requests a worker keeps in flight to one endpoint (a slow receiver cannot starve the others).",
+							NULL, &webhook_max_per_endpoint, 16, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_timeout",
+							"Timeout of one webhook request (connect to last byte).",
+							NULL, &webhook_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_lease",
+							"How long a claimed webhook delivery stays reserved for its worker.",
+							NULL, &webhook_lease_s, 60, 5, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_poll_interval",
+							"Longest a webhook worker sleeps without a wake (deliveries queued without envoisms.wake_webhooks()).",
+							NULL, &webhook_poll_ms, 1000, 10, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("envoisms.webhook_retry_schedule",
+							   "Delay before each webhook attempt: the first is the initial attempt, then one per retry.",
+							   NULL, &webhook_retry_schedule, "0, 5s, 5min, 30min, 2h, 5h, 10h, 14h, 20h, 24h",
+							   PGC_SIGHUP, 0, check_webhook_retry_schedule, assign_webhook_retry_schedule, NULL);
+	DefineCustomRealVariable("envoisms.webhook_retry_scale",
+							 "Factor applied to the webhook retry schedule (tests use small values).",
+							 NULL, &webhook_retry_scale, 1.0, 0.0, 100.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_disable_after",
+							"A webhook whose deliveries fail for this long without one success is disabled.",
+							NULL, &webhook_disable_after_s, 5 * 86400, 1, 365 * 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomBoolVariable("envoisms.webhook_allow_private",
+							 "Lets webhook deliveries connect to loopback, private, link-local and other internal addresses (tests only).",
+							 NULL, &webhook_allow_private, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("envoisms.webhook_allow_http",
+							 "Lets POST /v1/webhooks accept http:// URLs (tests only; the contract asks for https).",
+							 NULL, &webhook_allow_http, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	WorkersRegister("envoisms webhooks", "envoisms_webhooks_main", webhook_workers);
+}
 
 static void
 endpoint_adjust(const char *key, int delta)
@@ -497,7 +635,7 @@ envoisms_webhooks_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (next_claim_at != 0 && now >= next_claim_at)
 			claim_wanted = true;
-		if (TimestampDifferenceExceeds(last_claim_at, now, dispatch_poll_ms))
+		if (TimestampDifferenceExceeds(last_claim_at, now, webhook_poll_ms))
 			claim_wanted = true;
 		room = webhook_max_in_flight - in_flight_count;
 		if (claim_wanted && room > 0 &&
@@ -552,7 +690,7 @@ envoisms_webhooks_main(Datum main_arg)
 		{
 			long		t;
 
-			timeout = dispatch_poll_ms;
+			timeout = webhook_poll_ms;
 			t = HttpPoolTimeout(pool);
 			if (t >= 0 && t < timeout)
 				timeout = t;
