@@ -80,16 +80,41 @@ extern void WorkerAttach(WorkerKind kind, int index, const char *name);
 /* Wait until CREATE EXTENSION envoisms happened in the database. */
 extern void WorkerAwaitExtension(void);
 
-/* Also wake on this descriptor becoming readable (the curl pool's epoll). */
-extern void WorkerWatchSocket(pgsocket sock);
+/*
+ * Also wake on this socket, for these WL_SOCKET_* events (the curl pool's
+ * epoll descriptor, or the SMPP bind's connection); PGINVALID_SOCKET to
+ * watch none. A worker watches one socket at most; watching the same one
+ * again only changes its events. A socket must be unwatched before it is
+ * closed: its descriptor number may come back for another.
+ */
+extern void WorkerWatchSocket(pgsocket sock, int events);
 
-#define WORKER_WOKE_LATCH	0x1
-#define WORKER_WOKE_SOCKET	0x2
-#define WORKER_WOKE_TIMEOUT	0x4
+#define WORKER_WOKE_LATCH		0x1
+#define WORKER_WOKE_READABLE	0x2
+#define WORKER_WOKE_TIMEOUT		0x4
+#define WORKER_WOKE_WRITABLE	0x8
 
-/* Wait for the latch, the watched socket or timeout_ms (-1 = none); handles
- * interrupts and SIGHUP reloads. Returns WORKER_WOKE_* bits. */
+/* Wait for the latch, the watched socket or timeout_ms (-1 = none); resets
+ * the latch, handles interrupts and SIGHUP reloads. Returns WORKER_WOKE_* bits. */
 extern int	WorkerWait(long timeout_ms);
+
+/*
+ * How long a worker loop may sleep: until next_due (0 = none) or the curl
+ * pool's next timer (timer_ms, -1 = none), whichever comes first, and at
+ * most max_ms (its poll interval).
+ */
+extern long WorkerWaitTime(long max_ms, long timer_ms, TimestampTz next_due);
+
+/* The earlier of two instants, 0 meaning none. */
+static inline TimestampTz
+WorkerEarlier(TimestampTz a, TimestampTz b)
+{
+	if (a == 0)
+		return b;
+	if (b == 0)
+		return a;
+	return Min(a, b);
+}
 
 /* True once SIGTERM arrived: stop claiming, finish, release, exit. */
 extern bool WorkerStopping(void);

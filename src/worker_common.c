@@ -73,6 +73,7 @@ static bool wake_dispatch_pending = false;
 static bool wake_webhooks_pending = false;
 
 
+/* shmem_request_hook: room for the slots. */
 static void
 workers_shmem_request(void)
 {
@@ -81,6 +82,7 @@ workers_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkersShared)));
 }
 
+/* shmem_startup_hook: the slots, empty, and this server's start time. */
 static void
 workers_shmem_startup(void)
 {
@@ -165,12 +167,14 @@ WorkersInit(void)
 		ereport(ERROR, (errmsg("could not initialise libcurl")));
 }
 
+/* When this server's shared memory was set up (0 without it). */
 TimestampTz
 WorkersBootTime(void)
 {
 	return workers_shared ? workers_shared->boot_time : 0;
 }
 
+/* SIGTERM: note it and wake the loop, nothing else. */
 static void
 handle_sigterm(SIGNAL_ARGS)
 {
@@ -181,6 +185,7 @@ handle_sigterm(SIGNAL_ARGS)
 	errno = save_errno;
 }
 
+/* At exit: free this worker's slot (its counters stay for worker_stats). */
 static void
 release_slot(int code, Datum arg)
 {
@@ -196,6 +201,20 @@ release_slot(int code, Datum arg)
 	MyWorkerSlot = NULL;
 }
 
+/* A fresh wait set: the latch and postmaster death, no socket. */
+static void
+build_wait_set(void)
+{
+	if (wait_set != NULL)
+		FreeWaitEventSet(wait_set);
+	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	wait_socket = PGINVALID_SOCKET;
+	wait_socket_pos = -1;
+}
+
+/* Become worker index of kind (see worker.h). */
 void
 WorkerAttach(WorkerKind kind, int index, const char *name)
 {
@@ -246,26 +265,36 @@ WorkerAttach(WorkerKind kind, int index, const char *name)
 	BackgroundWorkerInitializeConnection(worker_database, NULL, 0);
 	pgstat_report_appname(name);
 
-	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
-	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	build_wait_set();
 }
 
+/* Watch sock for events from now on, instead of any other socket (see worker.h). */
 void
-WorkerWatchSocket(pgsocket sock)
+WorkerWatchSocket(pgsocket sock, int events)
 {
-	if (wait_socket_pos >= 0)
-		elog(ERROR, "an envoisms worker watches one socket at most");
-	wait_socket = sock;
-	wait_socket_pos = AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, sock, NULL, NULL);
+	if (sock != PGINVALID_SOCKET && sock == wait_socket)
+	{
+		ModifyWaitEvent(wait_set, wait_socket_pos, events, NULL);
+		return;
+	}
+	/* a wait set cannot drop an event: start a new one */
+	if (wait_socket != PGINVALID_SOCKET)
+		build_wait_set();
+	if (sock != PGINVALID_SOCKET)
+	{
+		wait_socket = sock;
+		wait_socket_pos = AddWaitEventToSet(wait_set, events, sock, NULL, NULL);
+	}
 }
 
+/* True once SIGTERM arrived. */
 bool
 WorkerStopping(void)
 {
 	return got_sigterm;
 }
 
+/* One wait on the latch, the watched socket and a timeout (see worker.h). */
 int
 WorkerWait(long timeout_ms)
 {
@@ -284,7 +313,9 @@ WorkerWait(long timeout_ms)
 			woke |= WORKER_WOKE_LATCH;
 		}
 		if (events[i].events & WL_SOCKET_READABLE)
-			woke |= WORKER_WOKE_SOCKET;
+			woke |= WORKER_WOKE_READABLE;
+		if (events[i].events & WL_SOCKET_WRITEABLE)
+			woke |= WORKER_WOKE_WRITABLE;
 	}
 	CHECK_FOR_INTERRUPTS();
 	if (ConfigReloadPending)
@@ -295,6 +326,7 @@ WorkerWait(long timeout_ms)
 	return woke;
 }
 
+/* Keep a formatted error as this worker's last_error. */
 void
 WorkerNoteError(const char *fmt,...)
 {
@@ -312,6 +344,7 @@ WorkerNoteError(const char *fmt,...)
 	SpinLockRelease(&MyWorkerSlot->mutex);
 }
 
+/* Run fn(arg) in a short transaction of its own (see worker.h). */
 bool
 WorkerRunTransaction(const char *activity, void (*fn) (void *arg), void *arg)
 {
@@ -356,6 +389,7 @@ WorkerRunTransaction(const char *activity, void (*fn) (void *arg), void *arg)
 	return ok;
 }
 
+/* Whether CREATE EXTENSION envoisms ran in this database (*arg). */
 static void
 check_extension(void *arg)
 {
@@ -366,6 +400,7 @@ check_extension(void *arg)
 		SPI_processed == 1;
 }
 
+/* Return once the extension exists; exit on SIGTERM meanwhile. */
 void
 WorkerAwaitExtension(void)
 {
@@ -388,6 +423,7 @@ WorkerAwaitExtension(void)
 	}
 }
 
+/* Set the latch of every running worker of a kind. */
 void
 WakeWorkers(WorkerKind kind)
 {
@@ -407,6 +443,7 @@ WakeWorkers(WorkerKind kind)
 	}
 }
 
+/* Milliseconds from now to t (0 when past), -1 when t is 0. */
 long
 WorkerMsUntil(TimestampTz t)
 {
@@ -420,6 +457,21 @@ WorkerMsUntil(TimestampTz t)
 	return (long) Min((t - now + 999) / 1000, (TimestampTz) LONG_MAX);
 }
 
+/* How long a worker loop may sleep (see worker.h). */
+long
+WorkerWaitTime(long max_ms, long timer_ms, TimestampTz next_due)
+{
+	long		timeout = max_ms;
+	long		due_ms = WorkerMsUntil(next_due);
+
+	if (timer_ms >= 0 && timer_ms < timeout)
+		timeout = timer_ms;
+	if (due_ms >= 0 && due_ms < timeout)
+		timeout = due_ms;
+	return timeout;
+}
+
+/* ms, give or take 20 %. */
 long
 WorkerJitter(long ms)
 {
@@ -430,6 +482,7 @@ WorkerJitter(long ms)
 
 /* ---- commit wake (SQL-callable) */
 
+/* At commit, wake the workers this transaction asked for; at abort, forget. */
 static void
 wake_xact_callback(XactEvent event, void *arg)
 {
@@ -456,6 +509,7 @@ wake_xact_callback(XactEvent event, void *arg)
 	}
 }
 
+/* Register wake_xact_callback once per backend. */
 static inline void
 register_wake_callback(void)
 {

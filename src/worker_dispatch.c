@@ -207,16 +207,14 @@ record_result(const DispatchItem *item, const CarrierOps *carrier, const Carrier
 			{
 				TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sandbox_delivery_delay_ms);
 
-				if (sandbox_next_at == 0 || due < sandbox_next_at)
-					sandbox_next_at = due;
+				sandbox_next_at = WorkerEarlier(sandbox_next_at, due);
 			}
 			break;
 		case CARRIER_RETRY:
 			{
 				TimestampTz at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(delay_ms, 0L));
 
-				if (soonest_retry == 0 || at < soonest_retry)
-					soonest_retry = at;
+				soonest_retry = WorkerEarlier(soonest_retry, at);
 			}
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->retried, 1);
 			WorkerNoteError("%s via %s: %s", item->message_id, item->carrier_id,
@@ -480,12 +478,7 @@ shutdown_dispatcher(void)
 
 	while (in_flight_count > 0 && GetCurrentTimestamp() < deadline)
 	{
-		long		timeout = WorkerMsUntil(deadline);
-		long		curl_timeout = HttpPoolTimeout(pool);
-
-		if (curl_timeout >= 0 && curl_timeout < timeout)
-			timeout = curl_timeout;
-		WorkerWait(timeout);
+		WorkerWait(WorkerWaitTime(WorkerMsUntil(deadline), HttpPoolTimeout(pool), 0));
 		finish_transfers();
 	}
 	dlist_foreach_modify(iter, &in_flight)
@@ -523,7 +516,7 @@ envoisms_dispatch_main(Datum main_arg)
 	outcome_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms dispatch outcomes", ALLOCSET_DEFAULT_SIZES);
 	connections = carrier_max_connections;
 	pool = HttpPoolCreate(connections, connections * 4L);
-	WorkerWatchSocket(HttpPoolSocket(pool));
+	WorkerWatchSocket(HttpPoolSocket(pool), WL_SOCKET_READABLE);
 
 	WorkerRunTransaction("releasing leases of the previous run", reclaim_txn, NULL);
 	sandbox_next_at = GetCurrentTimestamp();
@@ -586,8 +579,7 @@ envoisms_dispatch_main(Datum main_arg)
 		flush_outcomes();
 		HttpPoolPerform(pool);
 		/* a retry recorded just now is due before anything the claim saw */
-		if (soonest_retry != 0 && (next_claim_at == 0 || soonest_retry < next_claim_at))
-			next_claim_at = soonest_retry;
+		next_claim_at = WorkerEarlier(next_claim_at, soonest_retry);
 		soonest_retry = 0;
 
 		if (sandbox_next_at != 0 && GetCurrentTimestamp() >= sandbox_next_at)
@@ -603,20 +595,8 @@ envoisms_dispatch_main(Datum main_arg)
 		if (claim_wanted && dispatch_max_in_flight - in_flight_count > 0)
 			timeout = 0;
 		else
-		{
-			long		t;
-
-			timeout = dispatch_poll_ms;
-			t = HttpPoolTimeout(pool);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-			t = WorkerMsUntil(next_claim_at);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-			t = WorkerMsUntil(sandbox_next_at);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-		}
+			timeout = WorkerWaitTime(dispatch_poll_ms, HttpPoolTimeout(pool),
+									 WorkerEarlier(next_claim_at, sandbox_next_at));
 		woke = WorkerWait(timeout);
 		if (woke & WORKER_WOKE_LATCH)
 			claim_wanted = true;

@@ -473,8 +473,7 @@ finish_item(WebhookItem *item, HttpTransfer *t)
 		{
 			TimestampTz at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 
-			if (soonest_retry == 0 || at < soonest_retry)
-				soonest_retry = at;
+			soonest_retry = WorkerEarlier(soonest_retry, at);
 		}
 		WorkerNoteError("%s to %s: %s", item->event_id, item->url, error);
 		if (delay < 0)
@@ -577,12 +576,7 @@ shutdown_webhooks(void)
 
 	while (in_flight_count > 0 && GetCurrentTimestamp() < deadline)
 	{
-		long		timeout = WorkerMsUntil(deadline);
-		long		t = HttpPoolTimeout(pool);
-
-		if (t >= 0 && t < timeout)
-			timeout = t;
-		WorkerWait(timeout);
+		WorkerWait(WorkerWaitTime(WorkerMsUntil(deadline), HttpPoolTimeout(pool), 0));
 		finish_transfers();
 	}
 	flush_outcomes();
@@ -619,7 +613,7 @@ envoisms_webhooks_main(Datum main_arg)
 		MemoryContextSwitchTo(old);
 	}
 	pool = HttpPoolCreate(0, 1024);
-	WorkerWatchSocket(HttpPoolSocket(pool));
+	WorkerWatchSocket(HttpPoolSocket(pool), WL_SOCKET_READABLE);
 	WorkerRunTransaction("releasing webhook leases of the previous run", reclaim_txn, NULL);
 
 	while (!WorkerStopping())
@@ -676,10 +670,9 @@ envoisms_webhooks_main(Datum main_arg)
 			(outcome_count > 0 && TimestampDifferenceExceeds(first_outcome_at, GetCurrentTimestamp(), WORKER_PACE_MS)))
 			flush_outcomes();
 		/* a retry recorded is due before anything the last claim saw */
-		if (outcome_count == 0 && soonest_retry != 0)
+		if (outcome_count == 0)
 		{
-			if (next_claim_at == 0 || soonest_retry < next_claim_at)
-				next_claim_at = soonest_retry;
+			next_claim_at = WorkerEarlier(next_claim_at, soonest_retry);
 			soonest_retry = 0;
 		}
 		MemoryContextReset(pass_cxt);
@@ -687,17 +680,7 @@ envoisms_webhooks_main(Datum main_arg)
 		if (claim_wanted && webhook_max_in_flight - in_flight_count > 0)
 			timeout = 0;
 		else
-		{
-			long		t;
-
-			timeout = webhook_poll_ms;
-			t = HttpPoolTimeout(pool);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-			t = WorkerMsUntil(next_claim_at);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-		}
+			timeout = WorkerWaitTime(webhook_poll_ms, HttpPoolTimeout(pool), next_claim_at);
 		if (claim_wanted && timeout == 0)
 			timeout = WorkerMsUntil(TimestampTzPlusMilliseconds(last_claim_at, WORKER_PACE_MS));
 		if (outcome_count > 0)
