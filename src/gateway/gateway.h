@@ -147,6 +147,7 @@ extern void PoolCallPrecheck(const char *method, const char *path,
 /* SELECT 1 through the pool; true when the database answered. */
 extern bool PoolHealthCheck(void);
 
+/* Connections the pool may hold, serving a request now, and open now. */
 extern void PoolStats(int *size, int *in_use, int *connected);
 
 /* ---- dbwork.c */
@@ -190,8 +191,18 @@ extern void MetricsObserve(const char *method, const char *route, int status,
 extern void MetricsDbError(const char *kind);
 extern void MetricsConnected(void);
 extern void MetricsConnections(int delta);
-/* Prometheus text exposition (malloc'd). */
-extern char *MetricsRender(size_t *len);
+
+/* The gauges /metrics shows that others keep: the caller reads them. */
+typedef struct MetricsGauges
+{
+	int			pool_size;		/* PoolStats */
+	int			pool_in_use;
+	int			pool_connected;
+	int			requests_in_flight; /* HttpInFlight */
+} MetricsGauges;
+
+/* Prometheus text exposition of what was counted and of gauges (malloc'd). */
+extern char *MetricsRender(const MetricsGauges *gauges, size_t *len);
 
 /* ---- conntrack.c */
 

@@ -485,10 +485,14 @@ Dispatch(Request *req, struct MHD_Connection *connection)
 	}
 	if (get && strcmp(path, "/metrics") == 0)
 	{
+		MetricsGauges gauges;
 		size_t		len;
-		char	   *text = MetricsRender(&len);
+		char	   *text;
 		enum MHD_Result ret;
 
+		PoolStats(&gauges.pool_size, &gauges.pool_in_use, &gauges.pool_connected);
+		gauges.requests_in_flight = HttpInFlight();
+		text = MetricsRender(&gauges, &len);
 		if (text == NULL)
 			return MHD_NO;
 		ret = Respond(req, connection, 200, text, len, "text/plain; version=0.0.4", NULL, false);

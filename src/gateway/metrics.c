@@ -12,6 +12,10 @@
  * id. Unknown shapes collapse to "other", so label cardinality is bounded
  * whatever clients send. One mutex guards the table; it is taken once per
  * request, for a few hundred nanoseconds, next to a database round trip.
+ *
+ * A leaf: it calls no other part of the gateway. What others keep (the
+ * pool's connections, the requests in flight) is read by the caller and
+ * handed to MetricsRender as MetricsGauges.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -242,17 +246,13 @@ Printf(StrBuf *sb, const char *fmt,...)
 	return StrBufAppend(sb, buf, (size_t) n < sizeof(buf) ? (size_t) n : sizeof(buf) - 1);
 }
 
-/* The Prometheus text exposition of everything counted. */
+/* The Prometheus text exposition of everything counted, and of the caller's gauges. */
 char *
-MetricsRender(size_t *len)
+MetricsRender(const MetricsGauges *gauges, size_t *len)
 {
 	StrBuf		sb = {0};
 	bool		ok = true;
-	int			size,
-				in_use,
-				connected;
 
-	PoolStats(&size, &in_use, &connected);
 	pthread_mutex_lock(&lock);
 	ok &= Printf(&sb, "# HELP envoisms_gateway_requests_total HTTP requests answered, by route template and status.\n"
 				 "# TYPE envoisms_gateway_requests_total counter\n");
@@ -290,7 +290,7 @@ MetricsRender(size_t *len)
 				 "# HELP envoisms_gateway_pool_connected Database connections open now.\n"
 				 "# TYPE envoisms_gateway_pool_connected gauge\n"
 				 "envoisms_gateway_pool_connected %d\n",
-				 db_connects, size, in_use, connected);
+				 db_connects, gauges->pool_size, gauges->pool_in_use, gauges->pool_connected);
 	ok &= Printf(&sb, "# HELP envoisms_gateway_connections_open HTTP connections open now.\n"
 				 "# TYPE envoisms_gateway_connections_open gauge\n"
 				 "envoisms_gateway_connections_open %d\n"
@@ -300,7 +300,7 @@ MetricsRender(size_t *len)
 				 "# HELP envoisms_gateway_series_dropped_total Observations not counted because the series table was full.\n"
 				 "# TYPE envoisms_gateway_series_dropped_total counter\n"
 				 "envoisms_gateway_series_dropped_total %llu\n",
-				 connections_open, HttpInFlight(), dropped_series);
+				 connections_open, gauges->requests_in_flight, dropped_series);
 	pthread_mutex_unlock(&lock);
 	if (!ok)
 	{
