@@ -9,22 +9,8 @@
  * timers. Woken on commit by envoisms.wake_webhooks() (webhook_enqueue).
  *
  * Each POST carries the exact payload queued with the event (same event id
- * and bytes on every retry) and these headers, signed at send time:
- *   X-EnvoiSMS.ma-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
- *       the contract's scheme; the key is the whole secret string as shown
- *       to the customer ("whsec_…"), as the contract's Node snippet uses it;
- *       a webhook whose signature_format is "timestamped" gets instead
- *       t=<unix>,v1=<hex HMAC-SHA256(secret, "<unix>.<raw body>")>, the
- *       official SDKs' other form (they check t within 300 s);
- *   X-EnvoiSMS-Signature: the same value, under the name the official SDKs
- *       and receivers written from their READMEs read (a header name with a
- *       dot is dropped by nginx and others by default);
- *   X-EnvoiSMS.ma-Timestamp: <unix seconds> (replay protection);
- *   webhook-id: <event id>, webhook-timestamp: <unix seconds>,
- *   webhook-signature: v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>
- *       Standard Webhooks; as that specification says, the key is the
- *       base64-decoded part after "whsec_" when it decodes, else the raw
- *       secret bytes.
+ * and bytes on every retry), signed at send time (webhook_signature.c has
+ * the headers and their schemes).
  * Success is a 2xx; redirects are not followed (a 3xx is a failure); the
  * address connected to passes the SSRF guard (worker_ssrf.c), whose
  * refusal is final for that delivery. Failures retry on
@@ -34,7 +20,6 @@
  */
 #include "worker.h"
 
-#include "common/base64.h"
 #include "executor/spi.h"
 #include "lib/ilist.h"
 #include "postmaster/bgworker.h"
@@ -44,10 +29,10 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "crypto.h"
 #include "http_pool.h"
 #include "json_text.h"
 #include "ssrf.h"
+#include "webhook_signature.h"
 
 PGDLLEXPORT void envoisms_webhooks_main(Datum main_arg);
 
@@ -237,6 +222,7 @@ WebhooksInit(void)
 	WorkersRegister("envoisms webhooks", "envoisms_webhooks_main", webhook_workers);
 }
 
+/* Count a request more (delta 1) or less (-1) in flight to an endpoint. */
 static void
 endpoint_adjust(const char *key, int delta)
 {
@@ -252,6 +238,7 @@ endpoint_adjust(const char *key, int delta)
 		hash_search(endpoints, key, HASH_REMOVE, NULL);
 }
 
+/* The endpoints at their cap, as webhook_claim's JSON object {endpoint: in flight}. */
 static char *
 busy_json(void)
 {
@@ -275,6 +262,7 @@ busy_json(void)
 	return buf.data;
 }
 
+/* Copy a claimed delivery into items_cxt. */
 static WebhookItem *
 item_from_row(HeapTuple row, TupleDesc desc)
 {
@@ -299,6 +287,7 @@ item_from_row(HeapTuple row, TupleDesc desc)
 	return item;
 }
 
+/* Claim due deliveries into res (a transaction), and when fewer came, when the next falls due. */
 static void
 claim_txn(void *arg)
 {
@@ -338,79 +327,29 @@ claim_txn(void *arg)
 	}
 }
 
-/* The Standard Webhooks key of a secret (see the file comment). */
-static int
-standard_key(const char *secret, char *out, int outlen)
-{
-	if (strncmp(secret, "whsec_", 6) == 0)
-	{
-		const char *b64 = secret + 6;
-		int			len = strlen(b64);
-
-		if (len > 0 && pg_b64_dec_len(len) <= outlen)
-		{
-			int			n = pg_b64_decode(b64, len, out, outlen);
-
-			if (n > 0)
-				return n;
-		}
-	}
-	{
-		int			len = Min((int) strlen(secret), outlen);
-
-		memcpy(out, secret, len);
-		return len;
-	}
-}
-
+/* Sign a delivery (webhook_signature.c) and start its POST in the pool. */
 static void
 start_item(WebhookItem *item)
 {
 	HttpTransfer *t = HttpTransferNew(item, true);
 	size_t		body_len = strlen(item->payload);
-	char		hex[65];
-	unsigned char mac[32];
-	char		b64[64];
-	char		key[512];
-	int			keylen;
 	long		ts = (long) time(NULL);
-	StringInfoData signed_content;
-	int			b64len;
-	char	   *signature;
+	WebhookSignature sig;
 
-	if (item->timestamped)
-	{
-		char	   *content = psprintf("%ld.%s", ts, item->payload);
-
-		EnvoismsHmacSha256Hex(item->secret, strlen(item->secret), content, strlen(content), hex);
-		signature = psprintf("t=%ld,v1=%s", ts, hex);
-		pfree(content);
-	}
-	else
-	{
-		EnvoismsHmacSha256Hex(item->secret, strlen(item->secret), item->payload, body_len, hex);
-		signature = psprintf("sha256=%s", hex);
-	}
-	keylen = standard_key(item->secret, key, sizeof(key));
-	initStringInfo(&signed_content);
-	appendStringInfo(&signed_content, "%s.%ld.", item->event_id, ts);
-	appendBinaryStringInfo(&signed_content, item->payload, body_len);
-	EnvoismsHmacSha256(key, keylen, signed_content.data, signed_content.len, mac);
-	b64len = pg_b64_encode((const char *) mac, 32, b64, sizeof(b64) - 1);
-	b64[Max(b64len, 0)] = '\0';
+	WebhookSign(item->secret, item->timestamped, item->event_id, item->payload, body_len, ts, &sig);
 
 	curl_easy_setopt(t->easy, CURLOPT_URL, item->url);
 	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) webhook_timeout_ms);
 	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(webhook_timeout_ms, 5000));
 	HttpTransferAddHeader(t, "Content-Type: application/json");
 	HttpTransferAddHeader(t, "User-Agent: EnvoiSMS.ma-Webhooks/1.0");
-	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Signature: %s", signature));
-	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS-Signature: %s", signature));
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Signature: %s", sig.contract));
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS-Signature: %s", sig.contract));
 	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Timestamp: %ld", ts));
 	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Event: %s", item->event_id));
 	HttpTransferAddHeader(t, psprintf("webhook-id: %s", item->event_id));
 	HttpTransferAddHeader(t, psprintf("webhook-timestamp: %ld", ts));
-	HttpTransferAddHeader(t, psprintf("webhook-signature: v1,%s", b64));
+	HttpTransferAddHeader(t, psprintf("webhook-signature: v1,%s", sig.standard));
 	HttpTransferAddHeader(t, "Expect:");
 	HttpTransferSetBody(t, item->payload, body_len);
 	item->transfer = t;
@@ -420,6 +359,7 @@ start_item(WebhookItem *item)
 	endpoint_adjust(item->endpoint, 1);
 }
 
+/* Add a delivery's outcome to the batch (status, error, retry delay; -1 = final). */
 static void
 add_outcome(WebhookItem *item, long status, const char *error, long retry_ms)
 {
@@ -453,6 +393,7 @@ retry_delay(int attempts)
 	return WorkerJitter((long) (webhook_schedule_ms[attempts] * webhook_retry_scale));
 }
 
+/* Turn a finished POST into its outcome and count it. */
 static void
 finish_item(WebhookItem *item, HttpTransfer *t)
 {
@@ -483,6 +424,7 @@ finish_item(WebhookItem *item, HttpTransfer *t)
 	}
 }
 
+/* Forget a finished delivery and free what it held. */
 static void
 free_item(WebhookItem *item)
 {
@@ -519,6 +461,7 @@ finish_transfers(void)
 	return n;
 }
 
+/* Apply a JSON array of outcomes with envoisms.webhook_record (a transaction). */
 static void
 record_txn(void *arg)
 {
@@ -533,6 +476,7 @@ record_txn(void *arg)
 		elog(ERROR, "webhook_record failed");
 }
 
+/* Record the batch of outcomes, if any, in one transaction. */
 static void
 flush_outcomes(void)
 {
@@ -544,6 +488,7 @@ flush_outcomes(void)
 	outcome_count = 0;
 }
 
+/* Give back the leases of the deliveries still in flight (at shutdown). */
 static void
 release_txn(void *arg)
 {
@@ -559,6 +504,7 @@ release_txn(void *arg)
 	}
 }
 
+/* Release the leases taken before this server started (workers lost in a crash). */
 static void
 reclaim_txn(void *arg)
 {
@@ -568,6 +514,7 @@ reclaim_txn(void *arg)
 	SPI_execute(sql, false, 1);
 }
 
+/* SIGTERM: let requests finish for the grace period, record, release the rest. */
 static void
 shutdown_webhooks(void)
 {
@@ -586,6 +533,7 @@ shutdown_webhooks(void)
 	ereport(LOG, (errmsg("%s: stopping; %d unfinished leases released", MyWorkerSlot->name, released)));
 }
 
+/* The webhook worker's entry point: claim, POST, record, wait, until SIGTERM. */
 void
 envoisms_webhooks_main(Datum main_arg)
 {
