@@ -1,15 +1,16 @@
 /*
  * worker.h — what every background worker of envoisms shares (worker_common.c):
- * the GUCs, the shared-memory slots (counters shown by envoisms.worker_stats
- * and the latches that commits set), and the attach / wait / transaction
- * helpers. The curl pool is in http_pool.h, the address guard in ssrf.h,
- * the dispatcher's carriers in carrier.h.
+ * the settings they all read, their registration, the shared-memory slots
+ * (counters shown by envoisms.worker_stats and the latches that commits
+ * set), and the attach / wait / transaction helpers. The curl pool is in
+ * http_pool.h, the address guard in ssrf.h, the dispatcher's carriers in
+ * carrier.h.
  *
- * A worker's life: WorkerAttach() (signals, database connection, slot),
- * WorkerAwaitExtension(), then a loop of WorkerRunTransaction() for the
- * short claim / outcome transactions and WorkerWait() in between (latch,
- * the curl pool's epoll descriptor, a timeout, postmaster death). A worker
- * never holds a transaction across network I/O.
+ * A worker's life: WorkerAttach() (signals, database connection, slot, wait
+ * set), WorkerAwaitExtension(), then a loop of WorkerRunTransaction() for
+ * the short claim / outcome transactions and one WorkerWait() in between
+ * (latch, the one socket it watches, a timeout from WorkerWaitTime(),
+ * postmaster death). A worker never holds a transaction across network I/O.
  */
 #ifndef ENVOISMS_WORKER_H
 #define ENVOISMS_WORKER_H
