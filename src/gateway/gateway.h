@@ -184,8 +184,7 @@ extern void DbWorkStop(void);
 
 /* ---- metrics.c */
 
-/* Maps a path to a route template without the database ("/v1/messages/:id"). */
-extern void RouteTemplate(const char *path, char *out, size_t outlen);
+/* Counts a finished request under its method, route label and status. */
 extern void MetricsObserve(const char *method, const char *route, int status,
 						   double seconds);
 extern void MetricsDbError(const char *kind);
@@ -261,16 +260,27 @@ extern bool HeadFieldsRefused(struct MHD_Connection *connection, const char *ver
 /* ---- response.c */
 
 /*
+ * What SQL's reply headers tell the gateway alone: taken out of the
+ * response, never sent. A field stays as it was when its header is absent.
+ */
+typedef struct ReplyNotes
+{
+	char		key_id[64];		/* X-Envoisms-Key-Id: the key, for the access log */
+	char		route[96];		/* X-Envoisms-Route: the route template envoisms.api()
+								 * matched, the label of metrics and access log */
+} ReplyNotes;
+
+/*
  * Queues a response: body (len bytes, copied), content type, CORS headers,
  * "Connection: close" when close, and the headers of SQL's JSON object
- * sql_headers (or NULL); X-Envoisms-Key-Id is copied to key_id instead
- * of being sent.
+ * sql_headers (or NULL), except those meant for the gateway, which go to
+ * *notes instead.
  */
 extern enum MHD_Result ResponseQueue(struct MHD_Connection *connection, int status,
 									 const char *body, size_t len,
 									 const char *content_type,
 									 const char *sql_headers, bool close,
-									 char *key_id, size_t key_id_len);
+									 ReplyNotes *notes);
 /* The answer to a CORS preflight (OPTIONS): 204 with the allowed methods. */
 extern enum MHD_Result ResponseQueuePreflight(struct MHD_Connection *connection);
 /*
