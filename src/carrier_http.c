@@ -17,19 +17,20 @@
  * message's validity ends); any other 4xx is a permanent rejection
  * (failed, refunded), with the reply's "error"/"message" as the reason.
  */
-#include "worker.h"
+#include "carrier.h"
 
 #include "utils/memutils.h"
 
+/* Append ,"key": and a JSON text as it is (null when NULL). */
 static void
 append_raw_json(StringInfo buf, const char *key, const char *json)
 {
 	appendStringInfo(buf, ",\"%s\":%s", key, json ? json : "null");
 }
 
-/* Build the submit request of a message, or record its outcome and return NULL. */
-HttpTransfer *
-HttpCarrierPrepare(DispatchItem *item)
+/* The submit request of a message; NULL (retried later) without config.url. */
+static HttpTransfer *
+http_prepare(const DispatchItem *item, CarrierResult *result)
 {
 	char	   *url = JsonGetPath(item->config, strlen(item->config), "url");
 	char	   *token = JsonGetPath(item->config, strlen(item->config), "token");
@@ -38,8 +39,8 @@ HttpCarrierPrepare(DispatchItem *item)
 
 	if (url == NULL)
 	{
-		DispatchOutcome(item, DISPATCH_RETRY, NULL, "CARRIER_MISCONFIGURED",
-						psprintf("carrier %s has no config.url", item->carrier_id), DispatchBackoff(item->attempts));
+		CarrierRetryBackoff(result, "CARRIER_MISCONFIGURED",
+							psprintf("carrier %s has no config.url", item->carrier_id), 0);
 		return NULL;
 	}
 	initStringInfo(&body);
@@ -73,41 +74,16 @@ HttpCarrierPrepare(DispatchItem *item)
 	return t;
 }
 
-void
-CarrierClassifyFailure(DispatchItem *item, HttpTransfer *t, const char *code, const char *message)
-{
-	long		status = t->http_status;
-	long		delay = DispatchBackoff(item->attempts);
-
-	if (t->result != CURLE_OK)
-	{
-		DispatchOutcome(item, DISPATCH_RETRY, NULL,
-						t->result == CURLE_OPERATION_TIMEDOUT ? "CARRIER_TIMEOUT" : "CARRIER_UNREACHABLE",
-						HttpTransferError(t), delay);
-		return;
-	}
-	if (status == 408 || status == 429 || status >= 500 || (status >= 300 && status < 400) || status < 200)
-	{
-		if (t->retry_after_s > 0)
-			delay = Max(delay, Min(t->retry_after_s, 3600L) * 1000L);
-		DispatchOutcome(item, DISPATCH_RETRY, NULL, code ? code : psprintf("CARRIER_HTTP_%ld", status),
-						message ? message : psprintf("carrier answered HTTP %ld", status), delay);
-		return;
-	}
-	DispatchOutcome(item, DISPATCH_FAILED, NULL, code ? code : "CARRIER_REJECTED",
-					message ? message : psprintf("carrier rejected the message (HTTP %ld)", status), 0);
-}
-
-/* Turn the carrier's answer into the message's outcome. */
-void
-HttpCarrierFinish(DispatchItem *item, HttpTransfer *t)
+/* The carrier's answer: sent with its id, or the failure it describes. */
+static void
+http_finish(const DispatchItem *item, const HttpTransfer *t, CarrierResult *result)
 {
 	if (t->result == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
 	{
 		char	   *id_field = JsonGetPath(item->config, strlen(item->config), "id_field");
 		char	   *ref = JsonGetPath(t->response, t->response_len, id_field ? id_field : "id");
 
-		DispatchOutcome(item, DISPATCH_SENT, ref ? ref : item->message_id, NULL, NULL, 0);
+		CarrierSent(result, ref ? ref : item->message_id);
 		return;
 	}
 	if (t->result == CURLE_OK)
@@ -119,9 +95,16 @@ HttpCarrierFinish(DispatchItem *item, HttpTransfer *t)
 			message = JsonGetPath(t->response, t->response_len, "message");
 		if (message == NULL)
 			message = JsonGetPath(t->response, t->response_len, "error");
-		CarrierClassifyFailure(item, t, code ? psprintf("CARRIER_%s", code) : NULL,
-							   message ? psprintf("HTTP %ld: %s", t->http_status, message) : NULL);
+		CarrierClassifyFailure(t, code ? psprintf("CARRIER_%s", code) : NULL,
+							   message ? psprintf("HTTP %ld: %s", t->http_status, message) : NULL, result);
 		return;
 	}
-	CarrierClassifyFailure(item, t, NULL, NULL);
+	CarrierClassifyFailure(t, NULL, NULL, result);
 }
+
+const CarrierOps HttpCarrier = {
+	.kind = "http",
+	.prepare = http_prepare,
+	.finish = http_finish,
+	.reports_from_dispatcher = false,
+};

@@ -9,26 +9,25 @@
  * fails, +212600000002 expires, +212600000003 is rejected at submit,
  * +212600000004 fails transiently once and is retried after 1 s.
  */
-#include "worker.h"
+#include "carrier.h"
 
-/* Submit one message to the sandbox: record its outcome. */
-void
-SandboxSubmit(DispatchItem *item)
+/* Decide a sandbox message at once: it never needs a transfer. */
+static HttpTransfer *
+sandbox_prepare(const DispatchItem *item, CarrierResult *result)
 {
-	char		ref[128];
-
 	if (strcmp(item->to_number, "+212600000003") == 0)
-	{
-		DispatchOutcome(item, DISPATCH_FAILED, NULL, "SANDBOX_REJECTED",
-						"sandbox magic number: the carrier rejected the number", 0);
-		return;
-	}
-	if (strcmp(item->to_number, "+212600000004") == 0 && item->attempts <= 1)
-	{
-		DispatchOutcome(item, DISPATCH_RETRY, NULL, "SANDBOX_UNAVAILABLE",
-						"sandbox magic number: the carrier was unavailable, retrying", 1000);
-		return;
-	}
-	snprintf(ref, sizeof(ref), "sbx_%s", item->message_id);
-	DispatchOutcome(item, DISPATCH_SENT, ref, NULL, NULL, 0);
+		CarrierFailed(result, "SANDBOX_REJECTED", "sandbox magic number: the carrier rejected the number");
+	else if (strcmp(item->to_number, "+212600000004") == 0 && item->attempts <= 1)
+		CarrierRetryAfter(result, "SANDBOX_UNAVAILABLE",
+						  "sandbox magic number: the carrier was unavailable, retrying", 1000);
+	else
+		CarrierSent(result, psprintf("sbx_%s", item->message_id));
+	return NULL;
 }
+
+const CarrierOps SandboxCarrier = {
+	.kind = "sandbox",
+	.prepare = sandbox_prepare,
+	.finish = NULL,
+	.reports_from_dispatcher = true,
+};

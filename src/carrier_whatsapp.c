@@ -32,10 +32,11 @@
  * any other 4xx is permanent — and a cascade message then goes on as SMS.
  * Meta's codes are recorded as WHATSAPP_<code>, as status callbacks are.
  */
-#include "worker.h"
+#include "carrier.h"
 
 #include "utils/memutils.h"
 
+/* Whether a Meta error code means "try again later". */
 static bool
 meta_transient(const char *code)
 {
@@ -49,8 +50,9 @@ meta_transient(const char *code)
 	return false;
 }
 
+/* A value of the carrier's config, else fallback. */
 static char *
-cfg(DispatchItem *item, const char *key, const char *fallback)
+cfg(const DispatchItem *item, const char *key, const char *fallback)
 {
 	char	   *v = JsonGetPath(item->config, strlen(item->config), key);
 
@@ -64,7 +66,7 @@ cfg(DispatchItem *item, const char *key, const char *fallback)
  * own metadata cannot turn it into a template.
  */
 static void
-append_template(DispatchItem *item, StringInfo b, const char *name)
+append_template(const DispatchItem *item, StringInfo b, const char *name)
 {
 	const char *config = item->config;
 	size_t		clen = strlen(config);
@@ -95,7 +97,7 @@ append_template(DispatchItem *item, StringInfo b, const char *name)
 
 /* The JSON body of a message for the Cloud API. */
 static void
-build_body(DispatchItem *item, StringInfo b)
+build_body(const DispatchItem *item, StringInfo b)
 {
 	const char *buttons = item->buttons;
 	size_t		blen = buttons ? strlen(buttons) : 0;
@@ -158,9 +160,9 @@ build_body(DispatchItem *item, StringInfo b)
 	appendStringInfoChar(b, '}');
 }
 
-/* Build the Cloud API request of a message, or record its outcome and return NULL. */
-HttpTransfer *
-WhatsappPrepare(DispatchItem *item)
+/* The Cloud API request of a message; NULL (retried) without phone_number_id or token. */
+static HttpTransfer *
+whatsapp_prepare(const DispatchItem *item, CarrierResult *result)
 {
 	char	   *phone_id = cfg(item, "phone_number_id", NULL);
 	char	   *token = cfg(item, "token", NULL);
@@ -169,9 +171,9 @@ WhatsappPrepare(DispatchItem *item)
 
 	if (phone_id == NULL || token == NULL)
 	{
-		DispatchOutcome(item, DISPATCH_RETRY, NULL, "CARRIER_MISCONFIGURED",
-						psprintf("carrier %s needs config.phone_number_id and config.token", item->carrier_id),
-						DispatchBackoff(item->attempts));
+		CarrierRetryBackoff(result, "CARRIER_MISCONFIGURED",
+							psprintf("carrier %s needs config.phone_number_id and config.token", item->carrier_id),
+							0);
 		return NULL;
 	}
 	initStringInfo(&body);
@@ -188,9 +190,9 @@ WhatsappPrepare(DispatchItem *item)
 	return t;
 }
 
-/* Turn the Cloud API's answer into the message's outcome. */
-void
-WhatsappFinish(DispatchItem *item, HttpTransfer *t)
+/* The Cloud API's answer: sent with its wamid, or the failure Meta describes. */
+static void
+whatsapp_finish(const DispatchItem *item, const HttpTransfer *t, CarrierResult *result)
 {
 	char	   *code;
 	char	   *message;
@@ -200,22 +202,29 @@ WhatsappFinish(DispatchItem *item, HttpTransfer *t)
 		char	   *ref = JsonGetPath(t->response, t->response_len, "messages.0.id");
 
 		if (ref)
-			DispatchOutcome(item, DISPATCH_SENT, ref, NULL, NULL, 0);
+			CarrierSent(result, ref);
 		else
-			DispatchOutcome(item, DISPATCH_RETRY, NULL, "CARRIER_BAD_REPLY",
-							"the WhatsApp Cloud API reply has no messages[0].id", DispatchBackoff(item->attempts));
+			CarrierRetryBackoff(result, "CARRIER_BAD_REPLY",
+								"the WhatsApp Cloud API reply has no messages[0].id", 0);
 		return;
 	}
 	if (t->result != CURLE_OK)
 	{
-		CarrierClassifyFailure(item, t, NULL, NULL);
+		CarrierClassifyFailure(t, NULL, NULL, result);
 		return;
 	}
 	code = JsonGetPath(t->response, t->response_len, "error.code");
 	message = JsonGetPath(t->response, t->response_len, "error.message");
 	if (meta_transient(code))
-		DispatchOutcome(item, DISPATCH_RETRY, NULL, psprintf("WHATSAPP_%s", code),
-						message ? message : "WhatsApp throttled the request", DispatchBackoff(item->attempts));
+		CarrierRetryBackoff(result, psprintf("WHATSAPP_%s", code),
+							message ? message : "WhatsApp throttled the request", 0);
 	else
-		CarrierClassifyFailure(item, t, code ? psprintf("WHATSAPP_%s", code) : NULL, message);
+		CarrierClassifyFailure(t, code ? psprintf("WHATSAPP_%s", code) : NULL, message, result);
 }
+
+const CarrierOps WhatsappCarrier = {
+	.kind = "whatsapp_cloud",
+	.prepare = whatsapp_prepare,
+	.finish = whatsapp_finish,
+	.reports_from_dispatcher = false,
+};

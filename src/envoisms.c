@@ -21,6 +21,9 @@ _PG_init(void)
 
 	RateLimitInit();
 	WorkersInit();
+	DispatchInit();
+	WebhooksInit();
+	SchedulerInit();
 	SmppInit();
 
 	MarkGUCPrefixReserved("envoisms");

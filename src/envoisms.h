@@ -42,6 +42,9 @@ extern void EnvoismsRequirePreload(const char *feature);
 /* Module initialisers, each defining its own GUCs and shared memory. */
 extern void RateLimitInit(void);
 extern void WorkersInit(void);
+extern void DispatchInit(void);
+extern void WebhooksInit(void);
+extern void SchedulerInit(void);
 extern void SmppInit(void);
 
 #endif							/* ENVOISMS_H */

@@ -1,62 +1,35 @@
 /*
  * worker.h — what every background worker of envoisms shares (worker_common.c):
- * the GUCs, the shared-memory slots (counters shown by envoisms.worker_stats
- * and the latches that commits set), the attach / wait / transaction
- * helpers, and the libcurl multi pool (worker_http.c) with the SSRF guard
- * (worker_ssrf.c).
+ * the settings they all read, their registration, the shared-memory slots
+ * (counters shown by envoisms.worker_stats and the latches that commits
+ * set), and the attach / wait / transaction helpers. The curl pool is in
+ * http_pool.h, the address guard in ssrf.h, the dispatcher's carriers in
+ * carrier.h.
  *
- * A worker's life: WorkerAttach() (signals, database connection, slot),
- * WorkerAwaitExtension(), then a loop of WorkerRunTransaction() for the
- * short claim / outcome transactions and WorkerWait() in between (latch,
- * the curl pool's epoll descriptor, a timeout, postmaster death). A worker
- * never holds a transaction across network I/O.
+ * A worker's life: WorkerAttach() (signals, database connection, slot, wait
+ * set), WorkerAwaitExtension(), then a loop of WorkerRunTransaction() for
+ * the short claim / outcome transactions and one WorkerWait() in between
+ * (latch, the one socket it watches, a timeout from WorkerWaitTime(),
+ * postmaster death). A worker never holds a transaction across network I/O.
  */
 #ifndef ENVOISMS_WORKER_H
 #define ENVOISMS_WORKER_H
 
 #include "envoisms.h"
 
-#include <sys/socket.h>
-#include <curl/curl.h>
-
 #include "datatype/timestamp.h"
-#include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
 
-/* ---- GUCs (defined in worker_common.c, documented in docs/workers.md) */
+/*
+ * ---- settings every worker reads (worker_common.c). Each worker's own
+ * settings are defined, and kept static, by its module's Init function
+ * (DispatchInit, WebhooksInit, SchedulerInit, SmppInit), called from
+ * _PG_init; docs/workers.md documents them all.
+ */
 extern char *worker_database;
-extern int	dispatch_workers;
-extern int	webhook_workers;
-extern bool scheduler_enabled;
-extern int	worker_restart_delay;
 extern int	worker_shutdown_grace_ms;
-extern int	dispatch_batch_size;
-extern int	dispatch_max_in_flight;
-extern int	dispatch_lease_s;
-extern int	dispatch_poll_ms;
-extern int	carrier_timeout_ms;
-extern int	carrier_max_connections;
-extern int	dispatch_retry_base_ms;
-extern int	dispatch_retry_max_ms;
-extern int	sandbox_delivery_delay_ms;
-extern int	webhook_batch_size;
-extern int	webhook_max_in_flight;
-extern int	webhook_max_per_endpoint;
-extern int	webhook_timeout_ms;
-extern int	webhook_lease_s;
-extern double webhook_retry_scale;
-extern int	webhook_disable_after_s;
-extern bool webhook_allow_private;
-extern bool webhook_allow_http;
-extern int	scheduler_interval_ms;
-extern int	retention_days;
-extern int	retention_batch_size;
-
-/* The webhook retry schedule: delay in milliseconds before attempt i + 1. */
-extern int	webhook_schedule_len;
-extern int	webhook_schedule_ms[32];
 
 /* ---- shared memory slots */
 typedef enum WorkerKind
@@ -97,6 +70,10 @@ extern TimestampTz WorkersBootTime(void);
 
 /* ---- worker life */
 
+/* Register count static workers of a type, started at function(index);
+ * nothing unless envoisms is being preloaded (and not in binary upgrade). */
+extern void WorkersRegister(const char *type, const char *function, int count);
+
 /* Become worker `index` of `kind`: signal handlers, slot, database
  * connection, application name `name`. */
 extern void WorkerAttach(WorkerKind kind, int index, const char *name);
@@ -104,16 +81,41 @@ extern void WorkerAttach(WorkerKind kind, int index, const char *name);
 /* Wait until CREATE EXTENSION envoisms happened in the database. */
 extern void WorkerAwaitExtension(void);
 
-/* Also wake on this descriptor becoming readable (the curl pool's epoll). */
-extern void WorkerWatchSocket(pgsocket sock);
+/*
+ * Also wake on this socket, for these WL_SOCKET_* events (the curl pool's
+ * epoll descriptor, or the SMPP bind's connection); PGINVALID_SOCKET to
+ * watch none. A worker watches one socket at most; watching the same one
+ * again only changes its events. A socket must be unwatched before it is
+ * closed: its descriptor number may come back for another.
+ */
+extern void WorkerWatchSocket(pgsocket sock, int events);
 
-#define WORKER_WOKE_LATCH	0x1
-#define WORKER_WOKE_SOCKET	0x2
-#define WORKER_WOKE_TIMEOUT	0x4
+#define WORKER_WOKE_LATCH		0x1
+#define WORKER_WOKE_READABLE	0x2
+#define WORKER_WOKE_TIMEOUT		0x4
+#define WORKER_WOKE_WRITABLE	0x8
 
-/* Wait for the latch, the watched socket or timeout_ms (-1 = none); handles
- * interrupts and SIGHUP reloads. Returns WORKER_WOKE_* bits. */
+/* Wait for the latch, the watched socket or timeout_ms (-1 = none); resets
+ * the latch, handles interrupts and SIGHUP reloads. Returns WORKER_WOKE_* bits. */
 extern int	WorkerWait(long timeout_ms);
+
+/*
+ * How long a worker loop may sleep: until next_due (0 = none) or the curl
+ * pool's next timer (timer_ms, -1 = none), whichever comes first, and at
+ * most max_ms (its poll interval).
+ */
+extern long WorkerWaitTime(long max_ms, long timer_ms, TimestampTz next_due);
+
+/* The earlier of two instants, 0 meaning none. */
+static inline TimestampTz
+WorkerEarlier(TimestampTz a, TimestampTz b)
+{
+	if (a == 0)
+		return b;
+	if (b == 0)
+		return a;
+	return Min(a, b);
+}
 
 /* True once SIGTERM arrived: stop claiming, finish, release, exit. */
 extern bool WorkerStopping(void);
@@ -134,118 +136,5 @@ extern long WorkerMsUntil(TimestampTz t);
 
 /* A delay with +-20% jitter. */
 extern long WorkerJitter(long ms);
-
-/* ---- the libcurl multi pool (worker_http.c) */
-
-typedef struct HttpTransfer
-{
-	CURL	   *easy;
-	struct curl_slist *headers;
-	char	   *request_body;	/* malloc'd */
-	char	   *response;		/* malloc'd, NUL-terminated */
-	size_t		response_len;
-	size_t		response_cap;
-	long		http_status;
-	long		retry_after_s;	/* Retry-After, -1 when absent */
-	CURLcode	result;
-	bool		ssrf_refused;
-	bool		ssrf_guard;		/* check the connected address */
-	char		ssrf_reason[128];
-	char		errbuf[CURL_ERROR_SIZE];
-	void	   *owner;			/* the worker's own record */
-	struct HttpTransfer *next_done;
-} HttpTransfer;
-
-typedef struct HttpPool HttpPool;
-
-extern HttpPool *HttpPoolCreate(long max_host_connections, long max_total_connections);
-/* Change the connection limits (after a reload). */
-extern void HttpPoolSetLimits(HttpPool *pool, long max_host_connections, long max_total_connections);
-/* A transfer ready for its URL, headers and body; the pool owns it from
- * HttpPoolStart until it comes back from HttpPoolNextDone. */
-extern HttpTransfer *HttpTransferNew(void *owner, bool ssrf_guard);
-extern void HttpTransferAddHeader(HttpTransfer *t, const char *header);
-extern void HttpTransferSetBody(HttpTransfer *t, const char *body, size_t len);
-extern void HttpPoolStart(HttpPool *pool, HttpTransfer *t);
-/* Drive the transfers (call after every wait). */
-extern void HttpPoolPerform(HttpPool *pool);
-/* Next finished transfer, or NULL. */
-extern HttpTransfer *HttpPoolNextDone(HttpPool *pool);
-/* Abort a transfer still running (at shutdown). */
-extern void HttpPoolAbort(HttpPool *pool, HttpTransfer *t);
-extern void HttpTransferFree(HttpTransfer *t);
-/* Milliseconds until curl wants to be called again (-1 = none). */
-extern long HttpPoolTimeout(HttpPool *pool);
-extern pgsocket HttpPoolSocket(HttpPool *pool);
-extern int	HttpPoolRunning(HttpPool *pool);
-
-/* A describable reason for a failed transfer (curl error or HTTP status). */
-extern const char *HttpTransferError(HttpTransfer *t);
-
-/* Extract a scalar at a dotted path ("messages.0.id") from a JSON text;
- * palloc'd string in CurrentMemoryContext, NULL when absent or not JSON. */
-extern char *JsonGetPath(const char *json, size_t len, const char *path);
-
-/* Append s as a JSON string literal. */
-extern void JsonAppendString(StringInfo buf, const char *s);
-
-/* ---- SSRF guard (worker_ssrf.c) */
-
-/* Whether a connection to this address is allowed for a webhook delivery;
- * when not, reason says why. */
-extern bool SsrfAddressAllowed(const struct sockaddr *sa, char *reason, size_t reasonlen);
-
-/* CURLOPT_OPENSOCKETFUNCTION: refuses forbidden addresses (clientp is the
- * HttpTransfer). */
-extern curl_socket_t SsrfOpenSocket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address);
-
-/* ---- carriers (carrier_*.c), used by the dispatcher */
-
-typedef struct DispatchItem
-{
-	char	   *account_id;
-	char	   *message_id;
-	char	   *carrier_id;
-	char	   *carrier_kind;
-	char	   *to_number;
-	char	   *sender_id;
-	char	   *channel;
-	char	   *body;
-	char	   *encoding;
-	int			segments;
-	char	   *buttons;		/* JSON text or NULL */
-	char	   *metadata;		/* JSON text or NULL */
-	int			attempts;
-	TimestampTz expires_at;
-	char	   *config;			/* the carrier's config, JSON text */
-	HttpTransfer *transfer;
-	struct DispatchItem *next;
-} DispatchItem;
-
-/* An outcome the dispatcher records for a message. */
-typedef enum DispatchOp
-{
-	DISPATCH_SENT,
-	DISPATCH_RETRY,
-	DISPATCH_FAILED,
-	DISPATCH_RELEASE,
-} DispatchOp;
-
-/* Append one outcome to the dispatcher's batch (worker_dispatch.c). */
-extern void DispatchOutcome(DispatchItem *item, DispatchOp op, const char *carrier_ref,
-							const char *error_code, const char *error_message, long delay_ms);
-
-/* The retry delay for a message's attempt number (backoff with jitter). */
-extern long DispatchBackoff(int attempts);
-
-extern void SandboxSubmit(DispatchItem *item);
-extern HttpTransfer *HttpCarrierPrepare(DispatchItem *item);
-extern void HttpCarrierFinish(DispatchItem *item, HttpTransfer *t);
-extern HttpTransfer *WhatsappPrepare(DispatchItem *item);
-extern void WhatsappFinish(DispatchItem *item, HttpTransfer *t);
-
-/* Classify a finished carrier transfer: common to http and whatsapp. */
-extern void CarrierClassifyFailure(DispatchItem *item, HttpTransfer *t, const char *error_code_from_body,
-								   const char *error_message_from_body);
 
 #endif							/* ENVOISMS_WORKER_H */

@@ -1,7 +1,9 @@
 /*
- * worker_common.c — what the background workers share: their settings, their
- * shared-memory slots, their registration, and the helpers each loop is built
- * from (attach, wait, transaction).
+ * worker_common.c — what the background workers share: the settings they
+ * all read (database, restart delay, shutdown grace), their shared-memory
+ * slots, their registration, and the helpers each loop is built from
+ * (attach, wait, transaction). Each worker's own settings live in its
+ * module (DispatchInit, WebhooksInit, SchedulerInit, SmppInit).
  *
  * Shared memory: one array of WORKER_MAX_SLOTS slots. A worker takes the
  * slot of its (kind, index) at start and clears it at exit. Counters are
@@ -22,6 +24,7 @@
  */
 #include "worker.h"
 
+#include <curl/curl.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -42,38 +45,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-/* ---- settings */
+/* ---- settings (the ones every worker reads; each worker defines its own) */
 char	   *worker_database = NULL;
-int			dispatch_workers = 1;
-int			webhook_workers = 1;
-bool		scheduler_enabled = true;
-int			worker_restart_delay = 5;
+static int	worker_restart_delay = 5;
 int			worker_shutdown_grace_ms = 2000;
-int			dispatch_batch_size = 500;
-int			dispatch_max_in_flight = 1000;
-int			dispatch_lease_s = 60;
-int			dispatch_poll_ms = 1000;
-int			carrier_timeout_ms = 10000;
-int			carrier_max_connections = 128;
-int			dispatch_retry_base_ms = 5000;
-int			dispatch_retry_max_ms = 3600000;
-int			sandbox_delivery_delay_ms = 1000;
-int			webhook_batch_size = 200;
-int			webhook_max_in_flight = 512;
-int			webhook_max_per_endpoint = 16;
-int			webhook_timeout_ms = 10000;
-int			webhook_lease_s = 60;
-double		webhook_retry_scale = 1.0;
-int			webhook_disable_after_s = 5 * 86400;
-bool		webhook_allow_private = false;
-bool		webhook_allow_http = false;
-int			scheduler_interval_ms = 1000;
-int			retention_days = 90;
-int			retention_batch_size = 1000;
-
-static char *webhook_retry_schedule = NULL;
-int			webhook_schedule_len = 0;
-int			webhook_schedule_ms[32];
 
 typedef struct WorkersShared
 {
@@ -97,68 +72,8 @@ static bool wake_callback_registered = false;
 static bool wake_dispatch_pending = false;
 static bool wake_webhooks_pending = false;
 
-/* "0,5,300" or "0, 100ms, 5s, 5min, 2h, 1d": milliseconds before each attempt
- * (a bare number is seconds). */
-static bool
-parse_schedule(const char *value, int *out, int *n)
-{
-	const char *p = value;
 
-	*n = 0;
-	while (*p)
-	{
-		char	   *end;
-		double		v;
-		double		unit = 1000;
-
-		while (*p == ' ' || *p == ',')
-			p++;
-		if (!*p)
-			break;
-		v = strtod(p, &end);
-		if (end == p || v < 0 || *n >= 32)
-			return false;
-		p = end;
-		if (strncmp(p, "ms", 2) == 0)
-			unit = 1, p += 2;
-		else if (strncmp(p, "min", 3) == 0)
-			unit = 60000, p += 3;
-		else if (*p == 's')
-			unit = 1000, p++;
-		else if (*p == 'h')
-			unit = 3600000, p++;
-		else if (*p == 'd')
-			unit = 86400000, p++;
-		if (*p && *p != ',' && *p != ' ')
-			return false;
-		if (v * unit > 30.0 * 86400000)
-			return false;
-		out[(*n)++] = (int) (v * unit);
-	}
-	return *n > 0;
-}
-
-static bool
-check_webhook_retry_schedule(char **newval, void **extra, GucSource source)
-{
-	int			tmp[32];
-	int			n;
-
-	if (*newval == NULL || !parse_schedule(*newval, tmp, &n))
-	{
-		GUC_check_errdetail("envoisms.webhook_retry_schedule is a comma-separated list of 1 to 32 delays such as \"0, 5s, 5min, 30min, 2h\", each at most 30 days.");
-		return false;
-	}
-	return true;
-}
-
-static void
-assign_webhook_retry_schedule(const char *newval, void *extra)
-{
-	if (newval && !parse_schedule(newval, webhook_schedule_ms, &webhook_schedule_len))
-		webhook_schedule_len = 0;
-}
-
+/* shmem_request_hook: room for the slots. */
 static void
 workers_shmem_request(void)
 {
@@ -167,6 +82,7 @@ workers_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkersShared)));
 }
 
+/* shmem_startup_hook: the slots, empty, and this server's start time. */
 static void
 workers_shmem_startup(void)
 {
@@ -195,24 +111,34 @@ workers_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-static void
-register_worker(const char *type, const char *function, int index)
+/* Register count static workers of a type (see worker.h). */
+void
+WorkersRegister(const char *type, const char *function, int count)
 {
-	BackgroundWorker worker;
+	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
+		return;
+	for (int index = 0; index < count; index++)
+	{
+		BackgroundWorker worker;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = worker_restart_delay;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "envoisms");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", type, index);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
-	worker.bgw_main_arg = Int32GetDatum(index);
-	RegisterBackgroundWorker(&worker);
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = worker_restart_delay;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "envoisms");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+		snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", type, index);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
+		worker.bgw_main_arg = Int32GetDatum(index);
+		RegisterBackgroundWorker(&worker);
+	}
 }
 
-/* Defines the workers' GUCs; with the preload, their shared memory and the workers. */
+/*
+ * Defines the settings every worker reads and, with the preload, the
+ * workers' shared memory and libcurl. Runs before the workers' own Init
+ * functions, which register the workers.
+ */
 void
 WorkersInit(void)
 {
@@ -220,18 +146,6 @@ WorkersInit(void)
 							   "Database whose envoisms extension the background workers serve.",
 							   NULL, &worker_database, "postgres",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_workers",
-							"Number of dispatcher workers (sandbox, http and whatsapp_cloud carriers).",
-							NULL, &dispatch_workers, 1, 0, 16,
-							PGC_POSTMASTER, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_workers",
-							"Number of webhook delivery workers.",
-							NULL, &webhook_workers, 1, 0, 16,
-							PGC_POSTMASTER, 0, NULL, NULL, NULL);
-	DefineCustomBoolVariable("envoisms.scheduler",
-							 "Runs the scheduler worker (campaigns, expiry, retention).",
-							 NULL, &scheduler_enabled, true,
-							 PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("envoisms.worker_restart_delay",
 							"Seconds before a worker that stopped abnormally is restarted.",
 							NULL, &worker_restart_delay, 5, 1, 3600,
@@ -240,94 +154,6 @@ WorkersInit(void)
 							"On SIGTERM, how long transfers in flight may finish before their leases are released.",
 							NULL, &worker_shutdown_grace_ms, 2000, 0, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_batch_size",
-							"Messages a dispatcher claims per transaction.",
-							NULL, &dispatch_batch_size, 500, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_max_in_flight",
-							"Carrier requests a dispatcher keeps in flight at once.",
-							NULL, &dispatch_max_in_flight, 1000, 1, 100000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_lease",
-							"How long a claimed message stays reserved for its dispatcher.",
-							NULL, &dispatch_lease_s, 60, 5, 86400,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_poll_interval",
-							"Longest a dispatcher sleeps without a wake (messages queued without envoisms.wake_dispatcher()).",
-							NULL, &dispatch_poll_ms, 1000, 10, 600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.carrier_timeout",
-							"Timeout of one request to a carrier.",
-							NULL, &carrier_timeout_ms, 10000, 100, 600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.carrier_max_connections",
-							"Connections a dispatcher opens to one carrier host at most.",
-							NULL, &carrier_max_connections, 128, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_retry_base",
-							"First retry delay after a transient carrier failure; doubles with each attempt (with jitter).",
-							NULL, &dispatch_retry_base_ms, 5000, 1, 86400000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.dispatch_retry_max",
-							"Longest retry delay after a transient carrier failure.",
-							NULL, &dispatch_retry_max_ms, 3600000, 1, 86400000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.sandbox_delivery_delay",
-							"Delay between sent and the delivery report of a sandbox message.",
-							NULL, &sandbox_delivery_delay_ms, 1000, 0, 3600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_batch_size",
-							"Webhook deliveries a worker claims per transaction.",
-							NULL, &webhook_batch_size, 200, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_max_in_flight",
-							"Webhook requests a worker keeps in flight at once.",
-							NULL, &webhook_max_in_flight, 512, 1, 100000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_max_per_endpoint",
-							"Webhook requests a worker keeps in flight to one endpoint (a slow receiver cannot starve the others).",
-							NULL, &webhook_max_per_endpoint, 16, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_timeout",
-							"Timeout of one webhook request (connect to last byte).",
-							NULL, &webhook_timeout_ms, 10000, 100, 600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_lease",
-							"How long a claimed webhook delivery stays reserved for its worker.",
-							NULL, &webhook_lease_s, 60, 5, 86400,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomStringVariable("envoisms.webhook_retry_schedule",
-							   "Delay before each webhook attempt: the first is the initial attempt, then one per retry.",
-							   NULL, &webhook_retry_schedule, "0, 5s, 5min, 30min, 2h, 5h, 10h, 14h, 20h, 24h",
-							   PGC_SIGHUP, 0, check_webhook_retry_schedule, assign_webhook_retry_schedule, NULL);
-	DefineCustomRealVariable("envoisms.webhook_retry_scale",
-							 "Factor applied to the webhook retry schedule (tests use small values).",
-							 NULL, &webhook_retry_scale, 1.0, 0.0, 100.0,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.webhook_disable_after",
-							"A webhook whose deliveries fail for this long without one success is disabled.",
-							NULL, &webhook_disable_after_s, 5 * 86400, 1, 365 * 86400,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomBoolVariable("envoisms.webhook_allow_private",
-							 "Lets webhook deliveries connect to loopback, private, link-local and other internal addresses (tests only).",
-							 NULL, &webhook_allow_private, false,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomBoolVariable("envoisms.webhook_allow_http",
-							 "Lets POST /v1/webhooks accept http:// URLs (tests only; the contract asks for https).",
-							 NULL, &webhook_allow_http, false,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.scheduler_interval",
-							"How often the scheduler starts due campaigns and sweeps expired messages.",
-							NULL, &scheduler_interval_ms, 1000, 10, 3600000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.retention_days",
-							"Message bodies and delivery logs older than this are purged (0 = never).",
-							NULL, &retention_days, 90, 0, 36500,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("envoisms.retention_batch_size",
-							"Messages purged per short transaction by the retention purge.",
-							NULL, &retention_batch_size, 1000, 1, 100000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
 		return;
@@ -339,21 +165,16 @@ WorkersInit(void)
 
 	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
 		ereport(ERROR, (errmsg("could not initialise libcurl")));
-
-	for (int i = 0; i < dispatch_workers; i++)
-		register_worker("envoisms dispatcher", "envoisms_dispatch_main", i);
-	for (int i = 0; i < webhook_workers; i++)
-		register_worker("envoisms webhooks", "envoisms_webhooks_main", i);
-	if (scheduler_enabled)
-		register_worker("envoisms scheduler", "envoisms_scheduler_main", 0);
 }
 
+/* When this server's shared memory was set up (0 without it). */
 TimestampTz
 WorkersBootTime(void)
 {
 	return workers_shared ? workers_shared->boot_time : 0;
 }
 
+/* SIGTERM: note it and wake the loop, nothing else. */
 static void
 handle_sigterm(SIGNAL_ARGS)
 {
@@ -364,6 +185,7 @@ handle_sigterm(SIGNAL_ARGS)
 	errno = save_errno;
 }
 
+/* At exit: free this worker's slot (its counters stay for worker_stats). */
 static void
 release_slot(int code, Datum arg)
 {
@@ -379,6 +201,20 @@ release_slot(int code, Datum arg)
 	MyWorkerSlot = NULL;
 }
 
+/* A fresh wait set: the latch and postmaster death, no socket. */
+static void
+build_wait_set(void)
+{
+	if (wait_set != NULL)
+		FreeWaitEventSet(wait_set);
+	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	wait_socket = PGINVALID_SOCKET;
+	wait_socket_pos = -1;
+}
+
+/* Become worker index of kind (see worker.h). */
 void
 WorkerAttach(WorkerKind kind, int index, const char *name)
 {
@@ -429,26 +265,36 @@ WorkerAttach(WorkerKind kind, int index, const char *name)
 	BackgroundWorkerInitializeConnection(worker_database, NULL, 0);
 	pgstat_report_appname(name);
 
-	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
-	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	build_wait_set();
 }
 
+/* Watch sock for events from now on, instead of any other socket (see worker.h). */
 void
-WorkerWatchSocket(pgsocket sock)
+WorkerWatchSocket(pgsocket sock, int events)
 {
-	if (wait_socket_pos >= 0)
-		elog(ERROR, "an envoisms worker watches one socket at most");
-	wait_socket = sock;
-	wait_socket_pos = AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, sock, NULL, NULL);
+	if (sock != PGINVALID_SOCKET && sock == wait_socket)
+	{
+		ModifyWaitEvent(wait_set, wait_socket_pos, events, NULL);
+		return;
+	}
+	/* a wait set cannot drop an event: start a new one */
+	if (wait_socket != PGINVALID_SOCKET)
+		build_wait_set();
+	if (sock != PGINVALID_SOCKET)
+	{
+		wait_socket = sock;
+		wait_socket_pos = AddWaitEventToSet(wait_set, events, sock, NULL, NULL);
+	}
 }
 
+/* True once SIGTERM arrived. */
 bool
 WorkerStopping(void)
 {
 	return got_sigterm;
 }
 
+/* One wait on the latch, the watched socket and a timeout (see worker.h). */
 int
 WorkerWait(long timeout_ms)
 {
@@ -467,7 +313,9 @@ WorkerWait(long timeout_ms)
 			woke |= WORKER_WOKE_LATCH;
 		}
 		if (events[i].events & WL_SOCKET_READABLE)
-			woke |= WORKER_WOKE_SOCKET;
+			woke |= WORKER_WOKE_READABLE;
+		if (events[i].events & WL_SOCKET_WRITEABLE)
+			woke |= WORKER_WOKE_WRITABLE;
 	}
 	CHECK_FOR_INTERRUPTS();
 	if (ConfigReloadPending)
@@ -478,6 +326,7 @@ WorkerWait(long timeout_ms)
 	return woke;
 }
 
+/* Keep a formatted error as this worker's last_error. */
 void
 WorkerNoteError(const char *fmt,...)
 {
@@ -495,6 +344,7 @@ WorkerNoteError(const char *fmt,...)
 	SpinLockRelease(&MyWorkerSlot->mutex);
 }
 
+/* Run fn(arg) in a short transaction of its own (see worker.h). */
 bool
 WorkerRunTransaction(const char *activity, void (*fn) (void *arg), void *arg)
 {
@@ -539,6 +389,7 @@ WorkerRunTransaction(const char *activity, void (*fn) (void *arg), void *arg)
 	return ok;
 }
 
+/* Whether CREATE EXTENSION envoisms ran in this database (*arg). */
 static void
 check_extension(void *arg)
 {
@@ -549,6 +400,7 @@ check_extension(void *arg)
 		SPI_processed == 1;
 }
 
+/* Return once the extension exists; exit on SIGTERM meanwhile. */
 void
 WorkerAwaitExtension(void)
 {
@@ -571,6 +423,7 @@ WorkerAwaitExtension(void)
 	}
 }
 
+/* Set the latch of every running worker of a kind. */
 void
 WakeWorkers(WorkerKind kind)
 {
@@ -590,6 +443,7 @@ WakeWorkers(WorkerKind kind)
 	}
 }
 
+/* Milliseconds from now to t (0 when past), -1 when t is 0. */
 long
 WorkerMsUntil(TimestampTz t)
 {
@@ -603,6 +457,21 @@ WorkerMsUntil(TimestampTz t)
 	return (long) Min((t - now + 999) / 1000, (TimestampTz) LONG_MAX);
 }
 
+/* How long a worker loop may sleep (see worker.h). */
+long
+WorkerWaitTime(long max_ms, long timer_ms, TimestampTz next_due)
+{
+	long		timeout = max_ms;
+	long		due_ms = WorkerMsUntil(next_due);
+
+	if (timer_ms >= 0 && timer_ms < timeout)
+		timeout = timer_ms;
+	if (due_ms >= 0 && due_ms < timeout)
+		timeout = due_ms;
+	return timeout;
+}
+
+/* ms, give or take 20 %. */
 long
 WorkerJitter(long ms)
 {
@@ -613,6 +482,7 @@ WorkerJitter(long ms)
 
 /* ---- commit wake (SQL-callable) */
 
+/* At commit, wake the workers this transaction asked for; at abort, forget. */
 static void
 wake_xact_callback(XactEvent event, void *arg)
 {
@@ -639,6 +509,7 @@ wake_xact_callback(XactEvent event, void *arg)
 	}
 }
 
+/* Register wake_xact_callback once per backend. */
 static inline void
 register_wake_callback(void)
 {

@@ -17,6 +17,11 @@
  *      (retry or throttled carrier), the next sandbox report, or the poll
  *      interval.
  *
+ * Carriers: each claimed message goes to the CarrierOps of its kind
+ * (carrier.h; the kinds claimed are those of carrier.c's table). A carrier
+ * only fills a CarrierResult; record_result() turns it into a row of the
+ * outcome batch, applies the retry backoff and counts it.
+ *
  * Restart and crash: at start the leases taken before this server's shared
  * memory began (workers killed by a crash) are released; leases of a
  * worker that died alone run out after envoisms.dispatch_lease. On SIGTERM
@@ -42,14 +47,30 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "carrier.h"
+#include "http_pool.h"
+#include "json_text.h"
+
 PGDLLEXPORT void envoisms_dispatch_main(Datum main_arg);
 
-#define DISPATCH_KINDS "'{sandbox,http,whatsapp_cloud}'"
+/* ---- settings (DispatchInit; carrier_timeout_ms belongs to carrier.c) */
+static int	dispatch_workers = 1;
+static int	dispatch_batch_size = 500;
+static int	dispatch_max_in_flight = 1000;
+static int	dispatch_lease_s = 60;
+static int	dispatch_poll_ms = 1000;
+static int	carrier_max_connections = 128;
+static int	dispatch_retry_base_ms = 5000;
+static int	dispatch_retry_max_ms = 3600000;
+static int	sandbox_delivery_delay_ms = 1000;
 
+/* A message whose transfer runs in the pool. */
 typedef struct InFlight
 {
 	dlist_node	node;
 	DispatchItem *item;
+	const CarrierOps *carrier;
+	HttpTransfer *transfer;
 } InFlight;
 
 static HttpPool *pool = NULL;
@@ -71,8 +92,57 @@ typedef struct ClaimResult
 	TimestampTz next_due;
 } ClaimResult;
 
-long
-DispatchBackoff(int attempts)
+/* Defines the dispatcher's settings; with the preload, registers the dispatchers. */
+void
+DispatchInit(void)
+{
+	DefineCustomIntVariable("envoisms.dispatch_workers",
+							"Number of dispatcher workers (sandbox, http and whatsapp_cloud carriers).",
+							NULL, &dispatch_workers, 1, 0, 16,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_batch_size",
+							"Messages a dispatcher claims per transaction.",
+							NULL, &dispatch_batch_size, 500, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_max_in_flight",
+							"Carrier requests a dispatcher keeps in flight at once.",
+							NULL, &dispatch_max_in_flight, 1000, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_lease",
+							"How long a claimed message stays reserved for its dispatcher.",
+							NULL, &dispatch_lease_s, 60, 5, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_poll_interval",
+							"Longest a dispatcher sleeps without a wake (messages queued without envoisms.wake_dispatcher()).",
+							NULL, &dispatch_poll_ms, 1000, 10, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.carrier_timeout",
+							"Timeout of one request to a carrier.",
+							NULL, &carrier_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.carrier_max_connections",
+							"Connections a dispatcher opens to one carrier host at most.",
+							NULL, &carrier_max_connections, 128, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_retry_base",
+							"First retry delay after a transient carrier failure; doubles with each attempt (with jitter).",
+							NULL, &dispatch_retry_base_ms, 5000, 1, 86400000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.dispatch_retry_max",
+							"Longest retry delay after a transient carrier failure.",
+							NULL, &dispatch_retry_max_ms, 3600000, 1, 86400000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.sandbox_delivery_delay",
+							"Delay between sent and the delivery report of a sandbox message.",
+							NULL, &sandbox_delivery_delay_ms, 1000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	WorkersRegister("envoisms dispatcher", "envoisms_dispatch_main", dispatch_workers);
+}
+
+/* The retry delay for a message's attempt number: doubling, capped, with jitter. */
+static long
+backoff_ms(int attempts)
 {
 	double		ms = dispatch_retry_base_ms;
 
@@ -81,69 +151,91 @@ DispatchBackoff(int attempts)
 	return WorkerJitter((long) Min(ms, (double) dispatch_retry_max_ms));
 }
 
-void
-DispatchOutcome(DispatchItem *item, DispatchOp op, const char *carrier_ref,
-				const char *error_code, const char *error_message, long delay_ms)
+/* Add a carrier's result to the batch of outcomes, and count it. */
+static void
+record_result(const DispatchItem *item, const CarrierOps *carrier, const CarrierResult *result)
 {
-	MemoryContext old = MemoryContextSwitchTo(outcome_cxt);
+	static const char *const ops[] = {
+		[CARRIER_RELEASE] = "release",
+		[CARRIER_SENT] = "sent",
+		[CARRIER_RETRY] = "retry",
+		[CARRIER_FAILED] = "failed",
+	};
+	long		delay_ms = 0;
+	MemoryContext old;
 	StringInfoData buf;
-	static const char *ops[] = {"sent", "retry", "failed", "release"};
 
+	if (result->outcome == CARRIER_RETRY)
+	{
+		delay_ms = result->retry_after_ms;
+		if (result->backoff)
+			delay_ms = Max(backoff_ms(item->attempts), delay_ms);
+	}
+
+	old = MemoryContextSwitchTo(outcome_cxt);
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"op\":\"%s\",\"a\":", ops[op]);
+	appendStringInfo(&buf, "{\"op\":\"%s\",\"a\":", ops[result->outcome]);
 	JsonAppendString(&buf, item->account_id);
 	appendStringInfoString(&buf, ",\"m\":");
 	JsonAppendString(&buf, item->message_id);
 	appendStringInfoString(&buf, ",\"c\":");
 	JsonAppendString(&buf, item->carrier_id);
-	if (carrier_ref)
+	if (result->carrier_ref)
 	{
 		appendStringInfoString(&buf, ",\"r\":");
-		JsonAppendString(&buf, carrier_ref);
+		JsonAppendString(&buf, result->carrier_ref);
 	}
-	if (error_code)
+	if (result->error_code)
 	{
 		appendStringInfoString(&buf, ",\"code\":");
-		JsonAppendString(&buf, error_code);
+		JsonAppendString(&buf, result->error_code);
 	}
-	if (error_message)
+	if (result->error_message)
 	{
 		appendStringInfoString(&buf, ",\"msg\":");
-		JsonAppendString(&buf, error_message);
+		JsonAppendString(&buf, result->error_message);
 	}
 	appendStringInfo(&buf, ",\"delay_ms\":%ld}", Max(delay_ms, 0L));
 	outcomes = lappend(outcomes, buf.data);
 	MemoryContextSwitchTo(old);
 
-	switch (op)
+	switch (result->outcome)
 	{
-		case DISPATCH_SENT:
+		case CARRIER_SENT:
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->sent, 1);
-			if (strcmp(item->carrier_kind, "sandbox") == 0)
+			if (carrier != NULL && carrier->reports_from_dispatcher)
 			{
 				TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sandbox_delivery_delay_ms);
 
-				if (sandbox_next_at == 0 || due < sandbox_next_at)
-					sandbox_next_at = due;
+				sandbox_next_at = WorkerEarlier(sandbox_next_at, due);
 			}
 			break;
-		case DISPATCH_RETRY:
+		case CARRIER_RETRY:
 			{
 				TimestampTz at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(delay_ms, 0L));
 
-				if (soonest_retry == 0 || at < soonest_retry)
-					soonest_retry = at;
+				soonest_retry = WorkerEarlier(soonest_retry, at);
 			}
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->retried, 1);
 			WorkerNoteError("%s via %s: %s", item->message_id, item->carrier_id,
-							error_message ? error_message : "retry");
+							result->error_message ? result->error_message : "retry");
 			break;
-		case DISPATCH_FAILED:
+		case CARRIER_FAILED:
 			pg_atomic_fetch_add_u64(&MyWorkerSlot->failed, 1);
 			break;
-		case DISPATCH_RELEASE:
+		case CARRIER_RELEASE:
 			break;
 	}
+}
+
+/* Give a message's lease back without an attempt. */
+static void
+record_release(const DispatchItem *item)
+{
+	CarrierResult result;
+
+	CarrierResultSet(&result, CARRIER_RELEASE, NULL, NULL, NULL, 0, false);
+	record_result(item, NULL, &result);
 }
 
 /* Copy a claimed row into one chunk of items_cxt. */
@@ -183,6 +275,7 @@ item_from_row(HeapTuple row, TupleDesc desc)
 	return item;
 }
 
+/* Claim due messages into res (transaction 1), and when fewer came, when the next falls due. */
 static void
 claim_txn(void *arg)
 {
@@ -195,8 +288,8 @@ claim_txn(void *arg)
 	snprintf(sql, sizeof(sql),
 			 "SELECT account_id, message_id, carrier_id, carrier_kind, to_number, sender_id, channel, body, "
 			 "encoding, segments, buttons::text, metadata::text, attempts, expires_at, carrier_config::text "
-			 "FROM envoisms.dispatch_claim(" DISPATCH_KINDS ", NULL, %d, make_interval(secs => %d))",
-			 res->wanted, dispatch_lease_s);
+			 "FROM envoisms.dispatch_claim('%s', NULL, %d, make_interval(secs => %d))",
+			 CarrierKinds(), res->wanted, dispatch_lease_s);
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "dispatch_claim failed");
 	res->got = (int) SPI_processed;
@@ -225,6 +318,7 @@ claim_txn(void *arg)
 	}
 }
 
+/* Apply a JSON array of outcomes with envoisms.dispatch_record (transaction 2). */
 static void
 record_txn(void *arg)
 {
@@ -270,39 +364,36 @@ flush_outcomes(void)
 	MemoryContextReset(outcome_cxt);
 }
 
+/* Hand a claimed message to its carrier: an outcome at once, or a transfer in the pool. */
 static void
 start_item(DispatchItem *item)
 {
+	const CarrierOps *carrier = CarrierFind(item->carrier_kind);
+	CarrierResult result;
 	HttpTransfer *t = NULL;
 	InFlight   *f;
 
-	if (strcmp(item->carrier_kind, "sandbox") == 0)
-	{
-		SandboxSubmit(item);
-		pfree(item);
-		return;
-	}
-	if (strcmp(item->carrier_kind, "http") == 0)
-		t = HttpCarrierPrepare(item);
-	else if (strcmp(item->carrier_kind, "whatsapp_cloud") == 0)
-		t = WhatsappPrepare(item);
-	else
-		DispatchOutcome(item, DISPATCH_RELEASE, NULL, NULL, NULL, 0);
+	/* what a carrier leaves unset gives the lease back */
+	CarrierResultSet(&result, CARRIER_RELEASE, NULL, NULL, NULL, 0, false);
+	if (carrier != NULL)
+		t = carrier->prepare(item, &result);
 	if (t == NULL)
 	{
-		/* the carrier recorded an outcome already (bad config) */
+		record_result(item, carrier, &result);
 		pfree(item);
 		return;
 	}
-	item->transfer = t;
 	HttpPoolStart(pool, t);
 	f = MemoryContextAlloc(items_cxt, sizeof(InFlight));
 	f->item = item;
+	f->carrier = carrier;
+	f->transfer = t;
 	t->owner = f;
 	dlist_push_tail(&in_flight, &f->node);
 	in_flight_count++;
 }
 
+/* Drive the pool and record what its carriers make of every finished transfer. */
 static void
 finish_transfers(void)
 {
@@ -312,29 +403,29 @@ finish_transfers(void)
 	while ((t = HttpPoolNextDone(pool)) != NULL)
 	{
 		InFlight   *f = (InFlight *) t->owner;
-		DispatchItem *item = f->item;
+		CarrierResult result;
 
-		if (strcmp(item->carrier_kind, "http") == 0)
-			HttpCarrierFinish(item, t);
-		else
-			WhatsappFinish(item, t);
+		CarrierResultSet(&result, CARRIER_RELEASE, NULL, NULL, NULL, 0, false);
+		f->carrier->finish(f->item, t, &result);
+		record_result(f->item, f->carrier, &result);
 		dlist_delete(&f->node);
 		in_flight_count--;
 		HttpTransferFree(t);
-		pfree(item);
+		pfree(f->item);
 		pfree(f);
 	}
 	pg_atomic_write_u32(&MyWorkerSlot->in_flight, (uint32) in_flight_count);
 }
 
+/* Release the leases taken before this server started (workers lost in a crash). */
 static void
 reclaim_txn(void *arg)
 {
 	char		sql[256];
 	char	   *since = pstrdup(timestamptz_to_str(WorkersBootTime()));
 
-	snprintf(sql, sizeof(sql), "SELECT envoisms.dispatch_reclaim(" DISPATCH_KINDS ", %s)",
-			 quote_literal_cstr(since));
+	snprintf(sql, sizeof(sql), "SELECT envoisms.dispatch_reclaim('%s', %s)",
+			 CarrierKinds(), quote_literal_cstr(since));
 	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "dispatch_reclaim failed");
 	if (SPI_processed == 1)
@@ -347,6 +438,7 @@ reclaim_txn(void *arg)
 	}
 }
 
+/* Apply the sandbox delivery reports that are due; note when the next one is. */
 static void
 sandbox_txn(void *arg)
 {
@@ -386,21 +478,16 @@ shutdown_dispatcher(void)
 
 	while (in_flight_count > 0 && GetCurrentTimestamp() < deadline)
 	{
-		long		timeout = WorkerMsUntil(deadline);
-		long		curl_timeout = HttpPoolTimeout(pool);
-
-		if (curl_timeout >= 0 && curl_timeout < timeout)
-			timeout = curl_timeout;
-		WorkerWait(timeout);
+		WorkerWait(WorkerWaitTime(WorkerMsUntil(deadline), HttpPoolTimeout(pool), 0));
 		finish_transfers();
 	}
 	dlist_foreach_modify(iter, &in_flight)
 	{
 		InFlight   *f = dlist_container(InFlight, node, iter.cur);
 
-		HttpPoolAbort(pool, f->item->transfer);
-		HttpTransferFree(f->item->transfer);
-		DispatchOutcome(f->item, DISPATCH_RELEASE, NULL, NULL, NULL, 0);
+		HttpPoolAbort(pool, f->transfer);
+		HttpTransferFree(f->transfer);
+		record_release(f->item);
 		dlist_delete(&f->node);
 		released++;
 	}
@@ -409,6 +496,7 @@ shutdown_dispatcher(void)
 	ereport(LOG, (errmsg("%s: stopping; %d unfinished leases released", MyWorkerSlot->name, released)));
 }
 
+/* The dispatcher's entry point: the loop of the file comment, until SIGTERM. */
 void
 envoisms_dispatch_main(Datum main_arg)
 {
@@ -428,7 +516,7 @@ envoisms_dispatch_main(Datum main_arg)
 	outcome_cxt = AllocSetContextCreate(TopMemoryContext, "envoisms dispatch outcomes", ALLOCSET_DEFAULT_SIZES);
 	connections = carrier_max_connections;
 	pool = HttpPoolCreate(connections, connections * 4L);
-	WorkerWatchSocket(HttpPoolSocket(pool));
+	WorkerWatchSocket(HttpPoolSocket(pool), WL_SOCKET_READABLE);
 
 	WorkerRunTransaction("releasing leases of the previous run", reclaim_txn, NULL);
 	sandbox_next_at = GetCurrentTimestamp();
@@ -491,8 +579,7 @@ envoisms_dispatch_main(Datum main_arg)
 		flush_outcomes();
 		HttpPoolPerform(pool);
 		/* a retry recorded just now is due before anything the claim saw */
-		if (soonest_retry != 0 && (next_claim_at == 0 || soonest_retry < next_claim_at))
-			next_claim_at = soonest_retry;
+		next_claim_at = WorkerEarlier(next_claim_at, soonest_retry);
 		soonest_retry = 0;
 
 		if (sandbox_next_at != 0 && GetCurrentTimestamp() >= sandbox_next_at)
@@ -508,20 +595,8 @@ envoisms_dispatch_main(Datum main_arg)
 		if (claim_wanted && dispatch_max_in_flight - in_flight_count > 0)
 			timeout = 0;
 		else
-		{
-			long		t;
-
-			timeout = dispatch_poll_ms;
-			t = HttpPoolTimeout(pool);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-			t = WorkerMsUntil(next_claim_at);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-			t = WorkerMsUntil(sandbox_next_at);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-		}
+			timeout = WorkerWaitTime(dispatch_poll_ms, HttpPoolTimeout(pool),
+									 WorkerEarlier(next_claim_at, sandbox_next_at));
 		woke = WorkerWait(timeout);
 		if (woke & WORKER_WOKE_LATCH)
 			claim_wanted = true;

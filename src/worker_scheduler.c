@@ -32,6 +32,36 @@
 
 PGDLLEXPORT void envoisms_scheduler_main(Datum main_arg);
 
+/* ---- settings (SchedulerInit) */
+static bool scheduler_enabled = true;
+static int	scheduler_interval_ms = 1000;
+static int	retention_days = 90;
+static int	retention_batch_size = 1000;
+
+/* Defines the scheduler's settings; with the preload, registers the scheduler. */
+void
+SchedulerInit(void)
+{
+	DefineCustomBoolVariable("envoisms.scheduler",
+							 "Runs the scheduler worker (campaigns, expiry, retention).",
+							 NULL, &scheduler_enabled, true,
+							 PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.scheduler_interval",
+							"How often the scheduler starts due campaigns and sweeps expired messages.",
+							NULL, &scheduler_interval_ms, 1000, 10, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.retention_days",
+							"Message bodies and delivery logs older than this are purged (0 = never).",
+							NULL, &retention_days, 90, 0, 36500,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.retention_batch_size",
+							"Messages purged per short transaction by the retention purge.",
+							NULL, &retention_batch_size, 1000, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	WorkersRegister("envoisms scheduler", "envoisms_scheduler_main", scheduler_enabled ? 1 : 0);
+}
+
 typedef struct Task
 {
 	const char *signature;		/* for to_regprocedure; NULL = always there */
@@ -39,6 +69,7 @@ typedef struct Task
 	int64		result;
 } Task;
 
+/* Run one task's statement if its function exists; keep its numeric result. */
 static void
 task_txn(void *arg)
 {
@@ -81,6 +112,7 @@ run_task(const char *activity, const char *signature, const char *sql)
 	return task.result;
 }
 
+/* The scheduler's entry point: a pass every envoisms.scheduler_interval, until SIGTERM. */
 void
 envoisms_scheduler_main(Datum main_arg)
 {

@@ -2,8 +2,9 @@
  * worker_smpp_bind.c — one SMPP 3.4 transceiver bind, held by a background
  * worker for one smpp carrier (started by the supervisor, worker_smpp.c).
  *
- * The loop: one wait on the latch, the socket (readable; writable while
- * output is pending or a connect is in progress) and the earliest deadline.
+ * The loop: the worker's one wait (WorkerWait, worker_common.c) on the
+ * latch, the socket (readable; writable while output is pending or a
+ * connect is in progress) and the earliest deadline.
  * Then, in order: read and handle every complete PDU, expire deadlines,
  * claim messages when there is room, submit segments as the window, the
  * per-bind rate and any throttle pause allow, record outcomes, write.
@@ -50,14 +51,13 @@
 #include "nodes/pg_list.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
-#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "carrier_smpp.h"
-#include "carrier_smpp_receipt.h"
+#include "smpp_pdu.h"
+#include "smpp_receipt.h"
 #include "worker.h"
 #include "worker_smpp_bind.h"
 
@@ -116,7 +116,6 @@ static bool stopping = false;
 
 
 static void link_down(const char *reason, bool quick);
-static void forget_wait_set(void);
 
 static long
 ms_until(TimestampTz t, TimestampTz now)
@@ -241,7 +240,7 @@ start_connect(TimestampTz now)
 		link_down(strerror(errno), false);
 		return;
 	}
-	forget_wait_set();
+	WorkerWatchSocket(PGINVALID_SOCKET, 0);
 	(void) fcntl(bind_sock, F_SETFL, fcntl(bind_sock, F_GETFL) | O_NONBLOCK);
 	(void) setsockopt(bind_sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	rc = connect(bind_sock, res->ai_addr, res->ai_addrlen);
@@ -939,7 +938,7 @@ link_down(const char *reason, bool quick)
 	dlist_mutable_iter it;
 	int			i;
 
-	forget_wait_set();
+	WorkerWatchSocket(PGINVALID_SOCKET, 0);	/* before the close: its number may come back */
 	if (bind_sock != PGINVALID_SOCKET)
 	{
 		closesocket(bind_sock);
@@ -1048,48 +1047,6 @@ check_deadlines(TimestampTz now)
 			maybe_free(m);
 		}
 	}
-}
-
-/* ---- waiting */
-
-static WaitEventSet *wait_set = NULL;
-static int	wait_socket_pos = -1;
-
-/* The set is rebuilt when the socket changes: its descriptor number may be reused. */
-static void
-forget_wait_set(void)
-{
-	if (wait_set)
-		FreeWaitEventSet(wait_set);
-	wait_set = NULL;
-	wait_socket_pos = -1;
-}
-
-/* One wait on the latch, postmaster death and the socket; WL_* bits. */
-static int
-wait_for_events(int socket_events, long timeout_ms)
-{
-	WaitEvent	events[3];
-	int			n;
-	int			i;
-	int			rc = 0;
-
-	if (wait_set == NULL)
-	{
-		wait_set = CreateWaitEventSet(TopMemoryContext, 3);
-		AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-		if (bind_sock != PGINVALID_SOCKET)
-			wait_socket_pos = AddWaitEventToSet(wait_set, socket_events, bind_sock, NULL, NULL);
-	}
-	else if (wait_socket_pos >= 0)
-		ModifyWaitEvent(wait_set, wait_socket_pos, socket_events, NULL);
-	n = WaitEventSetWait(wait_set, timeout_ms, events, lengthof(events), PG_WAIT_EXTENSION);
-	if (n == 0)
-		rc |= WL_TIMEOUT;
-	for (i = 0; i < n; i++)
-		rc |= events[i].events;
-	return rc;
 }
 
 /* ---- the loop */
@@ -1210,11 +1167,7 @@ SmppBindMain(Datum arg)
 		/* Invalid or vanished: wait for the supervisor to stop us. */
 		SmppSlotSetState(smpp_slot, SMPP_STATE_INVALID_CONFIG);
 		while (!WorkerStopping())
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-		}
+			WorkerWait(-1);
 		proc_exit(0);
 	}
 	window = MemoryContextAllocZero(TopMemoryContext, sizeof(WindowSlot) * smpp_cfg.window);
@@ -1227,14 +1180,9 @@ SmppBindMain(Datum arg)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		int			events;
-		int			rc;
+		int			woke;
 
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
 		if (WorkerStopping() && !stopping)
 			begin_stop(now);
 		if (stopping && link_state == LINK_DOWN)
@@ -1255,14 +1203,14 @@ SmppBindMain(Datum arg)
 		events = WL_SOCKET_READABLE;
 		if (outbuf.len > 0 || link_state == LINK_CONNECTING)
 			events |= WL_SOCKET_WRITEABLE;
-		rc = wait_for_events(events, next_timeout(GetCurrentTimestamp()));
-		woken = (rc & WL_LATCH_SET) != 0;
-		if (woken)
-			ResetLatch(MyLatch);
+		/* the worker's one wait (worker_common.c): latch, this socket, the next deadline */
+		WorkerWatchSocket(bind_sock, events);
+		woke = WorkerWait(next_timeout(GetCurrentTimestamp()));
+		woken = (woke & WORKER_WOKE_LATCH) != 0;
 		now = GetCurrentTimestamp();
-		if (bind_sock != PGINVALID_SOCKET && link_state == LINK_CONNECTING && (rc & WL_SOCKET_WRITEABLE))
+		if (bind_sock != PGINVALID_SOCKET && link_state == LINK_CONNECTING && (woke & WORKER_WOKE_WRITABLE))
 			connect_finished(now);
-		if (bind_sock != PGINVALID_SOCKET && link_state != LINK_CONNECTING && (rc & WL_SOCKET_READABLE))
+		if (bind_sock != PGINVALID_SOCKET && link_state != LINK_CONNECTING && (woke & WORKER_WOKE_READABLE))
 			read_input(now);
 	}
 }

@@ -14,7 +14,7 @@
 #include "lib/ilist.h"
 #include "nodes/pg_list.h"
 
-#include "carrier_smpp.h"
+#include "smpp_pdu.h"
 #include "worker_smpp.h"
 
 /* ---- settings (envoisms.smpp_carrier_settings) */

@@ -34,6 +34,7 @@
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 
+#include "json_text.h"
 #include "worker.h"
 #include "worker_smpp_bind.h"
 

@@ -24,7 +24,7 @@
  * envoisms.webhook_address_refusal(inet) exposes the classifier to SQL, so
  * that it is tested address by address without connecting anywhere.
  */
-#include "worker.h"
+#include "envoisms.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -32,8 +32,13 @@
 
 #include "utils/inet.h"
 
-#include "utils/inet.h"
+#include "http_pool.h"
+#include "ssrf.h"
 
+/* Set by envoisms.webhook_allow_private (defined by WebhooksInit). */
+bool		webhook_allow_private = false;
+
+/* Whether an IPv4 address (host order) is outside every refused range. */
 static bool
 ipv4_allowed(uint32 a, char *reason, size_t reasonlen)
 {
@@ -69,6 +74,7 @@ ipv4_allowed(uint32 a, char *reason, size_t reasonlen)
 	return true;
 }
 
+/* Whether a delivery may connect to this address; else the reason, in words. */
 bool
 SsrfAddressAllowed(const struct sockaddr *sa, char *reason, size_t reasonlen)
 {
@@ -123,6 +129,7 @@ SsrfAddressAllowed(const struct sockaddr *sa, char *reason, size_t reasonlen)
 	return false;
 }
 
+/* Open the socket curl asks for, unless the guard refuses its address. */
 curl_socket_t
 SsrfOpenSocket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
 {

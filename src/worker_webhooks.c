@@ -9,22 +9,8 @@
  * timers. Woken on commit by envoisms.wake_webhooks() (webhook_enqueue).
  *
  * Each POST carries the exact payload queued with the event (same event id
- * and bytes on every retry) and these headers, signed at send time:
- *   X-EnvoiSMS.ma-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
- *       the contract's scheme; the key is the whole secret string as shown
- *       to the customer ("whsec_…"), as the contract's Node snippet uses it;
- *       a webhook whose signature_format is "timestamped" gets instead
- *       t=<unix>,v1=<hex HMAC-SHA256(secret, "<unix>.<raw body>")>, the
- *       official SDKs' other form (they check t within 300 s);
- *   X-EnvoiSMS-Signature: the same value, under the name the official SDKs
- *       and receivers written from their READMEs read (a header name with a
- *       dot is dropped by nginx and others by default);
- *   X-EnvoiSMS.ma-Timestamp: <unix seconds> (replay protection);
- *   webhook-id: <event id>, webhook-timestamp: <unix seconds>,
- *   webhook-signature: v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>
- *       Standard Webhooks; as that specification says, the key is the
- *       base64-decoded part after "whsec_" when it decodes, else the raw
- *       secret bytes.
+ * and bytes on every retry), signed at send time (webhook_signature.c has
+ * the headers and their schemes).
  * Success is a 2xx; redirects are not followed (a 3xx is a failure); the
  * address connected to passes the SSRF guard (worker_ssrf.c), whose
  * refusal is final for that delivery. Failures retry on
@@ -34,8 +20,6 @@
  */
 #include "worker.h"
 
-#include "common/base64.h"
-#include "crypto.h"
 #include "executor/spi.h"
 #include "lib/ilist.h"
 #include "postmaster/bgworker.h"
@@ -45,7 +29,29 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "http_pool.h"
+#include "json_text.h"
+#include "ssrf.h"
+#include "webhook_signature.h"
+
 PGDLLEXPORT void envoisms_webhooks_main(Datum main_arg);
+
+/* ---- settings (WebhooksInit; webhook_allow_private belongs to worker_ssrf.c) */
+static int	webhook_workers = 1;
+static int	webhook_batch_size = 200;
+static int	webhook_max_in_flight = 512;
+static int	webhook_max_per_endpoint = 16;
+static int	webhook_timeout_ms = 10000;
+static int	webhook_lease_s = 60;
+static int	webhook_poll_ms = 1000;
+static char *webhook_retry_schedule = NULL;
+static double webhook_retry_scale = 1.0;
+static int	webhook_disable_after_s = 5 * 86400;
+static bool webhook_allow_http = false;
+
+/* The retry schedule: the delay in milliseconds before attempt i + 1. */
+static int	webhook_schedule_len = 0;
+static int	webhook_schedule_ms[32];
 
 #define ENDPOINT_KEY_LEN 160
 
@@ -96,6 +102,127 @@ typedef struct ClaimResult
 	TimestampTz next_due;
 } ClaimResult;
 
+/* "0,5,300" or "0, 100ms, 5s, 5min, 2h, 1d": milliseconds before each attempt
+ * (a bare number is seconds). */
+static bool
+parse_schedule(const char *value, int *out, int *n)
+{
+	const char *p = value;
+
+	*n = 0;
+	while (*p)
+	{
+		char	   *end;
+		double		v;
+		double		unit = 1000;
+
+		while (*p == ' ' || *p == ',')
+			p++;
+		if (!*p)
+			break;
+		v = strtod(p, &end);
+		if (end == p || v < 0 || *n >= 32)
+			return false;
+		p = end;
+		if (strncmp(p, "ms", 2) == 0)
+			unit = 1, p += 2;
+		else if (strncmp(p, "min", 3) == 0)
+			unit = 60000, p += 3;
+		else if (*p == 's')
+			unit = 1000, p++;
+		else if (*p == 'h')
+			unit = 3600000, p++;
+		else if (*p == 'd')
+			unit = 86400000, p++;
+		if (*p && *p != ',' && *p != ' ')
+			return false;
+		if (v * unit > 30.0 * 86400000)
+			return false;
+		out[(*n)++] = (int) (v * unit);
+	}
+	return *n > 0;
+}
+
+/* GUC check hook: refuse a schedule parse_schedule cannot read. */
+static bool
+check_webhook_retry_schedule(char **newval, void **extra, GucSource source)
+{
+	int			tmp[32];
+	int			n;
+
+	if (*newval == NULL || !parse_schedule(*newval, tmp, &n))
+	{
+		GUC_check_errdetail("envoisms.webhook_retry_schedule is a comma-separated list of 1 to 32 delays such as \"0, 5s, 5min, 30min, 2h\", each at most 30 days.");
+		return false;
+	}
+	return true;
+}
+
+/* GUC assign hook: the schedule in milliseconds, for retry_delay(). */
+static void
+assign_webhook_retry_schedule(const char *newval, void *extra)
+{
+	if (newval && !parse_schedule(newval, webhook_schedule_ms, &webhook_schedule_len))
+		webhook_schedule_len = 0;
+}
+
+/* Defines the webhook workers' settings; with the preload, registers the workers. */
+void
+WebhooksInit(void)
+{
+	DefineCustomIntVariable("envoisms.webhook_workers",
+							"Number of webhook delivery workers.",
+							NULL, &webhook_workers, 1, 0, 16,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_batch_size",
+							"Webhook deliveries a worker claims per transaction.",
+							NULL, &webhook_batch_size, 200, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_max_in_flight",
+							"Webhook requests a worker keeps in flight at once.",
+							NULL, &webhook_max_in_flight, 512, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_max_per_endpoint",
+							"Webhook requests a worker keeps in flight to one endpoint (a slow receiver cannot starve the others).",
+							NULL, &webhook_max_per_endpoint, 16, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_timeout",
+							"Timeout of one webhook request (connect to last byte).",
+							NULL, &webhook_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_lease",
+							"How long a claimed webhook delivery stays reserved for its worker.",
+							NULL, &webhook_lease_s, 60, 5, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_poll_interval",
+							"Longest a webhook worker sleeps without a wake (deliveries queued without envoisms.wake_webhooks()).",
+							NULL, &webhook_poll_ms, 1000, 10, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("envoisms.webhook_retry_schedule",
+							   "Delay before each webhook attempt: the first is the initial attempt, then one per retry.",
+							   NULL, &webhook_retry_schedule, "0, 5s, 5min, 30min, 2h, 5h, 10h, 14h, 20h, 24h",
+							   PGC_SIGHUP, 0, check_webhook_retry_schedule, assign_webhook_retry_schedule, NULL);
+	DefineCustomRealVariable("envoisms.webhook_retry_scale",
+							 "Factor applied to the webhook retry schedule (tests use small values).",
+							 NULL, &webhook_retry_scale, 1.0, 0.0, 100.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("envoisms.webhook_disable_after",
+							"A webhook whose deliveries fail for this long without one success is disabled.",
+							NULL, &webhook_disable_after_s, 5 * 86400, 1, 365 * 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomBoolVariable("envoisms.webhook_allow_private",
+							 "Lets webhook deliveries connect to loopback, private, link-local and other internal addresses (tests only).",
+							 NULL, &webhook_allow_private, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("envoisms.webhook_allow_http",
+							 "Lets POST /v1/webhooks accept http:// URLs (tests only; the contract asks for https).",
+							 NULL, &webhook_allow_http, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	WorkersRegister("envoisms webhooks", "envoisms_webhooks_main", webhook_workers);
+}
+
+/* Count a request more (delta 1) or less (-1) in flight to an endpoint. */
 static void
 endpoint_adjust(const char *key, int delta)
 {
@@ -111,6 +238,7 @@ endpoint_adjust(const char *key, int delta)
 		hash_search(endpoints, key, HASH_REMOVE, NULL);
 }
 
+/* The endpoints at their cap, as webhook_claim's JSON object {endpoint: in flight}. */
 static char *
 busy_json(void)
 {
@@ -134,6 +262,7 @@ busy_json(void)
 	return buf.data;
 }
 
+/* Copy a claimed delivery into items_cxt. */
 static WebhookItem *
 item_from_row(HeapTuple row, TupleDesc desc)
 {
@@ -158,6 +287,7 @@ item_from_row(HeapTuple row, TupleDesc desc)
 	return item;
 }
 
+/* Claim due deliveries into res (a transaction), and when fewer came, when the next falls due. */
 static void
 claim_txn(void *arg)
 {
@@ -197,79 +327,29 @@ claim_txn(void *arg)
 	}
 }
 
-/* The Standard Webhooks key of a secret (see the file comment). */
-static int
-standard_key(const char *secret, char *out, int outlen)
-{
-	if (strncmp(secret, "whsec_", 6) == 0)
-	{
-		const char *b64 = secret + 6;
-		int			len = strlen(b64);
-
-		if (len > 0 && pg_b64_dec_len(len) <= outlen)
-		{
-			int			n = pg_b64_decode(b64, len, out, outlen);
-
-			if (n > 0)
-				return n;
-		}
-	}
-	{
-		int			len = Min((int) strlen(secret), outlen);
-
-		memcpy(out, secret, len);
-		return len;
-	}
-}
-
+/* Sign a delivery (webhook_signature.c) and start its POST in the pool. */
 static void
 start_item(WebhookItem *item)
 {
 	HttpTransfer *t = HttpTransferNew(item, true);
 	size_t		body_len = strlen(item->payload);
-	char		hex[65];
-	unsigned char mac[32];
-	char		b64[64];
-	char		key[512];
-	int			keylen;
 	long		ts = (long) time(NULL);
-	StringInfoData signed_content;
-	int			b64len;
-	char	   *signature;
+	WebhookSignature sig;
 
-	if (item->timestamped)
-	{
-		char	   *content = psprintf("%ld.%s", ts, item->payload);
-
-		EnvoismsHmacSha256Hex(item->secret, strlen(item->secret), content, strlen(content), hex);
-		signature = psprintf("t=%ld,v1=%s", ts, hex);
-		pfree(content);
-	}
-	else
-	{
-		EnvoismsHmacSha256Hex(item->secret, strlen(item->secret), item->payload, body_len, hex);
-		signature = psprintf("sha256=%s", hex);
-	}
-	keylen = standard_key(item->secret, key, sizeof(key));
-	initStringInfo(&signed_content);
-	appendStringInfo(&signed_content, "%s.%ld.", item->event_id, ts);
-	appendBinaryStringInfo(&signed_content, item->payload, body_len);
-	EnvoismsHmacSha256(key, keylen, signed_content.data, signed_content.len, mac);
-	b64len = pg_b64_encode((const char *) mac, 32, b64, sizeof(b64) - 1);
-	b64[Max(b64len, 0)] = '\0';
+	WebhookSign(item->secret, item->timestamped, item->event_id, item->payload, body_len, ts, &sig);
 
 	curl_easy_setopt(t->easy, CURLOPT_URL, item->url);
 	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) webhook_timeout_ms);
 	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(webhook_timeout_ms, 5000));
 	HttpTransferAddHeader(t, "Content-Type: application/json");
 	HttpTransferAddHeader(t, "User-Agent: EnvoiSMS.ma-Webhooks/1.0");
-	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Signature: %s", signature));
-	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS-Signature: %s", signature));
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Signature: %s", sig.contract));
+	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS-Signature: %s", sig.contract));
 	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Timestamp: %ld", ts));
 	HttpTransferAddHeader(t, psprintf("X-EnvoiSMS.ma-Event: %s", item->event_id));
 	HttpTransferAddHeader(t, psprintf("webhook-id: %s", item->event_id));
 	HttpTransferAddHeader(t, psprintf("webhook-timestamp: %ld", ts));
-	HttpTransferAddHeader(t, psprintf("webhook-signature: v1,%s", b64));
+	HttpTransferAddHeader(t, psprintf("webhook-signature: v1,%s", sig.standard));
 	HttpTransferAddHeader(t, "Expect:");
 	HttpTransferSetBody(t, item->payload, body_len);
 	item->transfer = t;
@@ -279,6 +359,7 @@ start_item(WebhookItem *item)
 	endpoint_adjust(item->endpoint, 1);
 }
 
+/* Add a delivery's outcome to the batch (status, error, retry delay; -1 = final). */
 static void
 add_outcome(WebhookItem *item, long status, const char *error, long retry_ms)
 {
@@ -312,6 +393,7 @@ retry_delay(int attempts)
 	return WorkerJitter((long) (webhook_schedule_ms[attempts] * webhook_retry_scale));
 }
 
+/* Turn a finished POST into its outcome and count it. */
 static void
 finish_item(WebhookItem *item, HttpTransfer *t)
 {
@@ -332,8 +414,7 @@ finish_item(WebhookItem *item, HttpTransfer *t)
 		{
 			TimestampTz at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 
-			if (soonest_retry == 0 || at < soonest_retry)
-				soonest_retry = at;
+			soonest_retry = WorkerEarlier(soonest_retry, at);
 		}
 		WorkerNoteError("%s to %s: %s", item->event_id, item->url, error);
 		if (delay < 0)
@@ -343,6 +424,7 @@ finish_item(WebhookItem *item, HttpTransfer *t)
 	}
 }
 
+/* Forget a finished delivery and free what it held. */
 static void
 free_item(WebhookItem *item)
 {
@@ -379,6 +461,7 @@ finish_transfers(void)
 	return n;
 }
 
+/* Apply a JSON array of outcomes with envoisms.webhook_record (a transaction). */
 static void
 record_txn(void *arg)
 {
@@ -393,6 +476,7 @@ record_txn(void *arg)
 		elog(ERROR, "webhook_record failed");
 }
 
+/* Record the batch of outcomes, if any, in one transaction. */
 static void
 flush_outcomes(void)
 {
@@ -404,6 +488,7 @@ flush_outcomes(void)
 	outcome_count = 0;
 }
 
+/* Give back the leases of the deliveries still in flight (at shutdown). */
 static void
 release_txn(void *arg)
 {
@@ -419,6 +504,7 @@ release_txn(void *arg)
 	}
 }
 
+/* Release the leases taken before this server started (workers lost in a crash). */
 static void
 reclaim_txn(void *arg)
 {
@@ -428,6 +514,7 @@ reclaim_txn(void *arg)
 	SPI_execute(sql, false, 1);
 }
 
+/* SIGTERM: let requests finish for the grace period, record, release the rest. */
 static void
 shutdown_webhooks(void)
 {
@@ -436,12 +523,7 @@ shutdown_webhooks(void)
 
 	while (in_flight_count > 0 && GetCurrentTimestamp() < deadline)
 	{
-		long		timeout = WorkerMsUntil(deadline);
-		long		t = HttpPoolTimeout(pool);
-
-		if (t >= 0 && t < timeout)
-			timeout = t;
-		WorkerWait(timeout);
+		WorkerWait(WorkerWaitTime(WorkerMsUntil(deadline), HttpPoolTimeout(pool), 0));
 		finish_transfers();
 	}
 	flush_outcomes();
@@ -451,6 +533,7 @@ shutdown_webhooks(void)
 	ereport(LOG, (errmsg("%s: stopping; %d unfinished leases released", MyWorkerSlot->name, released)));
 }
 
+/* The webhook worker's entry point: claim, POST, record, wait, until SIGTERM. */
 void
 envoisms_webhooks_main(Datum main_arg)
 {
@@ -478,7 +561,7 @@ envoisms_webhooks_main(Datum main_arg)
 		MemoryContextSwitchTo(old);
 	}
 	pool = HttpPoolCreate(0, 1024);
-	WorkerWatchSocket(HttpPoolSocket(pool));
+	WorkerWatchSocket(HttpPoolSocket(pool), WL_SOCKET_READABLE);
 	WorkerRunTransaction("releasing webhook leases of the previous run", reclaim_txn, NULL);
 
 	while (!WorkerStopping())
@@ -494,7 +577,7 @@ envoisms_webhooks_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (next_claim_at != 0 && now >= next_claim_at)
 			claim_wanted = true;
-		if (TimestampDifferenceExceeds(last_claim_at, now, dispatch_poll_ms))
+		if (TimestampDifferenceExceeds(last_claim_at, now, webhook_poll_ms))
 			claim_wanted = true;
 		room = webhook_max_in_flight - in_flight_count;
 		if (claim_wanted && room > 0 &&
@@ -535,10 +618,9 @@ envoisms_webhooks_main(Datum main_arg)
 			(outcome_count > 0 && TimestampDifferenceExceeds(first_outcome_at, GetCurrentTimestamp(), WORKER_PACE_MS)))
 			flush_outcomes();
 		/* a retry recorded is due before anything the last claim saw */
-		if (outcome_count == 0 && soonest_retry != 0)
+		if (outcome_count == 0)
 		{
-			if (next_claim_at == 0 || soonest_retry < next_claim_at)
-				next_claim_at = soonest_retry;
+			next_claim_at = WorkerEarlier(next_claim_at, soonest_retry);
 			soonest_retry = 0;
 		}
 		MemoryContextReset(pass_cxt);
@@ -546,17 +628,7 @@ envoisms_webhooks_main(Datum main_arg)
 		if (claim_wanted && webhook_max_in_flight - in_flight_count > 0)
 			timeout = 0;
 		else
-		{
-			long		t;
-
-			timeout = dispatch_poll_ms;
-			t = HttpPoolTimeout(pool);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-			t = WorkerMsUntil(next_claim_at);
-			if (t >= 0 && t < timeout)
-				timeout = t;
-		}
+			timeout = WorkerWaitTime(webhook_poll_ms, HttpPoolTimeout(pool), next_claim_at);
 		if (claim_wanted && timeout == 0)
 			timeout = WorkerMsUntil(TimestampTzPlusMilliseconds(last_claim_at, WORKER_PACE_MS));
 		if (outcome_count > 0)

@@ -147,6 +147,7 @@ extern void PoolCallPrecheck(const char *method, const char *path,
 /* SELECT 1 through the pool; true when the database answered. */
 extern bool PoolHealthCheck(void);
 
+/* Connections the pool may hold, serving a request now, and open now. */
 extern void PoolStats(int *size, int *in_use, int *connected);
 
 /* ---- dbwork.c */
@@ -183,15 +184,24 @@ extern void DbWorkStop(void);
 
 /* ---- metrics.c */
 
-/* Maps a path to a route template without the database ("/v1/messages/:id"). */
-extern void RouteTemplate(const char *path, char *out, size_t outlen);
+/* Counts a finished request under its method, route label and status. */
 extern void MetricsObserve(const char *method, const char *route, int status,
 						   double seconds);
 extern void MetricsDbError(const char *kind);
 extern void MetricsConnected(void);
 extern void MetricsConnections(int delta);
-/* Prometheus text exposition (malloc'd). */
-extern char *MetricsRender(size_t *len);
+
+/* The gauges /metrics shows that others keep: the caller reads them. */
+typedef struct MetricsGauges
+{
+	int			pool_size;		/* PoolStats */
+	int			pool_in_use;
+	int			pool_connected;
+	int			requests_in_flight; /* HttpInFlight */
+} MetricsGauges;
+
+/* Prometheus text exposition of what was counted and of gauges (malloc'd). */
+extern char *MetricsRender(const MetricsGauges *gauges, size_t *len);
 
 /* ---- conntrack.c */
 
@@ -250,16 +260,27 @@ extern bool HeadFieldsRefused(struct MHD_Connection *connection, const char *ver
 /* ---- response.c */
 
 /*
+ * What SQL's reply headers tell the gateway alone: taken out of the
+ * response, never sent. A field stays as it was when its header is absent.
+ */
+typedef struct ReplyNotes
+{
+	char		key_id[64];		/* X-Envoisms-Key-Id: the key, for the access log */
+	char		route[96];		/* X-Envoisms-Route: the route template envoisms.api()
+								 * matched, the label of metrics and access log */
+} ReplyNotes;
+
+/*
  * Queues a response: body (len bytes, copied), content type, CORS headers,
  * "Connection: close" when close, and the headers of SQL's JSON object
- * sql_headers (or NULL); X-Envoisms-Key-Id is copied to key_id instead
- * of being sent.
+ * sql_headers (or NULL), except those meant for the gateway, which go to
+ * *notes instead.
  */
 extern enum MHD_Result ResponseQueue(struct MHD_Connection *connection, int status,
 									 const char *body, size_t len,
 									 const char *content_type,
 									 const char *sql_headers, bool close,
-									 char *key_id, size_t key_id_len);
+									 ReplyNotes *notes);
 /* The answer to a CORS preflight (OPTIONS): 204 with the allowed methods. */
 extern enum MHD_Result ResponseQueuePreflight(struct MHD_Connection *connection);
 /*

@@ -32,7 +32,10 @@
  *   HttpHandle again  the worker resumed the connection: the row (status,
  *                   headers, body) becomes the response.
  *   HttpCompleted   response done (or connection gone): metrics, access log,
- *                   memory freed.
+ *                   memory freed. Both label the request with the route
+ *                   template envoisms.api() matched (its X-Envoisms-Route
+ *                   header, which is not sent), the gateway's own route, or
+ *                   "other".
  *
  * The gateway never parses a request body: it only checks that it is UTF-8
  * without NUL bytes (a text parameter cannot carry anything else). Request
@@ -70,9 +73,8 @@ typedef struct Request
 	size_t		bytes_in;
 	Body		body;
 	char		method[16];
-	char		route[96];
 	char		client_ip[INET6_ADDRSTRLEN];
-	char		key_id[64];
+	ReplyNotes	notes;			/* key id and route label (SQL's, or ours) */
 	StrBuf		headers_json;	/* request headers for SQL */
 	DbJob		job;			/* the database call, run by dbwork.c */
 	bool		job_pending;	/* connection suspended for the job */
@@ -160,9 +162,9 @@ HttpCompleted(void *cls, struct MHD_Connection *connection, void **req_cls,
 		double		elapsed = NowSeconds() - req->start;
 
 		if (req->responded)
-			MetricsObserve(req->method, req->route, req->status, elapsed);
-		AccessLog(req->method, req->route, req->responded ? req->status : 0,
-				  elapsed * 1000.0, req->key_id, req->client_ip, req->bytes_in);
+			MetricsObserve(req->method, req->notes.route, req->status, elapsed);
+		AccessLog(req->method, req->notes.route, req->responded ? req->status : 0,
+				  elapsed * 1000.0, req->notes.key_id, req->client_ip, req->bytes_in);
 	}
 	ConnTrackBusy(connection, false);
 	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
@@ -183,7 +185,7 @@ Respond(Request *req, struct MHD_Connection *connection, int status,
 {
 	enum MHD_Result ret = ResponseQueue(connection, status, body, len, content_type,
 										sql_headers, close || shutting_down,
-										req->key_id, sizeof(req->key_id));
+										&req->notes);
 
 	if (ret == MHD_YES)
 	{
@@ -328,18 +330,25 @@ ApiMethod(const Request *req)
 	return strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
 }
 
+/* The route of a GET the gateway answers itself, or NULL. */
+static const char *
+OwnRoute(const Request *req)
+{
+	static const char *const routes[] = {"/healthz", "/metrics", "/v1/openapi.json"};
+
+	if (strcmp(ApiMethod(req), "GET") != 0)
+		return NULL;
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+		if (strcmp(req->target, routes[i]) == 0)
+			return routes[i];
+	return NULL;
+}
+
 /* Requests the gateway answers itself, which therefore need no body. */
 static bool
 OwnEndpoint(const Request *req)
 {
-	const char *path = req->target;
-
-	if (strcmp(req->method, "OPTIONS") == 0)
-		return true;
-	if (strcmp(ApiMethod(req), "GET") != 0)
-		return false;
-	return strcmp(path, "/healthz") == 0 || strcmp(path, "/metrics") == 0 ||
-		strcmp(path, "/v1/openapi.json") == 0;
+	return strcmp(req->method, "OPTIONS") == 0 || OwnRoute(req) != NULL;
 }
 
 /* Hands the request to a database worker; the connection sleeps meanwhile. */
@@ -485,10 +494,14 @@ Dispatch(Request *req, struct MHD_Connection *connection)
 	}
 	if (get && strcmp(path, "/metrics") == 0)
 	{
+		MetricsGauges gauges;
 		size_t		len;
-		char	   *text = MetricsRender(&len);
+		char	   *text;
 		enum MHD_Result ret;
 
+		PoolStats(&gauges.pool_size, &gauges.pool_in_use, &gauges.pool_connected);
+		gauges.requests_in_flight = HttpInFlight();
+		text = MetricsRender(&gauges, &len);
 		if (text == NULL)
 			return MHD_NO;
 		ret = Respond(req, connection, 200, text, len, "text/plain; version=0.0.4", NULL, false);
@@ -530,7 +543,9 @@ HandleHead(Request *req, struct MHD_Connection *connection, const char *method,
 		*question = '\0';
 		req->query = question + 1;
 	}
-	RouteTemplate(req->target, req->route, sizeof(req->route));
+	/* the label until envoisms.api() names the route it matched */
+	snprintf(req->notes.route, sizeof(req->notes.route), "%s",
+			 OwnRoute(req) ? OwnRoute(req) : "other");
 	if (!ResolveClient(req, connection))
 		return MHD_NO;
 

@@ -7,11 +7,15 @@
  *   envoisms_gateway_db_connects_total, envoisms_gateway_pool_{size,in_use,connected}
  *   envoisms_gateway_connections_open, envoisms_gateway_requests_in_flight
  *
- * Routes are templates ("/v1/messages/:id"), computed here without the
- * database: a path segment that is not one of the API's literal words is an
- * id. Unknown shapes collapse to "other", so label cardinality is bounded
+ * Routes are the labels the caller gives: the template envoisms.api()
+ * matched ("/v1/messages/:id"), the gateway's own route, or "other" for
+ * anything no route served, so label cardinality is bounded by the routes
  * whatever clients send. One mutex guards the table; it is taken once per
  * request, for a few hundred nanoseconds, next to a database round trip.
+ *
+ * A leaf: it calls nothing of the gateway but util.c's buffers. What
+ * others keep (the pool's connections, the requests in flight) is read by
+ * the caller and handed to MetricsRender as MetricsGauges.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -22,7 +26,6 @@
 #include "gateway.h"
 
 #define MAX_SERIES 512
-#define MAX_DEPTH 5
 
 static const double bucket_bounds[] = {
 	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
@@ -58,79 +61,6 @@ static unsigned long long db_errors[NKINDS];
 static unsigned long long db_connects;
 static unsigned long long dropped_series;
 static int	connections_open;
-
-/* The literal words of the /v1 surface and the gateway's own paths. */
-static const char *const route_words[] = {
-	"v1", "messages", "bulk", "verify", "send", "check", "lookup", "contacts",
-	"import", "lists", "campaigns", "webhooks", "test", "api-keys", "billing",
-	"balance", "analytics", "healthz", "metrics", "openapi.json", "templates",
-	"optouts", "events", "logs", "members", "cancel", "rotate", "usage",
-	"transactions", "invoices", "account", "carriers", "dlr", "whatsapp", "packs",
-	"payment-methods", "topups", "stripe", "webhook", NULL
-};
-
-/* Whether a path segment is a literal word of the API (else it is an id). */
-static bool
-IsRouteWord(const char *seg, size_t len)
-{
-	for (int i = 0; route_words[i]; i++)
-		if (strlen(route_words[i]) == len && memcmp(route_words[i], seg, len) == 0)
-			return true;
-	return false;
-}
-
-/* The route label of a path, "/v1/messages/:id"; "other" for unknown shapes. */
-void
-RouteTemplate(const char *path, char *out, size_t outlen)
-{
-	size_t		pos = 0;
-	int			depth = 0;
-	const char *p = path;
-
-	if (path[0] != '/')
-	{
-		snprintf(out, outlen, "other");
-		return;
-	}
-	while (*p == '/')
-	{
-		const char *seg = p + 1;
-		size_t		len = strcspn(seg, "/");
-		const char *word = seg;
-		size_t		wlen = len;
-
-		if (len == 0 && seg[0] == '\0')
-			break;				/* trailing slash */
-		if (++depth > MAX_DEPTH)
-		{
-			snprintf(out, outlen, "other");
-			return;
-		}
-		if (!IsRouteWord(seg, len))
-		{
-			/* only /v1/... has ids; anything else unknown is "other" */
-			if (depth == 1 || strncmp(path, "/v1/", 4) != 0)
-			{
-				snprintf(out, outlen, "other");
-				return;
-			}
-			word = ":id";
-			wlen = 3;
-		}
-		if (pos + wlen + 2 >= outlen)
-		{
-			snprintf(out, outlen, "other");
-			return;
-		}
-		out[pos++] = '/';
-		memcpy(out + pos, word, wlen);
-		pos += wlen;
-		p = seg + len;
-	}
-	if (pos == 0)
-		out[pos++] = '/';
-	out[pos] = '\0';
-}
 
 /* The method label: a known method, else "OTHER" (label cardinality stays bounded). */
 static const char *
@@ -242,17 +172,13 @@ Printf(StrBuf *sb, const char *fmt,...)
 	return StrBufAppend(sb, buf, (size_t) n < sizeof(buf) ? (size_t) n : sizeof(buf) - 1);
 }
 
-/* The Prometheus text exposition of everything counted. */
+/* The Prometheus text exposition of everything counted, and of the caller's gauges. */
 char *
-MetricsRender(size_t *len)
+MetricsRender(const MetricsGauges *gauges, size_t *len)
 {
 	StrBuf		sb = {0};
 	bool		ok = true;
-	int			size,
-				in_use,
-				connected;
 
-	PoolStats(&size, &in_use, &connected);
 	pthread_mutex_lock(&lock);
 	ok &= Printf(&sb, "# HELP envoisms_gateway_requests_total HTTP requests answered, by route template and status.\n"
 				 "# TYPE envoisms_gateway_requests_total counter\n");
@@ -290,7 +216,7 @@ MetricsRender(size_t *len)
 				 "# HELP envoisms_gateway_pool_connected Database connections open now.\n"
 				 "# TYPE envoisms_gateway_pool_connected gauge\n"
 				 "envoisms_gateway_pool_connected %d\n",
-				 db_connects, size, in_use, connected);
+				 db_connects, gauges->pool_size, gauges->pool_in_use, gauges->pool_connected);
 	ok &= Printf(&sb, "# HELP envoisms_gateway_connections_open HTTP connections open now.\n"
 				 "# TYPE envoisms_gateway_connections_open gauge\n"
 				 "envoisms_gateway_connections_open %d\n"
@@ -300,7 +226,7 @@ MetricsRender(size_t *len)
 				 "# HELP envoisms_gateway_series_dropped_total Observations not counted because the series table was full.\n"
 				 "# TYPE envoisms_gateway_series_dropped_total counter\n"
 				 "envoisms_gateway_series_dropped_total %llu\n",
-				 connections_open, HttpInFlight(), dropped_series);
+				 connections_open, gauges->requests_in_flight, dropped_series);
 	pthread_mutex_unlock(&lock);
 	if (!ok)
 	{

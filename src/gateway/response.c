@@ -7,8 +7,11 @@
  *
  * The JSON object of headers comes from envoisms.api() (jsonb as text), so
  * only the subset jsonb writes is read: one flat object of strings or other
- * scalars. X-Envoisms-Key-Id names the key for the access log and is not
- * sent.
+ * scalars. Two headers are meant for the gateway and are not sent:
+ * X-Envoisms-Key-Id names the key for the access log, X-Envoisms-Route the
+ * route template envoisms.api() matched, which labels the request in the
+ * access log and /metrics (a value that is not a plain path template is
+ * ignored, so labels stay few and printable).
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -19,6 +22,7 @@
 #include "gateway.h"
 
 #define KEY_ID_HEADER "X-Envoisms-Key-Id"
+#define ROUTE_HEADER "X-Envoisms-Route"
 
 /* CORS headers of every response: the origin, when it is allowed. */
 static bool
@@ -112,13 +116,22 @@ JsonString(const char **p, StrBuf *sb)
 	return true;
 }
 
+/* Whether a route template can be a label: "/" then letters, digits and "/:._-". */
+static bool
+RouteLabelValid(const char *route, size_t max)
+{
+	size_t		n = strspn(route, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/:._-");
+
+	return route[0] == '/' && route[n] == '\0' && n < max;
+}
+
 /*
  * Adds the headers of SQL's JSON object to the response. Values may be
- * strings or other scalars (written as they are). The key id header is
- * copied to key_id instead.
+ * strings or other scalars (written as they are). The headers meant for
+ * the gateway go to *notes (when not NULL) instead.
  */
 static bool
-AddSqlHeaders(struct MHD_Response *resp, const char *json, char *key_id, size_t key_id_len)
+AddSqlHeaders(struct MHD_Response *resp, const char *json, ReplyNotes *notes)
 {
 	const char *p = json;
 
@@ -165,8 +178,13 @@ AddSqlHeaders(struct MHD_Response *resp, const char *json, char *key_id, size_t 
 		}
 		if (strcasecmp(name.data, KEY_ID_HEADER) == 0)
 		{
-			if (key_id != NULL)
-				snprintf(key_id, key_id_len, "%s", value.data);
+			if (notes != NULL)
+				snprintf(notes->key_id, sizeof(notes->key_id), "%s", value.data);
+		}
+		else if (strcasecmp(name.data, ROUTE_HEADER) == 0)
+		{
+			if (notes != NULL && RouteLabelValid(value.data, sizeof(notes->route)))
+				snprintf(notes->route, sizeof(notes->route), "%s", value.data);
 		}
 		else if (strcmp(value.data, "null") != 0 &&
 				 MHD_add_response_header(resp, name.data, value.data) != MHD_YES)
@@ -180,7 +198,7 @@ AddSqlHeaders(struct MHD_Response *resp, const char *json, char *key_id, size_t 
 enum MHD_Result
 ResponseQueue(struct MHD_Connection *connection, int status, const char *body, size_t len,
 			  const char *content_type, const char *sql_headers, bool close,
-			  char *key_id, size_t key_id_len)
+			  ReplyNotes *notes)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
@@ -200,7 +218,7 @@ ResponseQueue(struct MHD_Connection *connection, int status, const char *body, s
 								"X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After") == MHD_YES;
 	if (ok && close)
 		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") == MHD_YES;
-	if (ok && sql_headers != NULL && !AddSqlHeaders(resp, sql_headers, key_id, key_id_len))
+	if (ok && sql_headers != NULL && !AddSqlHeaders(resp, sql_headers, notes))
 		ErrorLog("envoisms.api returned unreadable headers: %.200s", sql_headers);
 	if (!ok)
 	{

@@ -1,6 +1,6 @@
 /*
- * carrier_smpp.c — SMPP 3.4 PDUs (through libsmpp34) and SMS text encodings
- * for the SMPP carrier.
+ * smpp_pdu.c — SMPP 3.4 PDUs (through libsmpp34) and SMS text encodings,
+ * the codec of the SMPP bind worker (worker_smpp_bind.c).
  *
  * PDUs: every PDU we send is packed by smpp34_pack2 and every PDU we read is
  * unpacked by smpp34_unpack2; we only read the 16-byte header ourselves, to
@@ -27,7 +27,7 @@
 
 #include "mb/pg_wchar.h"
 
-#include "carrier_smpp.h"
+#include "smpp_pdu.h"
 
 #define UDH_CONCAT_LEN 6		/* UDHL 05, IE 00, IEL 03, ref, total, seq */
 #define GSM_ESCAPE 0x1B

@@ -1,5 +1,5 @@
 /*
- * carrier_smpp_receipt.h — the text form of an SMPP delivery receipt
+ * smpp_receipt.h — the text form of an SMPP delivery receipt
  * (SMPP 3.4 appendix B): "id:… sub:… dlvrd:… submit date:… done date:…
  * stat:… err:… text:…". Plain C, no palloc: the SMPP worker calls it on
  * every receipt and envoisms.smpp_parse_receipt exposes it to SQL.

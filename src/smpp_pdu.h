@@ -1,13 +1,14 @@
 /*
- * carrier_smpp.h — SMPP 3.4 PDUs and SMS text encodings for the SMPP
- * carrier (worker_smpp.c). PDUs are packed and unpacked by libsmpp34; this
- * layer only fills its structures, checks its return codes and frames the
- * byte stream (the 16-byte header tells how long a PDU is). Text encoding
- * (GSM 03.38 septets, packed or not, UCS-2 big-endian, user-data headers)
- * is ours: libsmpp34 carries bytes.
+ * smpp_pdu.h — SMPP 3.4 PDUs and SMS text encodings: the codec of the
+ * SMPP bind worker (worker_smpp_bind.c), not a dispatcher carrier. PDUs
+ * are packed and unpacked by libsmpp34; this layer only fills its
+ * structures, checks its return codes and frames the byte stream (the
+ * 16-byte header tells how long a PDU is). Text encoding (GSM 03.38
+ * septets, packed or not, UCS-2 big-endian, user-data headers) is ours:
+ * libsmpp34 carries bytes.
  */
-#ifndef ENVOISMS_CARRIER_SMPP_H
-#define ENVOISMS_CARRIER_SMPP_H
+#ifndef ENVOISMS_SMPP_PDU_H
+#define ENVOISMS_SMPP_PDU_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -153,4 +154,4 @@ extern char *SmppDecodeText(const uint8_t *data, int len, int data_coding,
 							bool udhi, bool gsm_packed,
 							int *ref, int *total, int *seq);
 
-#endif							/* ENVOISMS_CARRIER_SMPP_H */
+#endif							/* ENVOISMS_SMPP_PDU_H */

@@ -1,5 +1,5 @@
 /*
- * carrier_smpp_receipt.c — parser of the text form of SMPP delivery receipts.
+ * smpp_receipt.c — parser of the text form of SMPP delivery receipts.
  *
  * The format is only "suggested" by SMPP 3.4 (appendix B), so SMSCs vary:
  * keys in another case, fields missing or reordered, submit_date with an
@@ -20,7 +20,7 @@
 
 #include "mb/pg_wchar.h"
 
-#include "carrier_smpp_receipt.h"
+#include "smpp_receipt.h"
 
 typedef enum ReceiptField
 {

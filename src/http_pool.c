@@ -1,6 +1,6 @@
 /*
- * worker_http.c — the libcurl multi pool the dispatcher and the webhook
- * worker drive, and two small JSON helpers for carrier replies.
+ * http_pool.c — the libcurl multi pool the dispatcher and the webhook
+ * worker drive (http_pool.h).
  *
  * One multi handle per worker, kept for the worker's life: its connection
  * cache gives keep-alive reuse across transfers, and any number of
@@ -15,15 +15,16 @@
  * callbacks run outside any transaction and must never ereport. Nothing of
  * a transfer outlives HttpTransferFree.
  */
-#include "worker.h"
+#include "envoisms.h"
 
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#include "common/jsonapi.h"
-#include "mb/pg_wchar.h"
-#include "utils/json.h"
 #include "utils/timestamp.h"
+
+#include "http_pool.h"
+#include "ssrf.h"
+#include "worker.h"
 
 struct HttpPool
 {
@@ -42,6 +43,7 @@ struct HttpPool
 			elog(ERROR, "libcurl: %s: %s", #call, curl_multi_strerror(_rc)); \
 	} while (0)
 
+/* CURLMOPT_SOCKETFUNCTION: keep the pool's epoll set equal to what curl waits on. */
 static int
 socket_callback(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
@@ -68,6 +70,7 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp, void *socket
 	return 0;
 }
 
+/* CURLMOPT_TIMERFUNCTION: remember when curl wants to be called back. */
 static int
 timer_callback(CURLM *multi, long timeout_ms, void *userp)
 {
@@ -78,6 +81,7 @@ timer_callback(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
+/* CURLOPT_WRITEFUNCTION: keep the first 64 kB of a reply, NUL-terminated. */
 static size_t
 write_callback(char *data, size_t size, size_t nmemb, void *userp)
 {
@@ -107,6 +111,7 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 	return size * nmemb;
 }
 
+/* A new pool (in TopMemoryContext) with these connection limits. */
 HttpPool *
 HttpPoolCreate(long max_host_connections, long max_total_connections)
 {
@@ -127,6 +132,7 @@ HttpPoolCreate(long max_host_connections, long max_total_connections)
 	return pool;
 }
 
+/* Apply new connection limits to a running pool. */
 void
 HttpPoolSetLimits(HttpPool *pool, long max_host_connections, long max_total_connections)
 {
@@ -134,18 +140,21 @@ HttpPoolSetLimits(HttpPool *pool, long max_host_connections, long max_total_conn
 	CURL_CHECK_MULTI(curl_multi_setopt(pool->multi, CURLMOPT_MAXCONNECTS, max_total_connections));
 }
 
+/* The one descriptor (epoll) that becomes readable when a transfer can progress. */
 pgsocket
 HttpPoolSocket(HttpPool *pool)
 {
 	return pool->epfd;
 }
 
+/* Transfers started and not yet finished. */
 int
 HttpPoolRunning(HttpPool *pool)
 {
 	return pool->running;
 }
 
+/* A transfer with our fixed options, ready for its URL, headers and body. */
 HttpTransfer *
 HttpTransferNew(void *owner, bool ssrf_guard)
 {
@@ -181,6 +190,7 @@ HttpTransferNew(void *owner, bool ssrf_guard)
 	return t;
 }
 
+/* Add one request header line ("Name: value"). */
 void
 HttpTransferAddHeader(HttpTransfer *t, const char *header)
 {
@@ -191,6 +201,7 @@ HttpTransferAddHeader(HttpTransfer *t, const char *header)
 	t->headers = l;
 }
 
+/* Copy the request body and make the transfer a POST of it. */
 void
 HttpTransferSetBody(HttpTransfer *t, const char *body, size_t len)
 {
@@ -203,6 +214,7 @@ HttpTransferSetBody(HttpTransfer *t, const char *body, size_t len)
 	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
 }
 
+/* Hand a transfer to the pool: it runs from now on. */
 void
 HttpPoolStart(HttpPool *pool, HttpTransfer *t)
 {
@@ -211,6 +223,7 @@ HttpPoolStart(HttpPool *pool, HttpTransfer *t)
 	pool->running++;
 }
 
+/* Move what curl finished to the pool's done list, with status and Retry-After. */
 static void
 collect_done(HttpPool *pool)
 {
@@ -240,6 +253,7 @@ collect_done(HttpPool *pool)
 	}
 }
 
+/* Let curl act on ready sockets and on its timer, then collect finished transfers. */
 void
 HttpPoolPerform(HttpPool *pool)
 {
@@ -279,6 +293,7 @@ HttpPoolPerform(HttpPool *pool)
 	collect_done(pool);
 }
 
+/* The next finished transfer (the caller frees it), or NULL. */
 HttpTransfer *
 HttpPoolNextDone(HttpPool *pool)
 {
@@ -294,6 +309,7 @@ HttpPoolNextDone(HttpPool *pool)
 	return t;
 }
 
+/* Take a running transfer out of the pool (at shutdown); the caller frees it. */
 void
 HttpPoolAbort(HttpPool *pool, HttpTransfer *t)
 {
@@ -301,6 +317,7 @@ HttpPoolAbort(HttpPool *pool, HttpTransfer *t)
 		pool->running--;
 }
 
+/* Milliseconds until the pool wants to be driven again; 0 with finished transfers waiting, -1 for none. */
 long
 HttpPoolTimeout(HttpPool *pool)
 {
@@ -309,6 +326,7 @@ HttpPoolTimeout(HttpPool *pool)
 	return WorkerMsUntil(pool->timer_at);
 }
 
+/* Free a transfer and everything it holds (NULL is fine). */
 void
 HttpTransferFree(HttpTransfer *t)
 {
@@ -321,8 +339,9 @@ HttpTransferFree(HttpTransfer *t)
 	free(t);
 }
 
+/* Why a transfer failed, in words (a static buffer, valid until the next call). */
 const char *
-HttpTransferError(HttpTransfer *t)
+HttpTransferError(const HttpTransfer *t)
 {
 	static char buf[CURL_ERROR_SIZE + 64];
 
@@ -334,123 +353,4 @@ HttpTransferError(HttpTransfer *t)
 	else
 		snprintf(buf, sizeof(buf), "HTTP %ld", t->http_status);
 	return buf;
-}
-
-/* ---- JSON helpers */
-
-typedef struct JsonPathState
-{
-	char	   *want[8];		/* path components */
-	int			nwant;
-	int			depth;			/* containers entered */
-	char	   *at[16];			/* current key (or index) per depth */
-	int			index[16];		/* next array index per depth */
-	bool		is_array[16];
-	char	   *found;
-} JsonPathState;
-
-static bool
-path_matches(JsonPathState *s)
-{
-	if (s->depth != s->nwant)
-		return false;
-	for (int i = 0; i < s->nwant; i++)
-		if (s->at[i + 1] == NULL || strcmp(s->at[i + 1], s->want[i]) != 0)
-			return false;
-	return true;
-}
-
-static void
-jp_object_start(void *state)
-{
-	JsonPathState *s = state;
-
-	if (++s->depth < 16)
-	{
-		s->is_array[s->depth] = false;
-		s->at[s->depth] = NULL;
-	}
-}
-
-static void
-jp_array_start(void *state)
-{
-	JsonPathState *s = state;
-
-	if (++s->depth < 16)
-	{
-		s->is_array[s->depth] = true;
-		s->index[s->depth] = 0;
-		s->at[s->depth] = NULL;
-	}
-}
-
-static void
-jp_end(void *state)
-{
-	((JsonPathState *) state)->depth--;
-}
-
-static void
-jp_field(void *state, char *fname, bool isnull)
-{
-	JsonPathState *s = state;
-
-	if (s->depth < 16)
-		s->at[s->depth] = fname;
-}
-
-static void
-jp_element(void *state, bool isnull)
-{
-	JsonPathState *s = state;
-
-	if (s->depth < 16)
-		s->at[s->depth] = psprintf("%d", s->index[s->depth]++);
-}
-
-static void
-jp_scalar(void *state, char *token, JsonTokenType tokentype)
-{
-	JsonPathState *s = state;
-
-	if (s->found == NULL && tokentype != JSON_TOKEN_NULL && s->depth < 16 && path_matches(s))
-		s->found = token;
-}
-
-char *
-JsonGetPath(const char *json, size_t len, const char *path)
-{
-	JsonPathState state;
-	JsonSemAction sem;
-	JsonLexContext *lex;
-	char	   *copy;
-	char	   *tok;
-	char	   *save;
-
-	if (json == NULL || len == 0)
-		return NULL;
-	memset(&state, 0, sizeof(state));
-	copy = pstrdup(path);
-	for (tok = strtok_r(copy, ".", &save); tok && state.nwant < 8; tok = strtok_r(NULL, ".", &save))
-		state.want[state.nwant++] = tok;
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = &state;
-	sem.object_start = jp_object_start;
-	sem.object_end = jp_end;
-	sem.array_start = jp_array_start;
-	sem.array_end = jp_end;
-	sem.object_field_start = jp_field;
-	sem.array_element_start = jp_element;
-	sem.scalar = jp_scalar;
-	lex = makeJsonLexContextCstringLen(pnstrdup(json, len), len, PG_UTF8, true);
-	if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
-		return NULL;
-	return state.found;
-}
-
-void
-JsonAppendString(StringInfo buf, const char *s)
-{
-	escape_json(buf, s ? s : "");
 }
