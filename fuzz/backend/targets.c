@@ -10,10 +10,10 @@
  *                 src/phone_lib.cpp)
  *   segments      a message body: sms_segments, sms_encoding,
  *                 sms_segment_count, sms_split (src/segments.c), each part
- *                 encoded for SMPP and decoded back (src/carrier_smpp.c)
+ *                 encoded for SMPP and decoded back (src/smpp_pdu.c)
  *   smpp_pdu      a PDU from an SMSC, framed as the bind frames it: header,
  *                 deliver_sm, submit_sm_resp, the text decoder, the receipt
- *                 (src/carrier_smpp.c, src/carrier_smpp_receipt.c)
+ *                 (src/smpp_pdu.c, src/smpp_receipt.c)
  *   smpp_receipt  a delivery receipt's text: SmppParseReceipt on raw bytes,
  *                 envoisms.smpp_parse_receipt on text
  *   request_text  the small per-request parsers: api_key_hash (the
@@ -35,8 +35,8 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-#include "carrier_smpp.h"
-#include "carrier_smpp_receipt.h"
+#include "smpp_pdu.h"
+#include "smpp_receipt.h"
 #include "fuzz_backend.h"
 
 static char *

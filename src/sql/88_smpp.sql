@@ -1,6 +1,6 @@
 -- 88_smpp.sql — the SMPP 3.4 carrier (kind 'smpp'): its settings, delivery
--- receipts, multi-part messages, and the C functions of carrier_smpp*.c and
--- worker_smpp.c.
+-- receipts, multi-part messages, and the C functions of smpp_pdu.c,
+-- smpp_receipt.c and worker_smpp.c.
 --
 -- One background worker per enabled smpp carrier holds a transceiver bind
 -- (worker_smpp.c); a supervisor starts and stops them as carrier rows come
