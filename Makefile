@@ -5,7 +5,7 @@ EXTENSION   = envoisms
 EXTVERSION  = 0.5.0
 
 MODULE_big  = envoisms
-# One concern per file (see DESIGN.md for the layers): every src/*.c, plus
+# One concern per file (docs/design.md has the layers): every src/*.c, plus
 # the C++ wrapper around libphonenumber.
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c))) src/phone_lib.o
 

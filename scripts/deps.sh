@@ -32,3 +32,9 @@ fi
 # Debian's postgresql package may create and start a "main" cluster on 5432;
 # envoisms runs its own clusters and leaves that one alone.
 [ -x "$PG_CONFIG" ] || die "PostgreSQL 15 is missing after install ($PG_CONFIG)"
+
+# The OpenAPI linter of test/tap/003_openapi_lint.pl, from npm into the
+# tree's .cache/ (scripts/openapi-lint.sh); Debian's nodejs comes without
+# npm. Not installed here, that test says why instead of failing silently.
+command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null || true
+"$ENVOISMS_ROOT/scripts/openapi-lint.sh" --install || say "the OpenAPI linter is not installed; test/tap/003_openapi_lint.pl will say why"

@@ -1,7 +1,7 @@
 /*
  * api.c — the one piece of C in the HTTP dispatcher: calling a route's handler.
  *
- * Routes are rows of envoisms.api_routes naming a handler function
+ * Routes are rows of envoisms.api_endpoints naming a handler function
  * (regprocedure) that takes an envoisms.api_request and returns an
  * envoisms.api_reply. Calling it through fmgr rather than through dynamic
  * SQL (EXECUTE format(...)) avoids parsing and planning a statement on every

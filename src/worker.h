@@ -26,7 +26,7 @@
  * ---- settings every worker reads (worker_common.c). Each worker's own
  * settings are defined, and kept static, by its module's Init function
  * (DispatchInit, WebhooksInit, SchedulerInit, SmppInit), called from
- * _PG_init; docs/workers.md documents them all.
+ * _PG_init; README.md's GUC table documents them all.
  */
 extern char *worker_database;
 extern int	worker_shutdown_grace_ms;

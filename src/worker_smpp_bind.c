@@ -34,7 +34,7 @@
  *
  * Delivery is at least once: a submit whose answer was lost can be sent
  * twice; a message id is never recorded twice (outcomes only apply to a
- * compatible state, 85_carriers.sql).
+ * compatible state, 86_dispatch.sql).
  */
 #include "envoisms.h"
 

@@ -376,6 +376,9 @@ BEGIN
         -- 1. route (cached per backend, routes.c): the exact path, else the
         -- path with its third (then its fourth) segment as :id
         r := envoisms.api_route(method, path);
+        -- X-Envoisms-Route names the route matched for the gateway's access
+        -- log and metrics (which strip it)
+        out_headers := CASE WHEN r.template IS NOT NULL THEN jsonb_build_object('X-Envoisms-Route', r.template) ELSE '{}' END;
         IF r.by_template THEN
             req.id := envoisms.url_decode(split_part(path, '/', CASE WHEN split_part(r.template, '/', 4) = ':id' THEN 4 ELSE 5 END));
         END IF;
@@ -397,7 +400,7 @@ BEGIN
             -- X-Envoisms-Key-Id names the key for the gateway's access log
             -- (which strips it).
             rl := envoisms.ratelimit_take(k.api_key_id, k.rate_limit, k.account_id || ':' || k.key_prefix);
-            out_headers := CASE WHEN k.rate_limit IS NULL THEN jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id)
+            out_headers := out_headers || CASE WHEN k.rate_limit IS NULL THEN jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id)
                                 ELSE jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id, 'X-RateLimit-Limit', k.rate_limit::text,
                                                         'X-RateLimit-Remaining', rl.remaining::text) END;
             IF NOT rl.allowed THEN
@@ -499,6 +502,7 @@ DECLARE
     k record;
     f record;
     allow text;
+    route text;         -- the template matched, for the gateway (X-Envoisms-Route)
     err_state text;
     err_message text;
     e envoisms.error_codes;
@@ -507,6 +511,7 @@ BEGIN
     path := coalesce(nullif(rtrim(path, '/'), ''), '/');
     BEGIN
         r := envoisms.api_route(method, path);
+        route := r.template;
         IF coalesce(r.public, false) THEN
             RETURN;
         END IF;
@@ -530,7 +535,8 @@ BEGIN
         SELECT * INTO e FROM envoisms.error_codes x WHERE x.code = 'INTERNAL_ERROR';
         err_message := 'an unexpected error occurred; it was logged';
     END IF;
-    RETURN NEXT ROW(e.http_status, CASE WHEN allow IS NOT NULL THEN jsonb_build_object('Allow', allow) ELSE '{}' END,
+    RETURN NEXT ROW(e.http_status, CASE WHEN allow IS NOT NULL THEN jsonb_build_object('Allow', allow) ELSE '{}' END
+                    || CASE WHEN route IS NOT NULL THEN jsonb_build_object('X-Envoisms-Route', route) ELSE '{}' END,
                     envoisms.error_envelope(e.code, err_message))::envoisms.api_reply;
 END
 $$;

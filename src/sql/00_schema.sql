@@ -5,12 +5,12 @@
 -- Constraints state the invariants the code relies on (a bug fails loudly
 -- instead of corrupting money).
 --
--- Money design (see DESIGN.md "Performance facts"): one balance row per
+-- Money design (docs/design.md, "Ids, times, money"): one balance row per
 -- account caps an account near 2k sends/s because every send holds that row
 -- lock through its commit's WAL flush. The balance is therefore split into
 -- buckets (balance_buckets); the balance is their sum. A send debits one
 -- bucket it can lock without waiting (SKIP LOCKED); only when no free bucket
--- holds enough does it lock them all and rebalance (balance.sql). The message
+-- holds enough does it lock them all and rebalance (20_accounts.sql). The message
 -- row is itself the debit's ledger entry (messages.charged_mad), so a send
 -- writes one row and updates one bucket; every other change of balance
 -- (top-up, refund, adjustment) is a ledger row. envoisms.balance_check()

@@ -1,5 +1,5 @@
 -- 30_messages.sql — sending messages (single and bulk), reading them back,
--- and what every status change sets in motion (events, webhooks, NOTIFY).
+-- and analytics (what a status change sets in motion: 35_events.sql).
 --
 -- A send is validation, one debit of a balance bucket, and one insert: the
 -- message row is the debit's ledger entry (charged_mad) and the 'queued'

@@ -1,6 +1,6 @@
 -- 36_api_types.sql — the types every API handler is declared with and the
 -- route table areas insert into. They come before the area files (40_* …
--- 75_*) because a handler's signature, handler(envoisms.api_request) RETURNS
+-- 90_*) because a handler's signature, handler(envoisms.api_request) RETURNS
 -- envoisms.api_reply, needs the types to exist when the area file is loaded,
 -- and an area registers its routes by inserting into api_endpoints there.
 -- The dispatcher that uses them is envoisms.api() in 80_api.sql.

@@ -1,7 +1,7 @@
 -- 65_apikeys.sql — API keys managed over HTTP: GET/POST /v1/api-keys,
 -- PATCH/DELETE /v1/api-keys/:id.
 --
--- The operator creates keys with envoisms.api_key_create (20_accounts.sql);
+-- The operator creates keys with envoisms.api_key_create (below);
 -- here a key manages its account's keys, with these rules on top:
 --   * no escalation: a key creates, changes or re-enables a key only within
 --     its own rights: no permission it lacks (a key with NULL permissions has
@@ -14,8 +14,9 @@
 --   * a key is live or test like the key that creates it, unless the body
 --     says "key_prefix": "env_test" / "env_live"; a test (sandbox) key cannot
 --     create a live key, nor change or revoke one;
---   * revoking (DELETE, or PATCH active=false) is immediate — the dispatcher
---     checks active and revoked_at on every request — and answers with a
+--   * revoking (DELETE, or PATCH active=false) is immediate — envoisms.api
+--     reads keys through api_key_lookup(), whose cache every backend forgets
+--     when api_keys changes (keys.c) — and answers with a
 --     "warning" when the calling key revokes itself or when no active key is
 --     left in the account.
 -- Over HTTP rate_limit is 10..1000 requests per minute (default 100).

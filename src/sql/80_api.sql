@@ -1,9 +1,10 @@
 -- 80_api.sql — envoisms.api(): the whole HTTP contract as one function.
 --
--- One call per HTTP request (the gateway's only statement): authenticate the
--- Bearer key (SHA-256 looked up in api_keys; active; not revoked; client IP in
--- the allowlist), take a token from the key's rate-limit bucket (shared
--- memory), route (method, path) through envoisms.api_endpoints to a handler,
+-- One call per HTTP request (the gateway's only statement): route (method,
+-- path) through envoisms.api_endpoints to a handler, authenticate the Bearer
+-- key (SHA-256 looked up in api_keys; active; not revoked; client IP in the
+-- allowlist), take a token from the key's and its account's rate-limit
+-- buckets (shared memory), check the route's permission,
 -- and turn every error into the contract's envelope with the HTTP status of
 -- envoisms.error_codes. Every handler runs inside a subtransaction, so an
 -- error leaves nothing behind (no message, no debit).

@@ -11,8 +11,8 @@
 -- a compatible state (it needs a sent message), so a repeated or late one
 -- changes nothing.
 --
--- Carriers and routes are operator-level and global: the one documented
--- exception to "every table is keyed by account_id". Their config holds
+-- Carriers and routes are operator-level and global, like the other global
+-- tables docs/design.md lists ("Global and per account"). Their config holds
 -- secrets (tokens); no route returns it and PUBLIC cannot read it.
 
 CREATE TABLE envoisms.carriers (

@@ -6,7 +6,7 @@
 -- (worker_smpp.c); a supervisor starts and stops them as carrier rows come
 -- and go, woken by the trigger below when carriers change. The worker calls
 -- only the functions of this file, dispatch_claim / dispatch_retry /
--- dispatch_failed (85_carriers.sql) and inbound_receive (89_inbound.sql),
+-- dispatch_failed (86_dispatch.sql) and inbound_receive (89_inbound.sql),
 -- each in a short transaction of its own, never across network I/O.
 --
 -- Multi-part messages: the SMSC gives every part its own message id, and a

@@ -134,7 +134,7 @@ for my $case (
 	is(client_of($xff, @{ $case->[0] }), $case->[1], "X-Forwarded-For, $case->[2]");
 }
 
-# the finding itself: an allowlisted key, and a client that sends the
+# the spoof itself: an allowlisted key, and a client that sends the
 # allowed address in a line of its own, the proxy appending its real one
 my (undef, $pinned) = EnvoismsTest::demo_key($node, ip_whitelist => ['203.0.113.7/32'], rate_limit => undef);
 my (undef, $pinned6) = EnvoismsTest::demo_key($node, ip_whitelist => ['2001:db8::7/128'], rate_limit => undef);

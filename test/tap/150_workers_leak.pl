@@ -1,7 +1,7 @@
 # Workers, leak check: the dispatcher's private memory (RssAnon: its heap,
 # not the shared buffers it touches) after N sandbox messages stays within
 # 10% of what it was after the first 20k (caches and the allocator's
-# high-water mark settle within them). The issue asks for 200k vs 20k; that
+# high-water mark settle within them). The full check is 200k vs 20k; that
 # takes minutes on 2 cores, so the suite runs 60k vs 20k by default and
 # ENVOISMS_LEAK_MESSAGES=200000 runs the full check.
 use strict;
