@@ -2,10 +2,12 @@
  * smpp_pdu.c — SMPP 3.4 PDUs (through libsmpp34) and SMS text encodings,
  * the codec of the SMPP bind worker (worker_smpp_bind.c).
  *
- * PDUs: every PDU we send is packed by smpp34_pack2 and every PDU we read is
- * unpacked by smpp34_unpack2; we only read the 16-byte header ourselves, to
+ * PDUs: every PDU we send is packed by smpp34_pack2 and the replies to ours
+ * are unpacked by smpp34_unpack2; we read the 16-byte header ourselves, to
  * frame the stream and to answer PDUs libsmpp34 refuses (an unknown command
- * or a vendor status code makes it fail, yet the status is what we need).
+ * or a vendor status code makes it fail, yet the status is what we need),
+ * and the deliver_sm an SMSC sends unprompted, whose content libsmpp34
+ * cannot unpack safely (SmppParseDeliver says why).
  * libsmpp34 keeps its error text in a global buffer and is not thread-safe,
  * which is fine: one bind per process.
  *
@@ -598,114 +600,113 @@ address_text(char *out, int ton, const uint8_t *addr)
 		snprintf(out, SMPP_ADDRESS_MAX + 2, "%s", a);
 }
 
-/* Skip a C-octet string of at most `max` octets with its NUL; false when there is none. */
-static bool
-skip_c_octets(const uint8_t *buf, int len, int *pos, int max)
+/* A C-octet string of at most `max` octets with its NUL at *pos: where it starts, and *pos past it; NULL when there is no NUL. */
+static const char *
+read_c_octets(const uint8_t *buf, int len, int *pos, int max)
 {
+	const char *start = (const char *) buf + *pos;
+
 	for (int i = 0; i < max && *pos + i < len; i++)
 		if (buf[*pos + i] == '\0')
 		{
 			*pos += i + 1;
-			return true;
+			return start;
 		}
-	return false;
+	return NULL;
 }
 
 /*
- * Whether a deliver_sm's body is well formed up to its last optional
- * parameter, with at most SMPP_DELIVER_MAX_TLVS of them, checked before
- * libsmpp34 reads it: its unpacker writes a log line per TLV into a fixed
- * global buffer without bound (a PDU with a few hundred TLVs overflows it)
- * and leaks the TLV list when the last one is cut short. The SMSC is not
- * trusted with either.
+ * Read a deliver_sm ourselves rather than through smpp34_unpack2: its
+ * unpacker logs every field into a fixed 2048-byte global buffer without
+ * bound, and a PDU an SMSC (or anyone on the path) makes up overflows it;
+ * it also leaks its list of optional parameters when the last one is cut
+ * short. Reading the SMPP 3.4 fields in order is all it did for us here. A
+ * PDU that is not framed exactly (a string without its NUL, a field past
+ * the end, optional parameters that do not end where the PDU does, more
+ * than SMPP_DELIVER_MAX_TLVS of them) is refused.
  */
-static bool
-deliver_well_formed(const uint8_t *buf, int len)
-{
-	int			pos = 16;		/* after the header */
-	int			tlvs = 0;
-
-	if (!skip_c_octets(buf, len, &pos, 6) ||	/* service_type */
-		(pos += 2) > len ||		/* source_addr_ton, source_addr_npi */
-		!skip_c_octets(buf, len, &pos, 21) ||	/* source_addr */
-		(pos += 2) > len ||		/* dest_addr_ton, dest_addr_npi */
-		!skip_c_octets(buf, len, &pos, 21) ||	/* destination_addr */
-		(pos += 3) > len ||		/* esm_class, protocol_id, priority_flag */
-		!skip_c_octets(buf, len, &pos, 17) ||	/* schedule_delivery_time */
-		!skip_c_octets(buf, len, &pos, 17) ||	/* validity_period */
-		(pos += 4) >= len)		/* registered_delivery … sm_default_msg_id */
-		return false;
-	pos += 1 + buf[pos];		/* sm_length, short_message */
-	while (pos < len)
-	{
-		if (pos + 4 > len || ++tlvs > SMPP_DELIVER_MAX_TLVS)
-			return false;
-		pos += 4 + ((buf[pos + 2] << 8) | buf[pos + 3]);
-	}
-	return pos == len;
-}
-
 bool
 SmppParseDeliver(const uint8_t *buf, int len, SmppDeliver *d, const char **error)
 {
-	deliver_sm_t pdu;
-	tlv_t	   *t;
-	bool		have_payload = false;
+	int			pos = 16;		/* after the header */
+	int			tlvs = 0;
+	const char *source;
+	const char *destination;
+	uint8_t		source_ton,
+				destination_ton,
+				sm_length;
 
-	memset(&pdu, 0, sizeof(pdu));
 	memset(d, 0, sizeof(*d));
 	d->message_state = -1;
-	if (!deliver_well_formed(buf, len))
-	{
-		*error = "malformed deliver_sm (truncated, or too many optional parameters)";
+	*error = "malformed deliver_sm (a field past its end, or too many optional parameters)";
+	if (read_c_octets(buf, len, &pos, 6) == NULL || pos + 2 > len)	/* service_type */
 		return false;
-	}
-	if (smpp34_unpack2(&pdu, buf, len) != 0)
-	{
-		destroy_tlv(pdu.tlv);
-		*error = smpp34_strerror;
+	source_ton = buf[pos];
+	pos += 2;					/* source_addr_ton, source_addr_npi */
+	if ((source = read_c_octets(buf, len, &pos, SMPP_ADDRESS_MAX + 1)) == NULL || pos + 2 > len)
 		return false;
-	}
-	address_text(d->source, pdu.source_addr_ton, pdu.source_addr);
-	address_text(d->destination, pdu.dest_addr_ton, pdu.destination_addr);
-	d->esm_class = pdu.esm_class;
-	d->data_coding = pdu.data_coding;
-	smpp34_tlv_for_each(t, pdu.tlv)
+	destination_ton = buf[pos];
+	pos += 2;					/* dest_addr_ton, dest_addr_npi */
+	if ((destination = read_c_octets(buf, len, &pos, SMPP_ADDRESS_MAX + 1)) == NULL || pos + 3 > len)
+		return false;
+	d->esm_class = buf[pos];
+	pos += 3;					/* esm_class, protocol_id, priority_flag */
+	if (read_c_octets(buf, len, &pos, 17) == NULL ||	/* schedule_delivery_time */
+		read_c_octets(buf, len, &pos, 17) == NULL ||	/* validity_period */
+		pos + 5 > len)
+		return false;
+	d->data_coding = buf[pos + 2];	/* after registered_delivery, replace_if_present */
+	sm_length = buf[pos + 4];	/* after sm_default_msg_id */
+	pos += 5;
+	if (pos + sm_length > len || sm_length > SMPP_SHORT_MESSAGE_MAX)
+		return false;
+	memcpy(d->message, buf + pos, sm_length);
+	d->message_length = sm_length;
+	pos += sm_length;
+	while (pos < len)
 	{
-		switch (t->tag)
+		int			tag,
+					length;
+		const uint8_t *value;
+
+		if (pos + 4 > len || ++tlvs > SMPP_DELIVER_MAX_TLVS)
+			return false;
+		tag = (buf[pos] << 8) | buf[pos + 1];
+		length = (buf[pos + 2] << 8) | buf[pos + 3];
+		value = buf + pos + 4;
+		pos += 4 + length;
+		if (pos > len)
+			return false;
+		switch (tag)
 		{
 			case TLVID_receipted_message_id:
 				{
-					int			n = Min((int) t->length, SMPP_MESSAGE_ID_MAX);
+					int			n = Min(length, SMPP_MESSAGE_ID_MAX);
 
-					memcpy(d->receipted_id, t->value.octet, n);
+					memcpy(d->receipted_id, value, n);
 					d->receipted_id[n] = '\0';	/* the C-octet's own NUL ends it earlier */
 					break;
 				}
 			case TLVID_message_state:
-				d->message_state = t->value.val08;
+				if (length == 1)
+					d->message_state = value[0];
 				break;
 			case TLVID_network_error_code:
-				if (t->length == 3)
+				if (length == 3)
 					snprintf(d->network_error, sizeof(d->network_error), "%u:%u",
-							 t->value.octet[0], (t->value.octet[1] << 8) | t->value.octet[2]);
+							 value[0], (value[1] << 8) | value[2]);
 				break;
 			case TLVID_message_payload:
-				if (t->length <= SMPP_PAYLOAD_MAX)
+				if (length <= SMPP_PAYLOAD_MAX)
 				{
-					memcpy(d->message, t->value.octet, t->length);
-					d->message_length = t->length;
-					have_payload = true;
+					memcpy(d->message, value, length);
+					d->message_length = length;
 				}
 				break;
 		}
 	}
-	if (!have_payload)
-	{
-		memcpy(d->message, pdu.short_message, pdu.sm_length);
-		d->message_length = pdu.sm_length;
-	}
-	destroy_tlv(pdu.tlv);
+	address_text(d->source, source_ton, (const uint8_t *) source);
+	address_text(d->destination, destination_ton, (const uint8_t *) destination);
 	*error = NULL;
 	return true;
 }
