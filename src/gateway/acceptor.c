@@ -154,9 +154,9 @@ UpdateListening(double now)
 	listening = want;
 }
 
-/* Forgets a pending connection and closes its socket. */
+/* Takes a pending connection out of the list. */
 static void
-Close(Pending *p)
+Unlink(Pending *p)
 {
 	if (p->prev)
 		p->prev->next = p->next;
@@ -164,6 +164,13 @@ Close(Pending *p)
 		head = p->next;
 	if (p->next)
 		p->next->prev = p->prev;
+}
+
+/* Forgets a pending connection and closes its socket. */
+static void
+Close(Pending *p)
+{
+	Unlink(p);
 	if (p->lingering)
 		nlingering--;
 	else
@@ -181,12 +188,7 @@ HandOver(Pending *p)
 	if (epoll_ctl(epoll_fd, EPOLL_CTL_DEL, fd, NULL) != 0)
 		ErrorLog("cannot unwatch a connection: %s", strerror(errno));
 	p->fd = -1;
-	if (p->prev)
-		p->prev->next = p->next;
-	else
-		head = p->next;
-	if (p->next)
-		p->next->prev = p->prev;
+	Unlink(p);
 	__atomic_sub_fetch(&npending, 1, __ATOMIC_SEQ_CST);
 	/* raised first: the connection may close before the call returns */
 	__atomic_add_fetch(&handed, 1, __ATOMIC_SEQ_CST);
