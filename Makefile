@@ -2,7 +2,7 @@
 # The version is set here once and stamped into the control file and the
 # install script name.
 EXTENSION   = envoisms
-EXTVERSION  = 0.5.0
+EXTVERSION  = 0.6.0
 
 MODULE_big  = envoisms
 # One concern per file (docs/design.md has the layers): every src/*.c, plus

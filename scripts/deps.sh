@@ -25,8 +25,8 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing: ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # Debian's postgresql package may create and start a "main" cluster on 5432;
@@ -36,5 +36,5 @@ fi
 # The OpenAPI linter of test/tap/003_openapi_lint.pl, from npm into the
 # tree's .cache/ (scripts/openapi-lint.sh); Debian's nodejs comes without
 # npm. Not installed here, that test says why instead of failing silently.
-command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null || true
+command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends npm >/dev/null || true
 "$ENVOISMS_ROOT/scripts/openapi-lint.sh" --install || say "the OpenAPI linter is not installed; test/tap/003_openapi_lint.pl will say why"
