@@ -7,6 +7,7 @@ PACKAGES=(
     build-essential pkg-config rsync sudo curl ca-certificates
     postgresql-15 postgresql-client-15 postgresql-server-dev-15
     postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-15-cron
+    postgresql-15-auto-failover
     libpq-dev libssl-dev libcurl4-openssl-dev libmicrohttpd-dev
     libphonenumber-dev libprotobuf-dev libicu-dev libboost-dev libsmpp34-dev
     libipc-run-perl libnet-smpp-perl libjson-pp-perl libdigest-sha-perl libyaml-libyaml-perl
