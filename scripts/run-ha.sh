@@ -10,18 +10,18 @@
 #   ./scripts/run-ha.sh --stop           # stop the gateway, the nodes and the monitor
 #
 # Settings (environment): ENVOISMS_HA_DIR (state), ENVOISMS_HA_PORT (the
-# monitor's port; the nodes take the next two), ENVOISMS_LISTEN (the
-# gateway), ENVOISMS_HA_NO_BUILD=1 (use what is installed: the tests),
-# ENVOISMS_HA_FAST=1 (the tests' short health checks, see docs/ha.md).
+# monitor's port; the nodes take the next two) or ENVOISMS_HA_PORTS="M A B",
+# ENVOISMS_LISTEN (the gateway; ENVOISMS_HA_GATEWAY=0 starts none),
+# ENVOISMS_HA_CONF (more postgresql.conf lines for the nodes),
+# ENVOISMS_HA_NO_BUILD=1 (use what is installed) and ENVOISMS_HA_FAST=1
+# (short health checks): the tests use these (test/tap/180_ha_failover.pl).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DIR=${ENVOISMS_HA_DIR:-/var/lib/$ENVOISMS_USER/ha}
 BASE=${ENVOISMS_HA_PORT:-5490}
 LISTEN=${ENVOISMS_LISTEN:-127.0.0.1:8090}
 DB=${ENVOISMS_DB:-envoisms}
-MON_PORT=$BASE
-A_PORT=$((BASE + 1))
-B_PORT=$((BASE + 2))
+read -r MON_PORT A_PORT B_PORT <<< "${ENVOISMS_HA_PORTS:-$BASE $((BASE + 1)) $((BASE + 2))}"
 MONITOR_URI="postgres://autoctl_node@127.0.0.1:$MON_PORT/pg_auto_failover?sslmode=disable"
 CONNINFO="host=127.0.0.1,127.0.0.1 port=$A_PORT,$B_PORT dbname=$DB user=$ENVOISMS_USER target_session_attrs=read-write connect_timeout=2"
 
@@ -78,11 +78,11 @@ wait_state() {
 stop_all() {
     local f pid
     for f in "$DIR"/gateway.pid "$DIR"/b.keeper.pid "$DIR"/a.keeper.pid "$DIR"/monitor.keeper.pid; do
-        [ -f "$f" ] || continue
-        pid=$(cat "$f")
-        as_root kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do as_root kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        rm -f "$f"
+        as_ha test -f "$f" || continue
+        pid=$(as_ha cat "$f")
+        as_ha kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do as_ha kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        as_ha rm -f "$f"
     done
 }
 
@@ -98,7 +98,11 @@ if [ "${ENVOISMS_HA_NO_BUILD:-0}" != 1 ]; then
 fi
 command -v pg_autoctl >/dev/null || die "pg_autoctl is missing: install postgresql-15-auto-failover (scripts/deps.sh)"
 
-as_root install -d -o "$ENVOISMS_USER" -g "$(id -gn "$ENVOISMS_USER")" -m 0700 "$DIR"
+if [ "$(id -un)" = "$ENVOISMS_USER" ]; then
+    mkdir -p -m 0700 "$DIR"
+else
+    as_root install -d -o "$ENVOISMS_USER" -g "$(id -gn "$ENVOISMS_USER")" -m 0700 "$DIR"
+fi
 as_ha mkdir -p "$DIR/log" "$DIR/run" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_RUNTIME_DIR"
 as_ha chmod 0700 "$XDG_RUNTIME_DIR"
 
@@ -169,6 +173,7 @@ listen_addresses = '127.0.0.1'
 port = $port
 logging_collector = off
 wal_keep_size = '512MB'
+${ENVOISMS_HA_CONF:-}
 CONF
 }
 
@@ -224,11 +229,16 @@ if ! as_ha test -s "$KEYFILE"; then
 fi
 key=$(as_ha cat "$KEYFILE")
 
+if [ "${ENVOISMS_HA_GATEWAY:-1}" = 0 ]; then
+    echo "key: $key"
+    exit 0
+fi
+
 # ---- the gateway on both nodes: it follows the primary
 GATEWAY=$($PG_CONFIG --bindir)/envoisms-gateway
 [ -x "$GATEWAY" ] || die "envoisms-gateway is not built"
 if as_ha test -f "$DIR/gateway.pid" && kill -0 "$(as_ha cat "$DIR/gateway.pid")" 2>/dev/null; then
-    as_root kill -TERM "$(as_ha cat "$DIR/gateway.pid")"
+    as_ha kill -TERM "$(as_ha cat "$DIR/gateway.pid")"
     sleep 1
 fi
 say "starting envoisms-gateway on $LISTEN"

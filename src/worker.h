@@ -64,9 +64,10 @@ typedef struct WorkerSlot
 
 extern WorkerSlot *MyWorkerSlot;
 
-/* When this server's shared memory was set up: leases older than this
- * belong to workers that died with the previous incarnation. */
-extern TimestampTz WorkersBootTime(void);
+/* When this server's workers first started after recovery (a start, a
+ * restart after a crash, a promotion): leases older than this belong to
+ * workers of a previous incarnation or of the dead primary. */
+extern TimestampTz WorkersLeaseEpoch(void);
 
 /* ---- worker life */
 

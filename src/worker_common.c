@@ -52,7 +52,8 @@ int			worker_shutdown_grace_ms = 2000;
 
 typedef struct WorkersShared
 {
-	TimestampTz boot_time;
+	slock_t		epoch_mutex;
+	TimestampTz lease_epoch;	/* see WorkersLeaseEpoch(); 0 until then */
 	WorkerSlot	slots[WORKER_MAX_SLOTS];
 } WorkersShared;
 
@@ -82,7 +83,7 @@ workers_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkersShared)));
 }
 
-/* shmem_startup_hook: the slots, empty, and this server's start time. */
+/* shmem_startup_hook: the slots, empty, and no lease epoch yet. */
 static void
 workers_shmem_startup(void)
 {
@@ -95,7 +96,7 @@ workers_shmem_startup(void)
 	if (!found)
 	{
 		memset(workers_shared, 0, sizeof(WorkersShared));
-		workers_shared->boot_time = GetCurrentTimestamp();
+		SpinLockInit(&workers_shared->epoch_mutex);
 		for (int i = 0; i < WORKER_MAX_SLOTS; i++)
 		{
 			WorkerSlot *s = &workers_shared->slots[i];
@@ -167,11 +168,31 @@ WorkersInit(void)
 		ereport(ERROR, (errmsg("could not initialise libcurl")));
 }
 
-/* When this server's shared memory was set up (0 without it). */
+/*
+ * The time before which every lease belongs to workers that are gone: when
+ * the first worker of this shared memory asked, that is, when the workers
+ * first started after recovery ended (they start at RecoveryFinished). So
+ * after this server's start, its restart after a crash (shared memory is
+ * made anew) and its promotion from standby: a standby's shared memory is
+ * older than the leases its dead primary's workers took, its first
+ * worker's start is not. A worker restarted later gets the same time and
+ * never releases its live siblings' leases. Clocks of two nodes may differ
+ * by less than the time the monitor takes to notice a dead primary (docs/ha.md).
+ * 0 without the preload.
+ */
 TimestampTz
-WorkersBootTime(void)
+WorkersLeaseEpoch(void)
 {
-	return workers_shared ? workers_shared->boot_time : 0;
+	TimestampTz epoch;
+
+	if (workers_shared == NULL)
+		return 0;
+	SpinLockAcquire(&workers_shared->epoch_mutex);
+	if (workers_shared->lease_epoch == 0)
+		workers_shared->lease_epoch = GetCurrentTimestamp();
+	epoch = workers_shared->lease_epoch;
+	SpinLockRelease(&workers_shared->epoch_mutex);
+	return epoch;
 }
 
 /* SIGTERM: note it and wake the loop, nothing else. */

@@ -417,12 +417,12 @@ finish_transfers(void)
 	pg_atomic_write_u32(&MyWorkerSlot->in_flight, (uint32) in_flight_count);
 }
 
-/* Release the leases taken before this server started (workers lost in a crash). */
+/* Release the leases taken before this server's workers started (lost in a crash or with a dead primary). */
 static void
 reclaim_txn(void *arg)
 {
 	char		sql[256];
-	char	   *since = pstrdup(timestamptz_to_str(WorkersBootTime()));
+	char	   *since = pstrdup(timestamptz_to_str(WorkersLeaseEpoch()));
 
 	snprintf(sql, sizeof(sql), "SELECT envoisms.dispatch_reclaim('%s', %s)",
 			 CarrierKinds(), quote_literal_cstr(since));

@@ -9,7 +9,9 @@
  *   - the expiry sweep, envoisms.expiry_sweep() (every 10 s): queued or sent
  *     messages past their validity become expired and are refunded;
  * and every minute:
- *   - envoisms.idempotency_purge() (stored Idempotency-Key replies past 24 h);
+ *   - envoisms.idempotency_purge() (stored Idempotency-Key replies past 24 h)
+ *     and envoisms.request_outcome_purge() (the gateway's request tokens
+ *     past an hour);
  *   - the retention purge, envoisms.retention_purge(envoisms.retention_days,
  *     envoisms.retention_batch_size), repeated in small transactions until a
  *     batch comes back short, so no lock is held for long.
@@ -151,6 +153,8 @@ envoisms_scheduler_main(Datum main_arg)
 			last_minute = now;
 			run_task("purging idempotency keys", "envoisms.idempotency_purge()",
 					 "SELECT envoisms.idempotency_purge()");
+			run_task("purging request outcomes", "envoisms.request_outcome_purge(interval)",
+					 "SELECT envoisms.request_outcome_purge()");
 			do
 			{
 				n = run_task("purging messages past retention", NULL,

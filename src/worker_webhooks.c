@@ -504,12 +504,12 @@ release_txn(void *arg)
 	}
 }
 
-/* Release the leases taken before this server started (workers lost in a crash). */
+/* Release the leases taken before this server's workers started (lost in a crash or with a dead primary). */
 static void
 reclaim_txn(void *arg)
 {
 	char	   *sql = psprintf("SELECT envoisms.webhook_reclaim(%s, make_interval(secs => %d))",
-							   quote_literal_cstr(timestamptz_to_str(WorkersBootTime())), webhook_lease_s);
+							   quote_literal_cstr(timestamptz_to_str(WorkersLeaseEpoch())), webhook_lease_s);
 
 	SPI_execute(sql, false, 1);
 }

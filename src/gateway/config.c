@@ -38,6 +38,11 @@ Usage(FILE *out)
 			"  --pool N                database connections, each with its worker thread:\n"
 			"                          requests in the database at once (default 2 x CPUs\n"
 			"                          + 4, at least 8)              env ENVOISMS_GATEWAY_POOL\n"
+			"  --recover-wait SECONDS  when the connection drops after a write request\n"
+			"                          was sent, how long to reconnect (to a new primary)\n"
+			"                          and learn its outcome by its request token before\n"
+			"                          answering 503 (default 30; 0: answer 503 at once)\n"
+			"                                                        env ENVOISMS_GATEWAY_RECOVER_WAIT\n"
 			"  --max-body BYTES        largest request body (default 16777216); larger\n"
 			"                          bodies get 413 unread         env ENVOISMS_GATEWAY_MAX_BODY\n"
 			"  --max-body-total BYTES  request bodies held at once, all connections\n"
@@ -198,6 +203,7 @@ ConfigLoad(int argc, char **argv)
 		{"db", required_argument, NULL, 'd'},
 		{"threads", required_argument, NULL, 't'},
 		{"pool", required_argument, NULL, 'p'},
+		{"recover-wait", required_argument, NULL, 'r'},
 		{"max-body", required_argument, NULL, 'b'},
 		{"max-body-total", required_argument, NULL, 'B'},
 		{"precheck-above", required_argument, NULL, 'P'},
@@ -232,6 +238,7 @@ ConfigLoad(int argc, char **argv)
 	 * 1,770 sends/s, 16 served 1,680, 32 served 1,340 with a 1.3 s p99).
 	 */
 	config.pool_size = cpus > 2 ? (int) (2 * cpus + 4) : 8;
+	config.recover_wait = 30;
 	config.max_body = 16 * 1024 * 1024;
 	config.max_body_total = 64 * 1024 * 1024;
 	config.precheck_above = 64 * 1024;
@@ -252,6 +259,8 @@ ConfigLoad(int argc, char **argv)
 	{
 		config.pool_size = (int) ParseInteger("ENVOISMS_GATEWAY_POOL", env, 1, 1024);
 	}
+	if ((env = getenv("ENVOISMS_GATEWAY_RECOVER_WAIT")) && *env)
+		config.recover_wait = (int) ParseInteger("ENVOISMS_GATEWAY_RECOVER_WAIT", env, 0, 3600);
 	if ((env = getenv("ENVOISMS_GATEWAY_MAX_BODY")) && *env)
 		config.max_body = ParseInteger("ENVOISMS_GATEWAY_MAX_BODY", env, 1, 1LL << 32);
 	if ((env = getenv("ENVOISMS_GATEWAY_MAX_BODY_TOTAL")) && *env)
@@ -293,6 +302,9 @@ ConfigLoad(int argc, char **argv)
 				break;
 			case 'p':
 				config.pool_size = (int) ParseInteger("--pool", optarg, 1, 1024);
+				break;
+			case 'r':
+				config.recover_wait = (int) ParseInteger("--recover-wait", optarg, 0, 3600);
 				break;
 			case 'b':
 				config.max_body = ParseInteger("--max-body", optarg, 1, 1LL << 32);

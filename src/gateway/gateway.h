@@ -76,6 +76,7 @@ typedef struct GatewayConfig
 	char	   *conninfo;
 	int			threads;
 	int			pool_size;
+	int			recover_wait;	/* seconds to learn a lost write request's outcome */
 	size_t		max_body;
 	size_t		max_body_total; /* request bodies held at once, all connections */
 	size_t		precheck_above; /* larger bodies wait for envoisms.api_precheck() */
@@ -188,6 +189,7 @@ extern void DbWorkStop(void);
 extern void MetricsObserve(const char *method, const char *route, int status,
 						   double seconds);
 extern void MetricsDbError(const char *kind);
+extern void MetricsOutcome(const char *kind);
 extern void MetricsConnected(void);
 extern void MetricsConnections(int delta);
 

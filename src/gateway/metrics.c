@@ -4,6 +4,7 @@
  *   envoisms_gateway_requests_total{method,route,status}
  *   envoisms_gateway_request_duration_seconds{method,route} (histogram)
  *   envoisms_gateway_db_errors_total{kind}  connect | prepare | lost | disconnected | query
+ *   envoisms_gateway_outcomes_total{kind}  recovered | replayed | unknown (pool.c)
  *   envoisms_gateway_db_connects_total, envoisms_gateway_pool_{size,in_use,connected}
  *   envoisms_gateway_connections_open, envoisms_gateway_requests_in_flight
  *
@@ -52,12 +53,17 @@ typedef struct Histogram
 static const char *const db_error_kinds[] = {"connect", "prepare", "lost", "disconnected", "query"};
 #define NKINDS (int) (sizeof(db_error_kinds) / sizeof(db_error_kinds[0]))
 
+/* what became of write requests whose connection dropped after they were sent */
+static const char *const outcome_kinds[] = {"recovered", "replayed", "unknown"};
+#define NOUTCOMES (int) (sizeof(outcome_kinds) / sizeof(outcome_kinds[0]))
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static Series series[MAX_SERIES];
 static int	nseries;
 static Histogram histograms[MAX_SERIES];
 static int	nhistograms;
 static unsigned long long db_errors[NKINDS];
+static unsigned long long outcomes[NOUTCOMES];
 static unsigned long long db_connects;
 static unsigned long long dropped_series;
 static int	connections_open;
@@ -135,6 +141,18 @@ MetricsDbError(const char *kind)
 	pthread_mutex_unlock(&lock);
 }
 
+/* Counts a write request whose connection dropped: its reply recovered by
+ * its token, the request replayed, or its outcome left unknown. */
+void
+MetricsOutcome(const char *kind)
+{
+	pthread_mutex_lock(&lock);
+	for (int i = 0; i < NOUTCOMES; i++)
+		if (strcmp(kind, outcome_kinds[i]) == 0)
+			outcomes[i]++;
+	pthread_mutex_unlock(&lock);
+}
+
 /* Counts a successful database connect. */
 void
 MetricsConnected(void)
@@ -204,6 +222,11 @@ MetricsRender(const MetricsGauges *gauges, size_t *len)
 				 "# TYPE envoisms_gateway_db_errors_total counter\n");
 	for (int i = 0; i < NKINDS; i++)
 		ok &= Printf(&sb, "envoisms_gateway_db_errors_total{kind=\"%s\"} %llu\n", db_error_kinds[i], db_errors[i]);
+	ok &= Printf(&sb, "# HELP envoisms_gateway_outcomes_total Write requests whose connection dropped after "
+				 "they were sent: reply recovered by request token, request replayed, outcome unknown.\n"
+				 "# TYPE envoisms_gateway_outcomes_total counter\n");
+	for (int i = 0; i < NOUTCOMES; i++)
+		ok &= Printf(&sb, "envoisms_gateway_outcomes_total{kind=\"%s\"} %llu\n", outcome_kinds[i], outcomes[i]);
 	ok &= Printf(&sb, "# HELP envoisms_gateway_db_connects_total Database connections opened.\n"
 				 "# TYPE envoisms_gateway_db_connects_total counter\n"
 				 "envoisms_gateway_db_connects_total %llu\n"

@@ -17,14 +17,31 @@
  * request one cheap check, not a connect timeout; those requests get 503
  * SERVICE_UNAVAILABLE with Retry-After and the pool heals by itself.
  *
+ * Write requests (any method but GET and HEAD) carry a request token, a
+ * UUID of the wall clock's milliseconds and random bits, and run as
+ * envoisms.api_once(token, ...), which records a successful reply under the
+ * token in the request's own transaction (src/sql/81_request_outcomes.sql).
+ * When the connection drops after such a request was sent, nobody knows
+ * whether it committed: instead of a 503 the pool reconnects, for up to
+ * --recover-wait seconds (to the new primary when the old one died: the
+ * conninfo lists both with target_session_attrs=read-write), and asks
+ * envoisms.request_outcome(token). A recorded reply is the answer; none
+ * means the request did not commit and now never will (the lookup fences
+ * the token), so it is run again under a new token. A client thus sees
+ * each write once, with or without an Idempotency-Key. A database whose
+ * extension predates api_once gets plain envoisms.api() calls, as before.
+ *
  * Locking: one mutex guards the in_use flags and the pause; a connection is
  * used only by the thread that acquired it, outside the mutex.
  */
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -33,11 +50,14 @@
 #define TEXTOID 25
 #define RECONNECT_PAUSE 1.0
 #define RETRY_AFTER "1"
+#define RECOVER_PAUSE_NS 200000000L	/* between reconnects while recovering */
+#define TOKEN_LEN 32			/* hex digits of a request token */
 
 struct PoolConn
 {
 	PGconn	   *conn;
 	bool		in_use;
+	bool		tokens;			/* api_once and outcome are prepared */
 };
 
 static PoolConn *conns;
@@ -51,6 +71,13 @@ static pthread_cond_t freed = PTHREAD_COND_INITIALIZER;
 static const char *API_SQL =
 "SELECT status, headers::text, body::text "
 "FROM envoisms.api($1, $2, $3, $4::jsonb, $5, $6::inet)";
+
+/* a write request, its reply recorded under its token; then its outcome */
+static const char *API_ONCE_SQL =
+"SELECT status, headers::text, body::text "
+"FROM envoisms.api_once($1::uuid, $2, $3, $4, $5::jsonb, $6, $7::inet)";
+static const char *OUTCOME_SQL =
+"SELECT status, headers::text, body::text FROM envoisms.request_outcome($1::uuid)";
 
 /* rare (large bodies only), and absent from older extensions: not prepared */
 static const char *PRECHECK_SQL =
@@ -168,19 +195,69 @@ IdleConnectionBroken(PGconn *conn)
 	return (pfd.revents & (POLLHUP | POLLERR)) != 0;
 }
 
-/* Prepares one statement on a fresh connection; false (logged) on failure. */
+/* Prepares one statement on a fresh connection; false (logged unless quiet) on failure. */
 static bool
-Prepare(PGconn *conn, const char *name, const char *sql, int nparams)
+Prepare(PGconn *conn, const char *name, const char *sql, int nparams, bool quiet)
 {
-	static const Oid types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	static const Oid types[7] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	PGresult   *res = PQprepare(conn, name, sql, nparams, types);
 	bool		ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
 
-	if (!ok)
+	if (!ok && !quiet)
 		ErrorLog("cannot prepare %s: %s", name,
 				 res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
 	PQclear(res);
 	return ok;
+}
+
+/* Prepares the request-token statements; false (said once) when the extension predates them. */
+static bool
+PrepareTokens(PGconn *conn)
+{
+	static bool warned;
+
+	if (Prepare(conn, "api_once", API_ONCE_SQL, 7, true) &&
+		Prepare(conn, "outcome", OUTCOME_SQL, 1, true))
+		return true;
+	if (!__atomic_exchange_n(&warned, true, __ATOMIC_RELAXED))
+		ErrorLog("envoisms.api_once() is not usable in this database (%s): a write request whose "
+				 "connection drops is answered 503; update the extension", PQerrorMessage(conn));
+	return false;
+}
+
+/* A new request token: 12 hex digits of wall-clock milliseconds, 20 random. */
+static void
+NewToken(char *out)
+{
+	static uint64_t counter;
+	unsigned char b[TOKEN_LEN / 2];
+	struct timespec ts;
+	uint64_t	ms;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ms = (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+	for (int i = 0; i < 6; i++)
+		b[i] = (unsigned char) (ms >> (8 * (5 - i)));
+	if (getrandom(b + 6, sizeof(b) - 6, 0) != (ssize_t) (sizeof(b) - 6))
+	{
+		/* unique is what matters: a process-wide counter and the clock's ns */
+		uint64_t	n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+
+		memcpy(b + 6, &n, 8);
+		b[14] = (unsigned char) ts.tv_nsec;
+		b[15] = (unsigned char) (ts.tv_nsec >> 8);
+	}
+	for (int i = 0; i < (int) sizeof(b); i++)
+		sprintf(out + 2 * i, "%02x", b[i]);
+	out[TOKEN_LEN] = '\0';
+}
+
+static void
+PauseBeforeReconnect(void)
+{
+	struct timespec ts = {0, RECOVER_PAUSE_NS};
+
+	nanosleep(&ts, NULL);
 }
 
 /* Makes pc->conn usable; false (after counting the error) when it cannot. */
@@ -220,8 +297,8 @@ EnsureConnected(PoolConn *pc)
 		pthread_mutex_unlock(&lock);
 		return false;
 	}
-	if (!Prepare(pc->conn, "api", API_SQL, 6) ||
-		!Prepare(pc->conn, "health", "SELECT 1", 0))
+	if (!Prepare(pc->conn, "api", API_SQL, 6, false) ||
+		!Prepare(pc->conn, "health", "SELECT 1", 0, false))
 	{
 		MetricsDbError("prepare");
 		Discard(pc);
@@ -230,6 +307,7 @@ EnsureConnected(PoolConn *pc)
 		pthread_mutex_unlock(&lock);
 		return false;
 	}
+	pc->tokens = PrepareTokens(pc->conn);
 	MetricsConnected();
 	return true;
 }
@@ -285,6 +363,48 @@ typedef enum CallOutcome
 	CALL_UNDEFINED				/* the function does not exist in this database */
 } CallOutcome;
 
+/* Copies the one row of an api_reply result into *result. */
+static void
+TakeRow(PGresult *res, ApiResult *result)
+{
+	result->status = atoi(PQgetvalue(res, 0, 0));
+	result->headers = CopyValue(res, 1);
+	result->body = CopyValue(res, 2);
+}
+
+/* What request_outcome said of a token. */
+typedef enum Outcome
+{
+	OUTCOME_COMMITTED,			/* *result holds the recorded reply */
+	OUTCOME_NONE,				/* it did not commit, and now never will */
+	OUTCOME_LOST				/* no answer: the connection is to be dropped */
+} Outcome;
+
+/* Asks a fresh connection what became of the request sent under token. */
+static Outcome
+AskOutcome(PoolConn *pc, const char *token, ApiResult *result)
+{
+	PGresult   *res = PQexecPrepared(pc->conn, "outcome", 1, &token, NULL, NULL, 0);
+	Outcome		outcome = OUTCOME_LOST;
+
+	if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQnfields(res) == 3 &&
+		PQntuples(res) <= 1)
+	{
+		if (PQntuples(res) == 1)
+		{
+			TakeRow(res, result);
+			outcome = OUTCOME_COMMITTED;
+		}
+		else
+			outcome = OUTCOME_NONE;
+	}
+	else
+		ErrorLog("request %s: cannot learn its outcome yet: %s", token,
+				 res ? PQresultErrorMessage(res) : PQerrorMessage(pc->conn));
+	PQclear(res);
+	return outcome;
+}
+
 /*
  * Runs one statement whose rows are envoisms.api_reply (status, headers,
  * body) on a pool connection: the prepared statement named prepared, or sql
@@ -292,19 +412,28 @@ typedef enum CallOutcome
  * connection once when a reused one turns out dead and the call is safe to
  * repeat, and on serialization failures and deadlocks; maps everything
  * else to the envelope the client gets.
+ *
+ * With a token (a write request: values[0] is the token, the statement's
+ * own parameters follow), the statement runs as "api_once" where the
+ * connection has it, and a connection lost after sending is recovered as
+ * the file's comment says, within --recover-wait seconds.
  */
 static CallOutcome
 CallReply(const char *what, const char *prepared, const char *sql, int nparams,
-		  const char *const *values, bool safe, bool row_required, ApiResult *result)
+		  const char *const *values, bool safe, bool row_required, char *token,
+		  ApiResult *result)
 {
-	static const Oid types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	static const Oid types[7] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	const char *const *params = token ? values + 1 : values;
 	int			attempts = 0;
+	double		recover_until = 0;	/* set when a sent write request's connection dropped */
 
 	memset(result, 0, sizeof(*result));
 	for (;;)
 	{
 		PoolConn   *pc = Acquire();
 		bool		reused = pc->conn != NULL;
+		bool		tokened;
 		PGresult   *res;
 		const char *sqlstate;
 		ExecStatusType st;
@@ -313,13 +442,56 @@ CallReply(const char *what, const char *prepared, const char *sql, int nparams,
 		if (!EnsureConnected(pc))
 		{
 			Release(pc);
+			if (recover_until > 0 && NowSeconds() < recover_until)
+			{
+				PauseBeforeReconnect();
+				continue;
+			}
+			if (recover_until > 0)
+			{
+				ErrorLog("request %s: outcome unknown after %d s", token, config.recover_wait);
+				MetricsOutcome("unknown");
+			}
 			Unavailable(result);
 			return CALL_FAILED;
 		}
-		if (prepared != NULL)
-			res = PQexecPrepared(pc->conn, prepared, nparams, values, NULL, NULL, 0);
+		if (recover_until > 0)
+		{
+			/* first, what became of the attempt whose connection dropped */
+			Outcome		outcome = pc->tokens ? AskOutcome(pc, token, result) : OUTCOME_LOST;
+
+			if (outcome == OUTCOME_COMMITTED)
+			{
+				Release(pc);
+				MetricsOutcome("recovered");
+				return CALL_ROW;
+			}
+			if (outcome == OUTCOME_LOST)
+			{
+				Discard(pc);
+				Release(pc);
+				if (pc->tokens && NowSeconds() < recover_until)
+				{
+					PauseBeforeReconnect();
+					continue;
+				}
+				ErrorLog("request %s: outcome unknown", token);
+				MetricsOutcome("unknown");
+				Unavailable(result);
+				return CALL_FAILED;
+			}
+			/* it did not commit and never will: run it again, under a new token */
+			MetricsOutcome("replayed");
+			NewToken(token);
+		}
+
+		tokened = token != NULL && pc->tokens;
+		if (tokened)
+			res = PQexecPrepared(pc->conn, "api_once", nparams + 1, values, NULL, NULL, 0);
+		else if (prepared != NULL)
+			res = PQexecPrepared(pc->conn, prepared, nparams, params, NULL, NULL, 0);
 		else
-			res = PQexecParams(pc->conn, sql, nparams, types, values, NULL, NULL, 0);
+			res = PQexecParams(pc->conn, sql, nparams, types, params, NULL, NULL, 0);
 		st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 		if (st == PGRES_TUPLES_OK && PQnfields(res) == 3 &&
 			(PQntuples(res) == 1 || (PQntuples(res) == 0 && !row_required)))
@@ -327,11 +499,7 @@ CallReply(const char *what, const char *prepared, const char *sql, int nparams,
 			bool		row = PQntuples(res) == 1;
 
 			if (row)
-			{
-				result->status = atoi(PQgetvalue(res, 0, 0));
-				result->headers = CopyValue(res, 1);
-				result->body = CopyValue(res, 2);
-			}
+				TakeRow(res, result);
 			PQclear(res);
 			Release(pc);
 			if (row && (result->status < 100 || result->status > 599))
@@ -353,6 +521,13 @@ CallReply(const char *what, const char *prepared, const char *sql, int nparams,
 			PQclear(res);
 			Discard(pc);
 			Release(pc);
+			if (tokened && config.recover_wait > 0)
+			{
+				/* sent, fate unknown: reconnect and ask (above) */
+				if (recover_until == 0)
+					recover_until = NowSeconds() + config.recover_wait;
+				continue;
+			}
 			/* a reused connection may have died while idle: retry reads once */
 			if (safe && reused && attempts < 2)
 				continue;
@@ -381,8 +556,11 @@ CallReply(const char *what, const char *prepared, const char *sql, int nparams,
 		if (sqlstate && (strcmp(sqlstate, "22021") == 0 || strcmp(sqlstate, "22P02") == 0))
 			Envelope(result, 400, "INVALID_REQUEST", "the request could not be read", NULL);
 		else if (sqlstate && (strcmp(sqlstate, "57014") == 0 || strcmp(sqlstate, "53300") == 0 ||
-							  strncmp(sqlstate, "53", 2) == 0))
+							  strncmp(sqlstate, "53", 2) == 0 || strcmp(sqlstate, "25006") == 0))
 		{
+			/* 25006: a primary being demoted refuses writes; the next connection finds the new one */
+			if (strcmp(sqlstate, "25006") == 0)
+				Discard(pc);
 			result->unavailable = true;
 			Envelope(result, 503, "SERVICE_UNAVAILABLE", "the database is busy; retry shortly",
 					 "{\"Retry-After\": \"" RETRY_AFTER "\"}");
@@ -395,17 +573,26 @@ CallReply(const char *what, const char *prepared, const char *sql, int nparams,
 	}
 }
 
-/* The one call of envoisms.api() of a request. */
+/* The one call of envoisms.api() of a request; a write request's with a request token. */
 void
 PoolCallApi(const char *method, const char *path, const char *query,
 			const char *headers_json, const char *body,
 			const char *client_ip, ApiResult *result)
 {
-	const char *values[6] = {method, path, query, headers_json, body,
+	char		token[TOKEN_LEN + 1];
+	const char *values[7] = {token, method, path, query, headers_json, body,
 	(client_ip && *client_ip) ? client_ip : NULL};
 	bool		safe = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+	CallOutcome outcome;
 
-	if (CallReply("envoisms.api", "api", NULL, 6, values, safe, true, result) == CALL_UNDEFINED)
+	if (safe)
+		outcome = CallReply("envoisms.api", "api", NULL, 6, values + 1, true, true, NULL, result);
+	else
+	{
+		NewToken(token);
+		outcome = CallReply("envoisms.api", "api", NULL, 6, values, false, true, token, result);
+	}
+	if (outcome == CALL_UNDEFINED)
 	{
 		ErrorLog("envoisms.api does not exist in this database");
 		Envelope(result, 500, "INTERNAL_ERROR", "internal error", NULL);
@@ -421,7 +608,7 @@ PoolCallPrecheck(const char *method, const char *path, const char *headers_json,
 	const char *values[4] = {method, path, headers_json,
 	(client_ip && *client_ip) ? client_ip : NULL};
 
-	switch (CallReply("envoisms.api_precheck", NULL, PRECHECK_SQL, 4, values, true, false, result))
+	switch (CallReply("envoisms.api_precheck", NULL, PRECHECK_SQL, 4, values, true, false, NULL, result))
 	{
 		case CALL_ROW:
 		case CALL_FAILED:
