@@ -79,7 +79,8 @@ extern void WorkersRegister(const char *type, const char *function, int count);
  * connection, application name `name`. */
 extern void WorkerAttach(WorkerKind kind, int index, const char *name);
 
-/* Wait until CREATE EXTENSION envoisms happened in the database. */
+/* Wait until CREATE EXTENSION envoisms happened in the database and the
+ * server accepts writes (a promoted standby may not yet). */
 extern void WorkerAwaitExtension(void);
 
 /*

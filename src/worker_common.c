@@ -421,11 +421,19 @@ check_extension(void *arg)
 		SPI_processed == 1;
 }
 
-/* Return once the extension exists; exit on SIGTERM meanwhile. */
+/*
+ * Return once the extension exists and the server accepts writes; exit on
+ * SIGTERM meanwhile. A standby that pg_auto_failover promotes stays
+ * read-only (default_transaction_read_only) until the old primary is
+ * demoted or timed out: the workers, started at the promotion, wait for
+ * that, so their first transaction (releasing the dead primary's leases)
+ * does not fail, and the lease epoch starts after the old primary stopped.
+ */
 void
 WorkerAwaitExtension(void)
 {
 	bool		logged = false;
+	bool		logged_read_only = false;
 
 	for (;;)
 	{
@@ -433,6 +441,16 @@ WorkerAwaitExtension(void)
 
 		if (got_sigterm)
 			proc_exit(1);
+		if (DefaultXactReadOnly)
+		{
+			if (!logged_read_only)
+				ereport(LOG,
+						(errmsg("%s: waiting until the server accepts writes (default_transaction_read_only is on)",
+								MyWorkerSlot->name)));
+			logged_read_only = true;
+			WorkerWait(200);
+			continue;
+		}
 		if (WorkerRunTransaction("looking for the envoisms extension", check_extension, &present) && present)
 			return;
 		if (!logged)

@@ -475,7 +475,8 @@ CallReply(const char *what, const char *prepared, const char *sql, int nparams,
 					PauseBeforeReconnect();
 					continue;
 				}
-				ErrorLog("request %s: outcome unknown", token);
+				ErrorLog("request %s: outcome unknown: %s", token,
+						 pc->tokens ? "no answer in time" : "the new connection cannot ask (no envoisms.request_outcome)");
 				MetricsOutcome("unknown");
 				Unavailable(result);
 				return CALL_FAILED;
@@ -521,7 +522,7 @@ CallReply(const char *what, const char *prepared, const char *sql, int nparams,
 			PQclear(res);
 			Discard(pc);
 			Release(pc);
-			if (tokened && config.recover_wait > 0)
+			if (tokened)
 			{
 				/* sent, fate unknown: reconnect and ask (above) */
 				if (recover_until == 0)
@@ -585,8 +586,8 @@ PoolCallApi(const char *method, const char *path, const char *query,
 	bool		safe = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
 	CallOutcome outcome;
 
-	if (safe)
-		outcome = CallReply("envoisms.api", "api", NULL, 6, values + 1, true, true, NULL, result);
+	if (safe || config.recover_wait == 0)
+		outcome = CallReply("envoisms.api", "api", NULL, 6, values + 1, safe, true, NULL, result);
 	else
 	{
 		NewToken(token);

@@ -94,7 +94,8 @@ sub psql_at
 	my ($port, $sql) = @_;
 	my ($out, $err) = ('', '');
 	IPC::Run::run([ 'psql', '-X', '-A', '-t', '-q', '-h', '127.0.0.1', '-p', $port, '-d', 'envoisms',
-		'-v', 'ON_ERROR_STOP=1', '-c', $sql ], '<', \'', '>', \$out, '2>', \$err) or return undef;
+		'-v', 'ON_ERROR_STOP=1', '-c', $sql ], '<', \'', '>', \$out, '2>', \$err)
+	  or do { note "psql on $port: " . substr($err, 0, 300); return undef };
 	chomp $out;
 	return $out;
 }
@@ -137,7 +138,7 @@ sub start_clients
 			$out->autoflush(1);
 			for (my $i = 0; !-e $stopfile; $i++)
 			{
-				my $tag = "r$round-c$c-$i";
+				my $tag = "$round-c$c-$i";
 				my $t0 = time();
 				my ($status, $headers, $body) = EnvoismsTest::http('POST', "$gw->{url}/v1/messages",
 					{ Authorization => "Bearer $key", 'Content-Type' => 'application/json' },
@@ -148,7 +149,8 @@ sub start_clients
 				  ($headers->{'envoisms-recovered'} // 'no');
 				usleep(20_000) if $status == 503;
 			}
-			exit 0;
+			close $out;
+			POSIX::_exit(0);    # not exit: the END blocks would stop the cluster and the peers
 		}
 		push @pids, $pid;
 	}
@@ -190,18 +192,29 @@ sub kill_primary
 	return time();
 }
 
-# Waits for the other node to leave recovery; returns when it did.
+# Waits until the monitor has the other node serve writes: it is promoted
+# at once but kept read-only until the old primary is demoted or timed out
+# (wait_primary); returns when it did.
 sub wait_promotion
 {
-	my ($port) = @_;
+	my ($name) = @_;
 	my $deadline = time() + 90;
 	while (time() < $deadline)
 	{
-		my $r = psql_at($port, 'SELECT pg_is_in_recovery()');
-		return time() if defined $r && $r eq 'f';
+		return time() if (states()->{$name} // '') eq 'wait_primary/wait_primary';
 		usleep(50_000);
 	}
 	return undef;
+}
+
+# Waits until a client's request sent after $t succeeded, then $more seconds.
+sub wait_served_after
+{
+	my ($round, $t, $more) = @_;
+	EnvoismsPeers::wait_until(sub {
+		grep { my @f = split / /; $f[1] == 201 && $f[2] > $t }
+		  map { split /\n/, slurp_file($_) } glob "$dir/client-$round-*.log" }, 60);
+	EnvoismsPeers::wait_until(sub { 0 }, $more);
 }
 
 # Everything a round promises, on the promoted node; $extra_tags are tags
@@ -226,8 +239,10 @@ sub check_round
 
 	my %rows = map { my ($t, $id, $n) = split /\|/; ($t => [ $id, $n ]) } split /\n/, psql_at($port, qq{
 		SELECT body, min(message_id), count(*) FROM envoisms.messages WHERE body LIKE '$round-%' GROUP BY body});
-	is(scalar(grep { !$rows{ $_->{tag} } || $rows{ $_->{tag} }[0] ne $_->{id} } @ok), 0,
-		"$round: every request answered 201 is its message on the new primary");
+	my @missing = grep { !$rows{ $_->{tag} } || $rows{ $_->{tag} }[0] ne $_->{id} } @ok;
+	is(scalar(@missing), 0, "$round: every request answered 201 is its message on the new primary")
+	  or diag explain { rows => scalar(keys %rows), missing => [ @missing[ 0 .. 2 ] ],
+		some_rows => [ (sort keys %rows)[ 0 .. 2 ] ] };
 	is(scalar(grep { $_->[1] != 1 } values %rows), 0, "$round: no request made two messages");
 	is(scalar(grep { $rows{ $_->{tag} } } @unavailable), 0, "$round: no request answered 503 committed");
 	is(psql_at($port, "SELECT bool_and(ok) FROM envoisms.balance_check()"), 't', "$round: the books balance");
@@ -250,10 +265,11 @@ sub check_round
 	my ($first_resent) = sort { $a <=> $b } @resent;
 	note sprintf('%s: %d transfers were in flight at the kill and sent again; the first %.1f s after the promotion; queue empty %.1f s after it',
 		$round, scalar(@resent), ($first_resent // 0) - $promoted, $sent_by - $promoted);
-	ok(@resent > 0, "$round: transfers were in flight at the kill");
+	ok(@resent > 0, "$round: transfers were in flight at the kill")
+	  or diag explain { carrier_requests => scalar(keys %first), sample => [ (EnvoismsPeers::log_lines($carrier))[ 0 .. 1 ] ] };
 	ok(defined $first_resent && $first_resent - $promoted < 15,
 		"$round: the dead primary's leases were released when the workers started on the new one");
-	like(slurp_file("$dir/log/$name.log"), qr/released \d+ message leases left by the previous server run/,
+	like(slurp_file("$dir/$name/startup.log"), qr/released \d+ message leases left by the previous server run/,
 		"$round: the promoted node's dispatcher says so");
 	my $missing = psql_at($port, "SELECT count(*) FROM envoisms.messages WHERE body LIKE '$round-%' AND status = 'queued'");
 	is($missing, '0', "$round: nothing left queued");
@@ -279,9 +295,9 @@ sub rejoin
 my $pids = start_clients('r1', 8);
 sleep 4;
 my $killed = kill_primary('a');
-my $promoted = wait_promotion($b_port);
+my $promoted = wait_promotion('b');
 ok($promoted, 'r1: b was promoted');
-EnvoismsPeers::wait_until(sub { 0 }, 5);
+wait_served_after('r1', $promoted, 3);
 my @requests = stop_clients('r1', $pids);
 check_round(name => 'b', port => $b_port, killed => $killed, promoted => $promoted, requests => \@requests, round => 'r1');
 rejoin('r1', { a => 'secondary/secondary', b => 'primary/primary' });
@@ -299,7 +315,8 @@ if ($bulk_pid == 0)
 		timeout => 120);
 	open(my $out, '>', "$dir/bulk.out") or die;
 	print $out "$status " . ($headers->{'envoisms-recovered'} // 'no') . "\n$body\n";
-	exit 0;
+	close $out;
+	POSIX::_exit(0);
 }
 # the bulk is the one call of envoisms.api_once that runs for long
 ok(EnvoismsPeers::wait_until(sub {
@@ -307,10 +324,10 @@ ok(EnvoismsPeers::wait_until(sub {
 	                   AND now() - query_start > interval '150 ms'") // 0) > 0 }, 30),
 	'r2: the bulk is running');
 $killed = kill_primary('b');
-$promoted = wait_promotion($a_port);
+$promoted = wait_promotion('a');
 ok($promoted, 'r2: a was promoted');
 waitpid($bulk_pid, 0);
-EnvoismsPeers::wait_until(sub { 0 }, 3);
+wait_served_after('r2', $promoted, 2);
 @requests = stop_clients('r2', $pids);
 my ($bulk_status, $bulk_body) = split /\n/, slurp_file("$dir/bulk.out"), 2;
 note "r2: the bulk was answered $bulk_status";
