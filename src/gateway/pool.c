@@ -252,6 +252,7 @@ NewToken(char *out)
 	out[TOKEN_LEN] = '\0';
 }
 
+/* Sleeps between reconnects while a lost request's outcome is sought. */
 static void
 PauseBeforeReconnect(void)
 {
