@@ -158,10 +158,11 @@ CONF
     as_ha pg_ctl -D "$DIR/monitor" -m fast -w stop >/dev/null 2>&1 || true
 fi
 start_keeper monitor
-for _ in $(seq 1 100); do
-    as_ha psql -X -q -h 127.0.0.1 -p "$MON_PORT" -U autoctl_node -d pg_auto_failover -c 'SELECT 1' >/dev/null 2>&1 && break
-    sleep 0.2
-done
+monitor_up() {
+    as_ha psql -X -q -h 127.0.0.1 -p "$MON_PORT" -U autoctl_node -d pg_auto_failover -c 'SELECT 1' >/dev/null 2>&1
+}
+for _ in $(seq 1 100); do monitor_up && break; sleep 0.2; done
+monitor_up || die "the monitor does not answer on 127.0.0.1:$MON_PORT; see $DIR/log/monitor.log"
 
 # ---- the nodes: `a` first, made primary; `b` a copy of it
 node_settings() {
