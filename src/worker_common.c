@@ -35,6 +35,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "replication/syncrep.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -195,13 +196,26 @@ WorkersLeaseEpoch(void)
 	return epoch;
 }
 
-/* SIGTERM: note it and wake the loop, nothing else. */
+/*
+ * SIGTERM: note it and wake the loop. One more thing: a commit waiting for
+ * a synchronous standby listens to nothing but ProcDiePending, so a worker
+ * caught there when its node is demoted (the standby gone, being
+ * promoted) would hold up the shutdown for ever. Such a wait is ended the
+ * way a backend's SIGTERM ends it: the commit stays local, unacknowledged
+ * (a failover's rewind may undo it, as any commit the standby lacks), and
+ * the worker exits at its next interrupt check.
+ */
 static void
 handle_sigterm(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
 	got_sigterm = true;
+	if (MyProc != NULL && MyProc->syncRepState == SYNC_REP_WAITING)
+	{
+		InterruptPending = true;
+		ProcDiePending = true;
+	}
 	SetLatch(MyLatch);
 	errno = save_errno;
 }
@@ -376,6 +390,13 @@ WorkerRunTransaction(const char *activity, void (*fn) (void *arg), void *arg)
 	StartTransactionCommand();
 	PG_TRY();
 	{
+		/*
+		 * After SIGTERM (releasing leases, the last outcomes), commit without
+		 * waiting for a standby: a node being demoted has none, and a
+		 * healthy one still gets the WAL before the server stops.
+		 */
+		if (got_sigterm)
+			SetConfigOption("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
