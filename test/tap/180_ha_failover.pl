@@ -59,6 +59,7 @@ my %ha_env = (
 		EnvoismsPeers::worker_conf(
 			'envoisms.dispatch_workers = 2',
 			'envoisms.carrier_max_connections = 256',
+			'envoisms.webhook_max_per_endpoint = 200',
 			'envoisms.webhook_retry_scale = 0.002')));
 
 # Runs scripts/run-ha.sh (the same command an operator runs); dies on failure.
@@ -300,7 +301,7 @@ sub check_round
 	ok(EnvoismsPeers::wait_until(sub {
 		my %ids = map { (($_->{message_id} // '') => 1) }
 		  grep { $_->{type} && $_->{type} eq 'message.sent' && $_->{sig_ok} } EnvoismsPeers::log_lines($receiver);
-		!grep { !$ids{$_} } @sent }, 60), "$round: every message.sent webhook delivered, signed (" . scalar(@sent) . ')');
+		!grep { !$ids{$_} } @sent }, 90), "$round: every message.sent webhook delivered, signed (" . scalar(@sent) . ')');
 }
 
 sub rejoin
