@@ -405,6 +405,9 @@ WorkerRunTransaction(const char *activity, void (*fn) (void *arg), void *arg)
 		if (SPI_finish() != SPI_OK_FINISH)
 			elog(ERROR, "SPI_finish failed");
 		PopActiveSnapshot();
+		/* a SIGTERM that came during fn: its commit need not wait either */
+		if (got_sigterm)
+			SetConfigOption("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();

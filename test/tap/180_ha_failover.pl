@@ -383,7 +383,8 @@ EnvoismsPeers::wait_until(sub {
 	my @p = grep { $st->{$_} eq 'primary/primary' } keys %$st;
 	$settled = @p == 1 && (grep { $st->{$_} eq 'secondary/secondary' } keys %$st) ? $p[0] : undef;
 	defined $settled }, 90);
-ok($settled, 'r3: a primary and its standby again');
+ok($settled, 'r3: a primary and its standby again')
+  or diag explain { states => states(), a_log => [ (split /\n/, slurp_file("$dir/a/startup.log"))[-25 .. -1] ] };
 $settled //= 'a';
 note "r3: $settled is the primary after the restart in place";
 check_round(name => $settled, port => $port_of{$settled}, killed => $killed, promoted => $served,
