@@ -250,7 +250,10 @@ sub check_round
 	my @unavailable = grep { $_->{status} == 503 } @$requests;
 	my @other = grep { $_->{status} != 201 && $_->{status} != 503 } @$requests;
 	my ($last_before) = sort { $b <=> $a } map { $_->{t1} } grep { $_->{t1} < $killed } @ok;
-	my ($first_after) = sort { $a <=> $b } map { $_->{t1} } grep { $_->{t0} > $killed } @ok;
+	# the outage starts with the first refusal (a request may still be
+	# answered in the instant after the kill)
+	my ($first_refusal) = sort { $a <=> $b } map { $_->{t1} } grep { $_->{t1} > $killed } @unavailable;
+	my ($first_after) = sort { $a <=> $b } map { $_->{t1} } grep { $_->{t0} > ($first_refusal // $killed) } @ok;
 	note sprintf('%s: %d requests, %d answered 201, %d answered 503, %d recovered by token; '
 		  . 'failover %.1f s (last success before the kill to first after), promotion %.1f s after the kill',
 		$round, scalar(@$requests), scalar(@ok), scalar(@unavailable),
