@@ -3,7 +3,7 @@
  *
  * message_send() needs the account's status and channels, and whether any
  * number has opted out of it, on every call; as a query (the account row
- * joined to an EXISTS on envoisms.optouts) that was a sixth of a send.
+ * and whether it has opt-outs, account_has_optouts()) was a sixth of a send.
  * account_lookup() keeps the answer per account in a cache that every
  * backend empties when envoisms.accounts or envoisms.optouts change
  * (cache.c): a suspended or closed account, a channel taken away, or a
@@ -34,8 +34,7 @@ account_lookup(PG_FUNCTION_ARGS)
 
 	return BackendCacheRow(&account_cache, fcinfo, VARDATA_ANY(account_id),
 						   VARSIZE_ANY_EXHDR(account_id) == ACCOUNT_ID_LEN, &lookup_plan,
-						   "SELECT a.status, a.channels,"
-						   "       EXISTS (SELECT 1 FROM envoisms.optouts o WHERE o.account_id = a.account_id)"
+						   "SELECT a.status, a.channels, envoisms.account_has_optouts(a.account_id)"
 						   "  FROM envoisms.accounts a WHERE a.account_id = $1",
 						   PointerGetDatum(account_id));
 }

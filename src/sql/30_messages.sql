@@ -99,17 +99,22 @@ END
 $$;
 
 -- Unit prices (MAD, EUR) of a channel for an account: its own row, else the
--- default ('*'). A set-returning SQL function so that the planner inlines it
--- into the caller's query: one index scan reads the (at most four) rows.
+-- default ('*'). One index scan reads the (at most four) rows. PL/pgSQL, not
+-- an inlined SQL function: Citus refuses to plan a query into which an SQL
+-- function referencing its tables was inlined (97_distribute.sql); callers
+-- on the hot path read it through unit_price()'s cache.
 CREATE FUNCTION envoisms.channel_prices(account_id text, channel text)
 RETURNS TABLE (mad numeric, eur numeric)
-LANGUAGE sql STABLE ROWS 1 AS $$
+LANGUAGE plpgsql STABLE ROWS 1 SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN QUERY
     SELECT coalesce(max(p.unit_price) FILTER (WHERE p.currency = 'MAD' AND p.account_id <> '*'),
                     max(p.unit_price) FILTER (WHERE p.currency = 'MAD' AND p.account_id = '*')),
            coalesce(max(p.unit_price) FILTER (WHERE p.currency = 'EUR' AND p.account_id <> '*'),
                     max(p.unit_price) FILTER (WHERE p.currency = 'EUR' AND p.account_id = '*'))
       FROM envoisms.prices p
-     WHERE p.account_id IN ($1, '*') AND p.channel = $2
+     WHERE p.account_id IN (channel_prices.account_id, '*') AND p.channel = channel_prices.channel;
+END
 $$;
 
 -- channel_prices() of one currency, cached per backend and forgotten by
@@ -123,25 +128,24 @@ CREATE TRIGGER prices_cache_forget
     FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
 
 -- Check the account may send on `channel` (active, channel enabled) and
--- return the channel's unit prices for it, in one statement (hot path).
+-- return the channel's unit prices for it, from the caches (hot path).
 CREATE FUNCTION envoisms.check_account_channel(account_id text, channel text, OUT mad numeric, OUT eur numeric)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
-    acc_status text;
-    acc_channels text[];
+    acc record;         -- account_lookup(): status, channels, has_optouts
 BEGIN
     IF channel IS NULL OR channel NOT IN ('sms', 'whatsapp') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
     END IF;
-    SELECT a.status, a.channels, p.mad, p.eur
-      INTO acc_status, acc_channels, mad, eur
-      FROM envoisms.accounts a, envoisms.channel_prices(a.account_id, check_account_channel.channel) p
-     WHERE a.account_id = check_account_channel.account_id;
-    IF NOT FOUND THEN
+    -- the per-backend caches (accounts.c, prices.c): plain expressions
+    acc := envoisms.account_lookup(account_id);
+    mad := envoisms.unit_price(account_id, channel, 'MAD');
+    eur := envoisms.unit_price(account_id, channel, 'EUR');
+    IF acc.status IS NULL THEN
         PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
-    ELSIF acc_status <> 'active' THEN
-        PERFORM envoisms.raise_error('FORBIDDEN', format('the account is %s', acc_status));
-    ELSIF NOT channel = ANY (acc_channels) THEN
+    ELSIF acc.status <> 'active' THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', format('the account is %s', acc.status));
+    ELSIF NOT channel = ANY (acc.channels) THEN
         PERFORM envoisms.raise_error('CHANNEL_NOT_ALLOWED',
             format('the %s channel is not enabled on this account', channel), 'channel');
     END IF;
