@@ -77,7 +77,14 @@ ClusterMode(void)
 	}
 	AcceptInvalidationMessages();
 	if (mode == CLUSTER_UNKNOWN)
-		mode = mode_compute();
+	{
+		ClusterState computed = mode_compute();
+
+		/* before CREATE EXTENSION there is no table whose invalidation would tell */
+		if (!OidIsValid(messages_relid))
+			return false;
+		mode = computed;
+	}
 	return mode == CLUSTER_YES;
 }
 

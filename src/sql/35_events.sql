@@ -83,7 +83,13 @@ $$;
 CREATE FUNCTION envoisms.messages_status_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
-    PERFORM envoisms.message_announce(NEW);
+    IF TG_TABLE_NAME = 'messages' THEN
+        PERFORM envoisms.message_announce(NEW);
+    ELSE
+        -- on a cluster the trigger fires on a shard of messages, whose row
+        -- type is the shard's own (97_distribute.sql)
+        PERFORM envoisms.message_announce(ROW(NEW.*)::envoisms.messages);
+    END IF;
     RETURN NULL;
 END
 $$;

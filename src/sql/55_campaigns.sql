@@ -430,25 +430,29 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     c record;
     started int := 0;
+    shard regclass;
     err_state text;
     err_message text;
 BEGIN
-    FOR c IN SELECT x.account_id, x.campaign_id FROM envoisms.campaigns x
-              WHERE x.status = 'scheduled' AND x.scheduled_at <= now()
-              ORDER BY x.scheduled_at
-              LIMIT 100
-                FOR UPDATE SKIP LOCKED LOOP
-        BEGIN
-            PERFORM envoisms.campaign_launch(c.account_id, c.campaign_id);
-            started := started + 1;
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT;
-            UPDATE envoisms.campaigns x
-               SET status = 'cancelled',
-                   error_code = coalesce((SELECT e.code FROM envoisms.error_codes e WHERE e.sqlstate = err_state), 'INTERNAL_ERROR'),
-                   error_message = left(err_message, 500)
-             WHERE x.account_id = c.account_id AND x.campaign_id = c.campaign_id;
-        END;
+    -- on a cluster, this node's shards of campaigns (97_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.campaigns') LOOP
+        FOR c IN EXECUTE format('SELECT x.account_id, x.campaign_id FROM %s x
+                                  WHERE x.status = ''scheduled'' AND x.scheduled_at <= now()
+                                  ORDER BY x.scheduled_at
+                                  LIMIT 100
+                                    FOR UPDATE SKIP LOCKED', shard) LOOP
+            BEGIN
+                PERFORM envoisms.campaign_launch(c.account_id, c.campaign_id);
+                started := started + 1;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT;
+                UPDATE envoisms.campaigns x
+                   SET status = 'cancelled',
+                       error_code = coalesce((SELECT e.code FROM envoisms.error_codes e WHERE e.sqlstate = err_state), 'INTERNAL_ERROR'),
+                       error_message = left(err_message, 500)
+                 WHERE x.account_id = c.account_id AND x.campaign_id = c.campaign_id;
+            END;
+        END LOOP;
     END LOOP;
     RETURN started;
 END
@@ -460,18 +464,26 @@ CREATE FUNCTION envoisms.campaigns_complete_finished() RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     n int;
+    completed int := 0;
+    shard regclass;
 BEGIN
-    WITH done AS (
-        SELECT x.account_id, x.campaign_id FROM envoisms.campaigns x
-         WHERE x.status = 'running'
-           AND NOT EXISTS (SELECT 1 FROM envoisms.messages m
-                            WHERE m.account_id = x.account_id AND m.campaign_id = x.campaign_id
-                              AND m.status = 'queued')
-           FOR UPDATE SKIP LOCKED)
-    UPDATE envoisms.campaigns x SET status = 'completed', completed_at = now()
-      FROM done WHERE x.account_id = done.account_id AND x.campaign_id = done.campaign_id;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    -- on a cluster, this node's shards of campaigns and their messages (97_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.campaigns') LOOP
+        EXECUTE format($done$
+        WITH done AS (
+            SELECT x.account_id, x.campaign_id FROM %1$s x
+             WHERE x.status = 'running'
+               AND NOT EXISTS (SELECT 1 FROM %2$s m
+                                WHERE m.account_id = x.account_id AND m.campaign_id = x.campaign_id
+                                  AND m.status = 'queued')
+               FOR UPDATE SKIP LOCKED)
+        UPDATE %1$s x SET status = 'completed', completed_at = now()
+          FROM done WHERE x.account_id = done.account_id AND x.campaign_id = done.campaign_id
+        $done$, shard, envoisms.colocated_shard(shard, 'envoisms.messages'));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        completed := completed + n;
+    END LOOP;
+    RETURN completed;
 END
 $$;
 

@@ -110,9 +110,15 @@ CREATE FUNCTION envoisms.idempotency_purge() RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     n int;
+    purged int := 0;
+    shard regclass;
 BEGIN
-    DELETE FROM envoisms.idempotency_keys k WHERE k.expires_at <= now();
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    -- on a cluster, this node's shards (97_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.idempotency_keys') LOOP
+        EXECUTE format('DELETE FROM %s k WHERE k.expires_at <= now()', shard);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        purged := purged + n;
+    END LOOP;
+    RETURN purged;
 END
 $$;

@@ -55,27 +55,46 @@ BEGIN
 END
 $$;
 
--- The SQL text `query` with every envoisms table it names replaced by that
--- table's shard on this node: `tbl` by `shard`, each reference table by
--- its local copy. A claim rewritten so is plain PostgreSQL on one node's
--- rows (FOR UPDATE SKIP LOCKED included), which Citus' planner leaves
--- alone.
-CREATE FUNCTION envoisms.shard_query(query text, tbl regclass, shard regclass) RETURNS text
+-- This node's copy of the reference table `tbl` (`tbl` itself outside a
+-- cluster): a claim that names only shards is plain PostgreSQL on one
+-- node's rows, which Citus' planner leaves alone (FOR UPDATE SKIP LOCKED,
+-- data-modifying CTEs). It only reads the copy: writes to a reference
+-- table go through Citus, to every node.
+CREATE FUNCTION envoisms.local_copy(tbl regclass) RETURNS regclass
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
-    t record;
+    found regclass;
 BEGIN
-    query := replace(query, tbl::text || ' ', shard::text || ' ');
-    FOR t IN EXECUTE
-        'SELECT c.relname::text AS name, c.relname || ''_'' || s.shardid AS shard_name
-           FROM pg_dist_partition d
-           JOIN pg_class c ON c.oid = d.logicalrelid
-           JOIN pg_dist_shard s ON s.logicalrelid = d.logicalrelid
-          WHERE d.partmethod = ''n'' AND c.relnamespace = ''envoisms''::regnamespace'
-    LOOP
-        query := replace(query, 'envoisms.' || t.name || ' ', 'envoisms.' || t.shard_name || ' ');
-    END LOOP;
-    RETURN query;
+    SELECT s INTO found FROM envoisms.local_shards(tbl) s;
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'this node holds no copy of %', tbl;
+    END IF;
+    RETURN found;
+END
+$$;
+
+-- The shard of `tbl` that holds the same accounts as `shard` (co-located
+-- tables split the hash range alike); `tbl` itself outside a cluster.
+CREATE FUNCTION envoisms.colocated_shard(shard regclass, tbl regclass) RETURNS regclass
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    found regclass;
+BEGIN
+    IF NOT envoisms.cluster_mode() THEN
+        RETURN tbl;
+    END IF;
+    -- (by the shard's name: Citus hides shards from queries of pg_class)
+    EXECUTE 'SELECT format(''%I.%I'', n.nspname, c.relname || ''_'' || o.shardid)::regclass
+               FROM pg_dist_shard s
+               JOIN pg_dist_shard o ON o.logicalrelid = $2 AND o.shardminvalue = s.shardminvalue
+               JOIN pg_class c ON c.oid = o.logicalrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE s.shardid = substring($1::text from ''_([0-9]+)$'')::bigint'
+       INTO found USING shard, tbl;
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'no shard of % is co-located with %', tbl, shard;
+    END IF;
+    RETURN found;
 END
 $$;
 
