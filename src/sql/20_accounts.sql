@@ -45,8 +45,11 @@ AS 'MODULE_PATHNAME', 'account_lookup' LANGUAGE C STRICT STABLE;
 
 -- The balance: the sum of the buckets.
 CREATE FUNCTION envoisms.account_balance(account_id text) RETURNS numeric
-LANGUAGE sql STABLE
-RETURN (SELECT sum(b.balance_mad) FROM envoisms.balance_buckets b WHERE b.account_id = account_balance.account_id);
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT sum(b.balance_mad) FROM envoisms.balance_buckets b WHERE b.account_id = account_balance.account_id);
+END
+$$;
 COMMENT ON FUNCTION envoisms.account_balance(text) IS
 'An account''s balance in MAD (the sum of its balance buckets)';
 

@@ -578,29 +578,33 @@ COMMENT ON FUNCTION envoisms.message_list(text, int, int, text, text, timestampt
 CREATE FUNCTION envoisms.analytics_summary(account_id text, from_date timestamptz DEFAULT NULL,
                                            to_date timestamptz DEFAULT NULL)
 RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    WITH live AS (
-        SELECT count(*) AS total, count(*) FILTER (WHERE m.status = 'delivered') AS delivered,
-               count(*) FILTER (WHERE m.status IN ('failed', 'expired')) AS failed,
-               coalesce(sum(m.charged_mad - m.refunded_mad), 0) AS cost
-          FROM envoisms.messages m
-         WHERE m.account_id = analytics_summary.account_id AND m.direction = 'outbound'
-           AND (from_date IS NULL OR m.created_at >= from_date) AND (to_date IS NULL OR m.created_at <= to_date)),
-    old AS (
-        SELECT coalesce(sum(r.total), 0) AS total, coalesce(sum(r.delivered), 0) AS delivered,
-               coalesce(sum(r.failed), 0) AS failed, coalesce(sum(r.cost_mad), 0) AS cost
-          FROM envoisms.message_rollups r
-         WHERE r.account_id = analytics_summary.account_id
-           AND (from_date IS NULL OR r.day >= (from_date AT TIME ZONE 'UTC')::date)
-           AND (to_date IS NULL OR r.day <= (to_date AT TIME ZONE 'UTC')::date))
-    SELECT jsonb_build_object('summary', jsonb_build_object(
-        'total', live.total + old.total,
-        'delivered', live.delivered + old.delivered,
-        'failed', live.failed + old.failed,
-        'delivery_rate', CASE WHEN live.total + old.total = 0 THEN 0
-                              ELSE round(100.0 * (live.delivered + old.delivered) / (live.total + old.total), 1) END,
-        'cost_mad', envoisms.money(live.cost + old.cost)))
-      FROM live, old
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        WITH live AS (
+            SELECT count(*) AS total, count(*) FILTER (WHERE m.status = 'delivered') AS delivered,
+                   count(*) FILTER (WHERE m.status IN ('failed', 'expired')) AS failed,
+                   coalesce(sum(m.charged_mad - m.refunded_mad), 0) AS cost
+              FROM envoisms.messages m
+             WHERE m.account_id = analytics_summary.account_id AND m.direction = 'outbound'
+               AND (from_date IS NULL OR m.created_at >= from_date) AND (to_date IS NULL OR m.created_at <= to_date)),
+        old AS (
+            SELECT coalesce(sum(r.total), 0) AS total, coalesce(sum(r.delivered), 0) AS delivered,
+                   coalesce(sum(r.failed), 0) AS failed, coalesce(sum(r.cost_mad), 0) AS cost
+              FROM envoisms.message_rollups r
+             WHERE r.account_id = analytics_summary.account_id
+               AND (from_date IS NULL OR r.day >= (from_date AT TIME ZONE 'UTC')::date)
+               AND (to_date IS NULL OR r.day <= (to_date AT TIME ZONE 'UTC')::date))
+        SELECT jsonb_build_object('summary', jsonb_build_object(
+            'total', live.total + old.total,
+            'delivered', live.delivered + old.delivered,
+            'failed', live.failed + old.failed,
+            'delivery_rate', CASE WHEN live.total + old.total = 0 THEN 0
+                                  ELSE round(100.0 * (live.delivered + old.delivered) / (live.total + old.total), 1) END,
+            'cost_mad', envoisms.money(live.cost + old.cost)))
+          FROM live, old);
+END
 $$;
 COMMENT ON FUNCTION envoisms.analytics_summary(text, timestamptz, timestamptz) IS
 'Volumes, delivery rate and billed cost of an account between two times (GET /v1/analytics)';

@@ -284,7 +284,10 @@ $$;
 CREATE FUNCTION envoisms.contact_search(account_id text, list_id text, searching boolean, words tsquery,
                                         phone_prefix text, digits text, email_prefix text)
 RETURNS SETOF envoisms.contacts
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT c.* FROM envoisms.contacts c
      WHERE c.account_id = contact_search.account_id
        AND (contact_search.list_id IS NULL OR EXISTS (
@@ -295,7 +298,8 @@ LANGUAGE sql STABLE AS $$
             OR to_tsvector('simple'::regconfig, coalesce(c.name, '')) @@ words
             OR c.phone LIKE phone_prefix || '%'
             OR reverse(c.phone) LIKE reverse(digits) || '%'
-            OR lower(c.email) LIKE replace(replace(replace(email_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
+            OR lower(c.email) LIKE replace(replace(replace(email_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%');
+END
 $$;
 
 -- A page of the account's contacts, newest first: q searches name, email and
@@ -356,11 +360,15 @@ COMMENT ON FUNCTION envoisms.contact_list(text, int, int, text, text) IS
 
 -- The contract's list shape, with its live member count.
 CREATE FUNCTION envoisms.contact_list_json(l envoisms.contact_lists) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('id', l.list_id, 'name', l.name, 'description', l.description,
-                              'count', (SELECT count(*) FROM envoisms.list_members m
-                                         WHERE m.account_id = l.account_id AND m.list_id = l.list_id),
-                              'created_at', envoisms.iso_time(l.created_at))
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('id', l.list_id, 'name', l.name, 'description', l.description,
+                                  'count', (SELECT count(*) FROM envoisms.list_members m
+                                             WHERE m.account_id = l.account_id AND m.list_id = l.list_id),
+                                  'created_at', envoisms.iso_time(l.created_at)));
+END
 $$;
 
 -- Create an empty contact list; returns the contract's POST /v1/contacts/lists response.
@@ -390,9 +398,13 @@ COMMENT ON FUNCTION envoisms.contact_list_create(text, text, text) IS
 
 -- Every contact list of the account, newest first.
 CREATE FUNCTION envoisms.contact_lists(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.contact_list_json(l) ORDER BY l.list_id DESC), '[]'))
-      FROM envoisms.contact_lists l WHERE l.account_id = contact_lists.account_id
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.contact_list_json(ROW(l.*)::envoisms.contact_lists) ORDER BY l.list_id DESC), '[]'))
+          FROM envoisms.contact_lists l WHERE l.account_id = contact_lists.account_id);
+END
 $$;
 COMMENT ON FUNCTION envoisms.contact_lists(text) IS
 'Every contact list of an account with its member count (GET /v1/contacts/lists)';

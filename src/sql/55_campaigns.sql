@@ -116,9 +116,13 @@ COMMENT ON FUNCTION envoisms.template_create(text, text, text, text, text) IS
 'Create a message template (POST /v1/templates)';
 
 CREATE FUNCTION envoisms.template_list(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.template_json(t) ORDER BY t.template_id DESC), '[]'))
-      FROM envoisms.templates t WHERE t.account_id = template_list.account_id
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.template_json(ROW(t.*)::envoisms.templates) ORDER BY t.template_id DESC), '[]'))
+          FROM envoisms.templates t WHERE t.account_id = template_list.account_id);
+END
 $$;
 COMMENT ON FUNCTION envoisms.template_list(text) IS
 'Every template of an account (GET /v1/templates)';
@@ -147,21 +151,25 @@ $$;
 
 -- The contract's campaign shape, with live progress.
 CREATE FUNCTION envoisms.campaign_json(c envoisms.campaigns) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'id', c.campaign_id, 'name', c.name, 'channel', c.channel, 'list_id', c.list_id,
-        'template_id', c.template_id, 'body', c.body, 'sender_id', c.sender_id, 'status', c.status,
-        'scheduled_at', envoisms.iso_time(c.scheduled_at), 'buttons', c.buttons, 'metadata', c.metadata,
-        'total_count', coalesce(c.total_count, 0),
-        'sent_count', CASE WHEN c.started_at IS NULL THEN 0 ELSE
-                          (SELECT count(*) FROM envoisms.messages m
-                            WHERE m.account_id = c.account_id AND m.campaign_id = c.campaign_id
-                              AND m.status IN ('sent', 'delivered')) END,
-        'started_at', envoisms.iso_time(c.started_at), 'completed_at', envoisms.iso_time(c.completed_at),
-        'recurring_schedule', c.recurring_schedule,
-        'error', CASE WHEN c.error_code IS NOT NULL
-                      THEN jsonb_build_object('code', c.error_code, 'message', c.error_message) END,
-        'created_at', envoisms.iso_time(c.created_at))
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'id', c.campaign_id, 'name', c.name, 'channel', c.channel, 'list_id', c.list_id,
+            'template_id', c.template_id, 'body', c.body, 'sender_id', c.sender_id, 'status', c.status,
+            'scheduled_at', envoisms.iso_time(c.scheduled_at), 'buttons', c.buttons, 'metadata', c.metadata,
+            'total_count', coalesce(c.total_count, 0),
+            'sent_count', CASE WHEN c.started_at IS NULL THEN 0 ELSE
+                              (SELECT count(*) FROM envoisms.messages m
+                                WHERE m.account_id = c.account_id AND m.campaign_id = c.campaign_id
+                                  AND m.status IN ('sent', 'delivered')) END,
+            'started_at', envoisms.iso_time(c.started_at), 'completed_at', envoisms.iso_time(c.completed_at),
+            'recurring_schedule', c.recurring_schedule,
+            'error', CASE WHEN c.error_code IS NOT NULL
+                          THEN jsonb_build_object('code', c.error_code, 'message', c.error_message) END,
+            'created_at', envoisms.iso_time(c.created_at)));
+END
 $$;
 
 -- Create a campaign (draft, or scheduled when scheduled_at is given);
@@ -258,9 +266,13 @@ COMMENT ON FUNCTION envoisms.campaign_get(text, text) IS
 
 -- Every campaign of the account, newest first.
 CREATE FUNCTION envoisms.campaign_list(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.campaign_json(c) ORDER BY c.campaign_id DESC), '[]'))
-      FROM envoisms.campaigns c WHERE c.account_id = campaign_list.account_id
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.campaign_json(ROW(c.*)::envoisms.campaigns) ORDER BY c.campaign_id DESC), '[]'))
+          FROM envoisms.campaigns c WHERE c.account_id = campaign_list.account_id);
+END
 $$;
 COMMENT ON FUNCTION envoisms.campaign_list(text) IS
 'Every campaign of an account (GET /v1/campaigns)';

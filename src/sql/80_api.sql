@@ -20,8 +20,12 @@
 
 -- The routes served, for documentation checks (the gateway's OpenAPI test).
 CREATE FUNCTION envoisms.api_routes() RETURNS TABLE (method text, template text, permission text)
-LANGUAGE sql STABLE AS $$
-    SELECT e.method, e.template, e.permission FROM envoisms.api_endpoints e ORDER BY e.template, e.method
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT e.method, e.template, e.permission FROM envoisms.api_endpoints e ORDER BY e.template, e.method;
+END
 $$;
 
 CREATE FUNCTION envoisms.api_call(handler regprocedure, request envoisms.api_request)
@@ -376,7 +380,7 @@ BEGIN
 
         -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
         -- (on a cluster, on the account's node: 97_distribute.sql)
-        IF k.account_id IS NOT NULL AND envoisms.cluster_mode() THEN
+        IF k.account_id IS NOT NULL AND envoisms.cluster_mode() AND envoisms.cluster_delegates(r.permission) THEN
             -- constants, not parameters: Citus delegates a call whose account is a constant
             EXECUTE format('SELECT * FROM envoisms.api_account(%L, %L::regprocedure, %L::envoisms.api_request, %L)',
                            k.account_id, r.handler, req,

@@ -181,11 +181,13 @@ $$;
 -- Release leases without an outcome (a worker stopping): the messages are
 -- claimable at once and the attempt does not count.
 CREATE FUNCTION envoisms.dispatch_release(account_id text, message_id text) RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
     UPDATE envoisms.messages m SET locked_until = NULL, attempts = greatest(m.attempts - 1, 0), updated_at = now()
      WHERE m.account_id = dispatch_release.account_id AND m.message_id = dispatch_release.message_id
-       AND m.status = 'queued' AND m.locked_until IS NOT NULL
-    RETURNING true
+       AND m.status = 'queued' AND m.locked_until IS NOT NULL;
+    RETURN CASE WHEN FOUND THEN true END;
+END
 $$;
 
 -- At a worker's start: release the leases taken before `since` (the start of

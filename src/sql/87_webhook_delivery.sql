@@ -98,13 +98,16 @@ $$;
 
 -- Stop a webhook: inactive, with the reason; its pending deliveries cancelled.
 CREATE FUNCTION envoisms.webhook_disable(account_id text, webhook_id text, reason text) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
     UPDATE envoisms.webhooks w SET active = false, disabled_reason = left(reason, 200)
      WHERE w.account_id = webhook_disable.account_id AND w.webhook_id = webhook_disable.webhook_id;
     UPDATE envoisms.webhook_deliveries d
        SET status = 'cancelled', locked_until = NULL, last_error = left('the webhook was disabled: ' || reason, 500)
      WHERE d.account_id = webhook_disable.account_id AND d.webhook_id = webhook_disable.webhook_id
-       AND d.status = 'pending';
+       AND d.status = 'pending';;
+END
 $$;
 
 -- The outcome of one attempt: http_status (NULL without an HTTP answer),
@@ -207,10 +210,13 @@ $$;
 
 -- Release webhook leases without an outcome (a worker stopping).
 CREATE FUNCTION envoisms.webhook_release(account_id text, delivery_id bigint) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
     UPDATE envoisms.webhook_deliveries d SET locked_until = NULL, attempts = greatest(d.attempts - 1, 0)
      WHERE d.account_id = webhook_release.account_id AND d.delivery_id = webhook_release.delivery_id
-       AND d.status = 'pending' AND d.locked_until IS NOT NULL
+       AND d.status = 'pending' AND d.locked_until IS NOT NULL;
+END
 $$;
 
 -- At a worker's start: release webhook leases taken before `since` (the

@@ -130,6 +130,14 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
+-- Whether a route of this permission runs on the account's node
+-- (api_account()): not the routes that write reference tables (API keys;
+-- billing's top-ups), which a call on one node may not do; they run,
+-- statement by statement, on the node the request arrived at.
+CREATE FUNCTION envoisms.cluster_delegates(permission text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN permission IS NULL OR permission NOT IN ('api_keys', 'billing');
+
 -- The layout (docs/scale.md). Reference tables in an order that puts every
 -- table after those it references; distributed tables likewise, the first
 -- one fixing the co-location group the others join.
@@ -202,10 +210,32 @@ BEGIN
             USING ERRCODE = 'feature_not_supported';
     END IF;
 
+    -- The workers' claims read these tables: every lock is taken first, in
+    -- one statement, and taken again when a claim got in the way.
+    FOR attempt IN 1..50 LOOP
+        BEGIN
+            SET LOCAL lock_timeout = '2s';
+            EXECUTE (SELECT 'LOCK TABLE ' || string_agg(table_name::text, ', ') || ' IN ACCESS EXCLUSIVE MODE'
+                       FROM envoisms.cluster_layout());
+            EXIT;
+        EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
+            IF attempt = 50 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.1);
+        END;
+    END LOOP;
+    SET LOCAL lock_timeout = 0;
+
     -- triggers on distributed tables run on their shards: ours only touch
     -- the same account's rows (35_events.sql) or the caches (cache_forget)
     SET LOCAL citus.enable_unsafe_triggers = on;
     SET LOCAL citus.multi_shard_modify_mode = 'sequential';
+
+    -- the per-install secret of verification codes, made now rather than
+    -- by the first verification (a call on an account's node, which may
+    -- not write a reference table)
+    PERFORM envoisms.verify_code_hmac('', '');
 
     -- the unique keys of a distributed table must hold account_id: a
     -- top-up's credit is unique per account (a top-up id belongs to one
@@ -234,15 +264,24 @@ BEGIN
                 AND c.conrelid NOT IN (SELECT logicalrelid FROM pg_dist_partition)
               ORDER BY c.conrelid, c.conname LOOP
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', l.tbl, l.conname);
-        -- and on the workers' copies, or making it again would find it there
-        SELECT string_agg(format('%s:%s: %s', w.nodename, w.nodeport, w.result), '; ') INTO missing
-          FROM run_command_on_workers(format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', l.tbl, l.conname)) w
-         WHERE NOT w.success;
-        IF missing IS NOT NULL THEN
-            RAISE EXCEPTION 'envoisms.distribute(): a worker refused to drop % of %: %', l.conname, l.tbl, missing;
-        END IF;
+        statement := concat(statement, format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I; ', l.tbl, l.conname));
         foreign_keys := foreign_keys || format('ALTER TABLE %s ADD CONSTRAINT %I %s', l.tbl, l.conname, l.def);
     END LOOP;
+    -- and on the workers' copies, or making them again would find them
+    -- there (their own workers' claims may get in the way, as above)
+    IF statement IS NOT NULL THEN
+        SELECT string_agg(format('%s:%s: %s', w.nodename, w.nodeport, w.result), '; ') INTO missing
+          FROM run_command_on_workers(format($drop$
+                   DO $do$ BEGIN FOR attempt IN 1..50 LOOP
+                       BEGIN SET LOCAL lock_timeout = '2s'; %s EXIT;
+                       EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
+                           IF attempt = 50 THEN RAISE; END IF; PERFORM pg_sleep(0.1);
+                       END; END LOOP; END $do$ $drop$, statement)) w
+         WHERE NOT w.success;
+        IF missing IS NOT NULL THEN
+            RAISE EXCEPTION 'envoisms.distribute(): a worker refused to drop the foreign keys: %', missing;
+        END IF;
+    END IF;
 
     FOR l IN SELECT * FROM envoisms.cluster_layout() LOOP
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = l.table_name);
@@ -259,8 +298,8 @@ BEGIN
         PERFORM truncate_local_data_after_distributing_table(l.table_name);
         RETURN NEXT format('%s: %s', l.table_name, l.kind);
     END LOOP;
-    FOREACH statement IN ARRAY foreign_keys LOOP
-        EXECUTE statement;
+    FOR i IN 1..cardinality(foreign_keys) LOOP
+        EXECUTE foreign_keys[i];
     END LOOP;
 
     FOR l IN SELECT * FROM envoisms.cluster_functions() LOOP

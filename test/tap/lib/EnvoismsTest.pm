@@ -50,9 +50,13 @@ our $ROOT = $ENV{ENVOISMS_ROOT} // abs_path(dirname(__FILE__) . '/../../..');
 # A started cluster with envoisms preloaded and created in database
 # "envoisms". %opts: conf => [lines] appended to postgresql.conf,
 # preload => 'envoisms,...' to replace shared_preload_libraries.
+# With ENVOISMS_TEST_CITUS=1 in the environment the node is the
+# coordinator of a Citus cluster (citus_cluster() below) with the schema
+# distributed: a suite written for one server then runs against a cluster.
 sub node
 {
 	my ($name, %opts) = @_;
+	return (citus_cluster($name, %opts))[0] if $ENV{ENVOISMS_TEST_CITUS};
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
 	my $preload = $opts{preload} // 'envoisms';
@@ -66,6 +70,60 @@ sub node
 	$node->safe_psql('postgres', 'CREATE DATABASE envoisms');
 	$node->safe_psql('envoisms', 'CREATE EXTENSION envoisms');
 	return $node;
+}
+
+# Whether the PostgreSQL in use has Citus (scripts/citus.sh installs it).
+sub citus_available
+{
+	my $libdir = `pg_config --pkglibdir`;
+	chomp $libdir;
+	return -f "$libdir/citus.so";
+}
+
+# A Citus cluster on loopback: a coordinator and $opts{workers} (2)
+# workers, each with citus and envoisms preloaded (citus first), the
+# extension created on the coordinator (Citus creates it on the workers)
+# and, unless distribute => 0, envoisms.distribute() run with
+# $opts{shard_count} (4) shards. Returns ($coordinator, @workers).
+# %opts: conf => [lines] for every node.
+sub citus_cluster
+{
+	my ($name, %opts) = @_;
+	my $workers = $opts{workers} // 2;
+	my @nodes;
+	for my $i (0 .. $workers)
+	{
+		my $node = PostgreSQL::Test::Cluster->new($i == 0 ? $name : "${name}_w$i");
+		$node->init(allows_streaming => 'logical');
+		$node->append_conf('postgresql.conf', join("\n",
+			"shared_preload_libraries = 'citus,envoisms'",
+			"envoisms.database = 'envoisms'",
+			"max_connections = 200",
+			"max_worker_processes = 32",
+			"max_prepared_transactions = 100",
+			"citus.shard_count = " . ($opts{shard_count} // 4),
+			@{ $opts{conf} // [] }) . "\n");
+		$node->start;
+		$node->safe_psql('postgres', 'CREATE DATABASE envoisms');
+		$node->safe_psql('envoisms', 'CREATE EXTENSION citus');
+		push @nodes, $node;
+	}
+	my $coordinator = $nodes[0];
+	$coordinator->safe_psql('envoisms', sprintf(
+		"SELECT citus_set_coordinator_host('%s', %d)", $coordinator->host, $coordinator->port));
+	citus_add_worker($coordinator, $_) for @nodes[1 .. $#nodes];
+	$coordinator->safe_psql('envoisms', 'CREATE EXTENSION envoisms');
+	$coordinator->safe_psql('envoisms', 'SELECT count(*) FROM envoisms.distribute()')
+	  unless defined $opts{distribute} && !$opts{distribute};
+	return @nodes;
+}
+
+# Add a started node with Citus (and envoisms preloaded) as a worker.
+sub citus_add_worker
+{
+	my ($coordinator, $worker) = @_;
+	$coordinator->safe_psql('envoisms', sprintf(
+		"SELECT citus_add_node('%s', %d)", $worker->host, $worker->port));
 }
 
 # The libpq conninfo of a node's "envoisms" database.
