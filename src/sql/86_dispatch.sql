@@ -46,6 +46,9 @@ BEGIN
         RAISE EXCEPTION 'dispatch_claim needs a positive batch and lease'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF carriers IS NULL THEN
+        RETURN;     -- a new cluster node before its first shard (local_copy())
+    END IF;
     -- Refill the token buckets of rate-capped carriers this claim may use.
     IF EXISTS (SELECT 1 FROM envoisms.carriers c WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)) THEN
         INSERT INTO envoisms.carrier_rate_state AS s (carrier_id, tokens, updated_at)

@@ -59,18 +59,12 @@ $$;
 -- cluster): a claim that names only shards is plain PostgreSQL on one
 -- node's rows, which Citus' planner leaves alone (FOR UPDATE SKIP LOCKED,
 -- data-modifying CTEs). It only reads the copy: writes to a reference
--- table go through Citus, to every node.
+-- table go through Citus, to every node. NULL on a node that has no copy
+-- yet (a node just added, before the rebalancer's first move), which
+-- then holds no shard either.
 CREATE FUNCTION envoisms.local_copy(tbl regclass) RETURNS regclass
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
-DECLARE
-    found regclass;
-BEGIN
-    SELECT s INTO found FROM envoisms.local_shards(tbl) s;
-    IF found IS NULL THEN
-        RAISE EXCEPTION 'this node holds no copy of %', tbl;
-    END IF;
-    RETURN found;
-END
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT s FROM envoisms.local_shards(tbl) s LIMIT 1
 $$;
 
 -- The shard of `tbl` that holds the same accounts as `shard` (co-located

@@ -81,33 +81,14 @@ sub citus_available
 }
 
 # A Citus cluster on loopback: a coordinator and $opts{workers} (2)
-# workers, each with citus and envoisms preloaded (citus first), the
-# extension created on the coordinator (Citus creates it on the workers)
-# and, unless distribute => 0, envoisms.distribute() run with
-# $opts{shard_count} (4) shards. Returns ($coordinator, @workers).
-# %opts: conf => [lines] for every node.
+# workers (citus_node()), the extension created on the coordinator (Citus
+# creates it on the workers) and, unless distribute => 0,
+# envoisms.distribute() run. Returns ($coordinator, @workers).
+# %opts: conf => [lines] for every node, shard_count (4).
 sub citus_cluster
 {
 	my ($name, %opts) = @_;
-	my $workers = $opts{workers} // 2;
-	my @nodes;
-	for my $i (0 .. $workers)
-	{
-		my $node = PostgreSQL::Test::Cluster->new($i == 0 ? $name : "${name}_w$i");
-		$node->init(allows_streaming => 'logical');
-		$node->append_conf('postgresql.conf', join("\n",
-			"shared_preload_libraries = 'citus,envoisms'",
-			"envoisms.database = 'envoisms'",
-			"max_connections = 200",
-			"max_worker_processes = 32",
-			"max_prepared_transactions = 100",
-			"citus.shard_count = " . ($opts{shard_count} // 4),
-			@{ $opts{conf} // [] }) . "\n");
-		$node->start;
-		$node->safe_psql('postgres', 'CREATE DATABASE envoisms');
-		$node->safe_psql('envoisms', 'CREATE EXTENSION citus');
-		push @nodes, $node;
-	}
+	my @nodes = map { citus_node($_ == 0 ? $name : "${name}_w$_", %opts) } 0 .. ($opts{workers} // 2);
 	my $coordinator = $nodes[0];
 	$coordinator->safe_psql('envoisms', sprintf(
 		"SELECT citus_set_coordinator_host('%s', %d)", $coordinator->host, $coordinator->port));
@@ -116,6 +97,32 @@ sub citus_cluster
 	$coordinator->safe_psql('envoisms', 'SELECT count(*) FROM envoisms.distribute()')
 	  unless defined $opts{distribute} && !$opts{distribute};
 	return @nodes;
+}
+
+# A started node for a Citus cluster: citus and envoisms preloaded (citus
+# first), wal_level = logical (the rebalancer moves shards by logical
+# replication), database "envoisms" with the citus extension.
+# %opts: conf => [lines], shard_count (4).
+sub citus_node
+{
+	my ($name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(allows_streaming => 'logical');
+	$node->append_conf('postgresql.conf', join("\n",
+		"shared_preload_libraries = 'citus,envoisms'",
+		# how Citus' background jobs (the rebalancer's moves) reach this
+		# node: its socket directory, as the cluster's nodes are named
+		"citus.local_hostname = '" . $node->host . "'",
+		"envoisms.database = 'envoisms'",
+		"max_connections = 200",
+		"max_worker_processes = 32",
+		"max_prepared_transactions = 100",
+		"citus.shard_count = " . ($opts{shard_count} // 4),
+		@{ $opts{conf} // [] }) . "\n");
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE DATABASE envoisms');
+	$node->safe_psql('envoisms', 'CREATE EXTENSION citus');
+	return $node;
 }
 
 # Add a started node with Citus (and envoisms preloaded) as a worker.
