@@ -74,8 +74,12 @@ BEGIN
                       AND 'message.' || m.status = ANY (w.events)) THEN
         PERFORM envoisms.webhook_enqueue(m.account_id, 'message.' || m.status, envoisms.message_event_data(m));
     END IF;
-    PERFORM pg_notify('envoisms_message_status',
-                      json_build_object('id', m.message_id, 'account_id', m.account_id, 'status', m.status)::text);
+    -- on a cluster, not in a transaction another node coordinates: it may
+    -- end in a two-phase commit, which a NOTIFY forbids (docs/scale.md)
+    IF NOT envoisms.cluster_mode() OR left(current_setting('application_name'), 14) <> 'citus_internal' THEN
+        PERFORM pg_notify('envoisms_message_status',
+                          json_build_object('id', m.message_id, 'account_id', m.account_id, 'status', m.status)::text);
+    END IF;
 END
 $$;
 

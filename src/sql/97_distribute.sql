@@ -67,6 +67,41 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT s FROM envoisms.local_shards(tbl) s LIMIT 1
 $$;
 
+-- Move this node's identity sequences (ledger, message_events,
+-- webhook_deliveries, inbound_unmatched) into the node's own range, as
+-- Citus does for the tables it creates: ids start at (group << 48) + 1, so
+-- rows made on different nodes never share an id, before or after their
+-- shard moves. The extension made these sequences on every node, starting
+-- at 1, so Citus left them alone. Run by distribute() on every worker and
+-- by each node's scheduler (a node added later); once in place, nothing.
+CREATE FUNCTION envoisms.cluster_node_sequences() RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    floor bigint;
+    seq regclass;
+    last bigint;
+    moved int := 0;
+BEGIN
+    IF NOT envoisms.cluster_mode() THEN
+        RETURN 0;
+    END IF;
+    EXECUTE 'SELECT groupid::bigint << 48 FROM pg_dist_local_group' INTO floor;
+    IF floor = 0 THEN
+        RETURN 0;       -- the coordinator keeps 1 ..
+    END IF;
+    FOR seq IN SELECT pg_get_serial_sequence(a.attrelid::regclass::text, a.attname)::regclass
+                 FROM pg_attribute a JOIN envoisms.cluster_layout() l ON l.table_name = a.attrelid
+                WHERE a.attidentity <> '' AND NOT a.attisdropped LOOP
+        SELECT s.last_value INTO last FROM pg_sequences s
+         WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = seq;
+        CONTINUE WHEN last >= floor;
+        PERFORM setval(seq, floor + 1, false);
+        moved := moved + 1;
+    END LOOP;
+    RETURN moved;
+END
+$$;
+
 -- The shard of `tbl` that holds the same accounts as `shard` (co-located
 -- tables split the hash range alike); `tbl` itself outside a cluster.
 CREATE FUNCTION envoisms.colocated_shard(shard regclass, tbl regclass) RETURNS regclass
@@ -295,6 +330,14 @@ BEGIN
     FOR i IN 1..cardinality(foreign_keys) LOOP
         EXECUTE foreign_keys[i];
     END LOOP;
+
+    -- every worker's ids in its own range (nodes added later: their scheduler)
+    SELECT string_agg(format('%s:%s: %s', w.nodename, w.nodeport, w.result), '; ') INTO missing
+      FROM run_command_on_workers('SELECT envoisms.cluster_node_sequences()') w
+     WHERE NOT w.success;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'envoisms.distribute(): a worker could not move its sequences: %', missing;
+    END IF;
 
     FOR l IN SELECT * FROM envoisms.cluster_functions() LOOP
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_dist_object o

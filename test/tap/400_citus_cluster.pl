@@ -25,7 +25,7 @@ use Time::HiRes qw(time usleep);
 plan skip_all => 'Citus is not installed in this PostgreSQL (scripts/citus.sh builds it)'
   unless EnvoismsTest::citus_available();
 
-my $conf = [ EnvoismsPeers::worker_conf('envoisms.dispatch_workers = 1') ];
+my $conf = [ EnvoismsPeers::worker_conf('envoisms.dispatch_workers = 1', 'envoisms.dispatch_lease = 5s') ];
 my ($coord, @workers) = EnvoismsTest::citus_cluster('citus', conf => $conf, shard_count => 4);
 my $q = sub { $coord->safe_psql('envoisms', shift) };
 
@@ -96,6 +96,34 @@ is(scalar @calls, 1, 'a send is one call of api_account() on the account\'s node
 ok(@remote <= 4, 'remote commands per send: ' . scalar(@remote)
 	  . ' (the call, and BEGIN, RELEASE SAVEPOINT, COMMIT around it)')
   or diag(join("\n", @remote));
+
+# ---- the per-backend caches forget what changed through the coordinator
+# (the statement triggers fire on the shards, on every node holding one)
+my $cost = sub {
+	my ($st, undef, $b) = $post->($gw->{url}, $key, '{"to": "+212612345678", "message": "Bonjour"}');
+	return $st == 201 ? EnvoismsTest::json($b)->{cost_mad} : "HTTP $st";
+};
+is($cost->(), 0.31, 'a send costs the default price');
+$q->("INSERT INTO envoisms.prices (account_id, channel, currency, unit_price) VALUES ('$acc', 'sms', 'MAD', 0.25)");
+is($cost->(), 0.25, "the account's new price applies to the next send through the same gateway connection");
+$q->("DELETE FROM envoisms.prices WHERE account_id = '$acc'");
+is($cost->(), 0.31, 'and its removal too');
+($st) = $post->($gw->{url}, $key, '{"to": "+212612345670", "message": "Bonjour"}');
+is($st, 201, 'a number not opted out: 201');
+($st) = EnvoismsTest::http('POST', "$gw->{url}/v1/optouts",
+	{ Authorization => "Bearer $key", 'Content-Type' => 'application/json' }, '{"phone": "+212612345670"}');
+ok($st == 200 || $st == 201, "the number opts out through the API ($st)");
+($st, undef, $body) = $post->($gw->{url}, $key, '{"to": "+212612345670", "message": "Bonjour"}');
+is(EnvoismsTest::json($body)->{error}{code}, 'OPTED_OUT', 'the next send to it is refused (OPTED_OUT)');
+$q->("UPDATE envoisms.accounts SET status = 'suspended' WHERE account_id = '$acc'");
+($st, undef, $body) = $post->($gw->{url}, $key, '{"to": "+212612345678", "message": "Bonjour"}');
+is($st, 403, 'a suspended account cannot send at its next request');
+$q->("UPDATE envoisms.accounts SET status = 'active' WHERE account_id = '$acc'");
+my ($other, $other_key) = EnvoismsTest::demo_key($coord, live => 1, balance => 10, rate_limit => undef);
+is(($post->($gw->{url}, $other_key, '{"to": "+212612345678", "message": "Bonjour"}'))[0], 201, 'a key works');
+$q->("UPDATE envoisms.api_keys SET active = false, revoked_at = now() WHERE account_id = '$other'");
+is(($post->($gw->{url}, $other_key, '{"to": "+212612345678", "message": "Bonjour"}'))[0], 401,
+	'revoked through the coordinator, it is refused at its next request');
 
 # ---- dispatch from both workers to a real carrier
 my $carrier = EnvoismsPeers::start('carrier_peer.js');
