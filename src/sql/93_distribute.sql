@@ -1,4 +1,4 @@
--- 97_distribute.sql — envoisms on a Citus cluster (docs/scale.md): the one
+-- 93_distribute.sql — envoisms on a Citus cluster (docs/scale.md): the one
 -- step that turns an install on a coordinator into the sharded layout, and
 -- what the rest of the code asks to behave the same in both layouts.
 --
