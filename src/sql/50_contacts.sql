@@ -278,13 +278,16 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
       FROM (SELECT regexp_replace(btrim(q), '[\s().-]', '', 'g') AS d) x
 $$;
 
--- The contacts matching a search, as an inlinable SQL function: the caller's
--- plan sees the arguments as constants (force_custom_plan), drops the arms
--- that are NULL and OR-s the index scans of the others (BitmapOr).
+-- The contacts matching a search, planned with its arguments as constants
+-- (force_custom_plan): the plan drops the arms that are NULL and OR-s the
+-- index scans of the others (BitmapOr). PL/pgSQL rather than an inlined SQL
+-- function, which Citus cannot plan (93_distribute.sql); a listing without
+-- a search reads envoisms.contacts itself (contact_list) to walk the
+-- primary key for one page.
 CREATE FUNCTION envoisms.contact_search(account_id text, list_id text, searching boolean, words tsquery,
                                         phone_prefix text, digits text, email_prefix text)
 RETURNS SETOF envoisms.contacts
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -337,10 +340,17 @@ BEGIN
 
     IF q IS NULL THEN
         -- a listing: the page walks the primary key backwards, the total counts
-        SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]') INTO rows
-          FROM (SELECT * FROM envoisms.contact_search(account_id, list_id, false, NULL, NULL, NULL, NULL) c
-                 ORDER BY c.contact_id DESC LIMIT "limit" OFFSET "offset") p;
-        SELECT count(*) INTO n FROM envoisms.contact_search(account_id, list_id, false, NULL, NULL, NULL, NULL);
+        WITH listed AS NOT MATERIALIZED (
+            SELECT c.* FROM envoisms.contacts c
+             WHERE c.account_id = contact_list.account_id
+               AND (contact_list.list_id IS NULL OR EXISTS (
+                       SELECT 1 FROM envoisms.list_members m
+                        WHERE m.account_id = c.account_id AND m.list_id = contact_list.list_id
+                          AND m.contact_id = c.contact_id)))
+        SELECT (SELECT count(*) FROM listed),
+               (SELECT coalesce(jsonb_agg(envoisms.contact_json(ROW(p.*)::envoisms.contacts) ORDER BY p.contact_id DESC), '[]')
+                  FROM (SELECT * FROM listed l ORDER BY l.contact_id DESC LIMIT "limit" OFFSET "offset") p)
+          INTO n, rows;
     ELSE
         -- a search: the hits come from the indexes (BitmapOr) once, then are
         -- counted and sorted; never a walk of the primary key that filters
