@@ -201,7 +201,7 @@ $$;
 CREATE OR REPLACE FUNCTION envoisms.contact_search(account_id text, list_id text, searching boolean, words tsquery,
                                         phone_prefix text, digits text, email_prefix text)
 RETURNS SETOF envoisms.contacts
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -218,6 +218,65 @@ BEGIN
             OR lower(c.email) LIKE replace(replace(replace(email_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%');
 END
 $$;
+
+CREATE OR REPLACE FUNCTION envoisms.contact_list(account_id text, "limit" int DEFAULT 100, "offset" int DEFAULT 0,
+                                      q text DEFAULT NULL, list_id text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    words tsquery;
+    phone_prefix text;
+    digits text;
+    email_prefix text;
+    rows jsonb;
+    n bigint;
+BEGIN
+    PERFORM envoisms.check_page("limit", "offset", 500);
+    IF q IS NOT NULL AND length(q) > 100 THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'q must be at most 100 characters', 'q');
+    END IF;
+    PERFORM envoisms.check_list(account_id, list_id);
+    q := nullif(btrim(q), '');
+    IF q IS NOT NULL THEN
+        phone_prefix := envoisms.contact_phone_prefix(q);
+        -- a phone fragment (digits, +, spaces) is not searched among words
+        words := CASE WHEN phone_prefix IS NULL THEN envoisms.contact_words_query(q) END;
+        digits := CASE WHEN phone_prefix IS NOT NULL AND length(phone_prefix) >= 5 THEN ltrim(phone_prefix, '+') END;
+        email_prefix := CASE WHEN q !~ '\s' THEN lower(q) END;
+        IF words IS NULL AND phone_prefix IS NULL AND email_prefix IS NULL THEN
+            RETURN jsonb_build_object('data', '[]'::jsonb, 'limit', "limit", 'offset', "offset", 'total', 0);
+        END IF;
+    END IF;
+
+    IF q IS NULL THEN
+        -- a listing: the page walks the primary key backwards, the total counts
+        WITH listed AS NOT MATERIALIZED (
+            SELECT c.* FROM envoisms.contacts c
+             WHERE c.account_id = contact_list.account_id
+               AND (contact_list.list_id IS NULL OR EXISTS (
+                       SELECT 1 FROM envoisms.list_members m
+                        WHERE m.account_id = c.account_id AND m.list_id = contact_list.list_id
+                          AND m.contact_id = c.contact_id)))
+        SELECT (SELECT count(*) FROM listed),
+               (SELECT coalesce(jsonb_agg(envoisms.contact_json(ROW(p.*)::envoisms.contacts) ORDER BY p.contact_id DESC), '[]')
+                  FROM (SELECT * FROM listed l ORDER BY l.contact_id DESC LIMIT "limit" OFFSET "offset") p)
+          INTO n, rows;
+    ELSE
+        -- a search: the hits come from the indexes (BitmapOr) once, then are
+        -- counted and sorted; never a walk of the primary key that filters
+        -- every contact (the planner cannot estimate prefix matches)
+        WITH hits AS MATERIALIZED (
+            SELECT * FROM envoisms.contact_search(account_id, list_id, true, words, phone_prefix, digits, email_prefix))
+        SELECT (SELECT count(*) FROM hits),
+               (SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]')
+                  FROM (SELECT * FROM hits h ORDER BY h.contact_id DESC LIMIT "limit" OFFSET "offset") p)
+          INTO n, rows;
+    END IF;
+    RETURN jsonb_build_object('data', rows, 'limit', "limit", 'offset', "offset", 'total', n);
+END
+$$;
+COMMENT ON FUNCTION envoisms.contact_list(text, int, int, text, text) IS
+'A page of an account''s contacts, searched by name, phone or email, or by list (GET /v1/contacts)';
 
 CREATE OR REPLACE FUNCTION envoisms.contact_list_json(l envoisms.contact_lists) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$

@@ -17,7 +17,8 @@
 -- the request arrived at (reference tables only), then hands the rest of
 -- the request to api_account(), a distributed function whose distribution
 -- argument is the account: Citus runs it on the node holding the
--- account's shards, in the caller's transaction, one round trip.
+-- account's shards, in the caller's transaction: one call (and Citus's
+-- BEGIN and COMMIT around it), whatever the handler does.
 --
 -- Workers on every node claim only what lives on that node: their claims
 -- run against the node's own shards (local_shards()), so no row is
