@@ -44,7 +44,6 @@ is($q->(q{SELECT count(*) FROM pg_class c WHERE c.relnamespace = 'envoisms'::reg
             AND c.relname !~ '_[0-9]+$'}), 0, 'no envoisms table is left out of the layout');
 is($q->('SELECT count(*) FROM envoisms.distribute()'), 0, 'distribute() a second time changes nothing');
 
-my @accounts = map { $q->("SELECT envoisms.account_create('Account $_', 100)") } 1 .. 8;
 my $groups_of = sub {    # the node groups holding an account's shard of every distributed table
 	my ($acc) = @_;
 	return $q->(qq{SELECT string_agg(DISTINCT p.groupid::text, ',')
@@ -52,13 +51,18 @@ my $groups_of = sub {    # the node groups holding an account's shard of every d
 	                 JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column(l.table_name, '$acc')
 	                WHERE l.kind = 'distributed'});
 };
-my %groups;
-for my $acc (@accounts)
+# accounts until each worker holds at least 3 (ids are random: a fixed
+# number could, rarely, all hash to one worker)
+my (@accounts, %groups, $split);
+while (@accounts < 40 && (keys(%groups) < 2 || grep { $_ < 3 } values %groups))
 {
+	my $acc = $q->("SELECT envoisms.account_create('Account " . (@accounts + 1) . "', 100)");
 	my $g = $groups_of->($acc);
-	unlike($g, qr/,/, "$acc: its rows of every distributed table are on one node (group $g)");
+	$split++ if $g =~ /,/;
 	$groups{$g}++;
+	push @accounts, $acc;
 }
+ok(!$split, scalar(@accounts) . ' accounts: the rows of each, in every distributed table, are on one node');
 is(scalar(keys %groups), 2, 'the accounts are spread over both workers: ' . join(', ', map { "group $_: $groups{$_}" } sort keys %groups));
 
 # ---- the contract's curl examples through a gateway on a coordinator
@@ -236,7 +240,21 @@ is(scalar(grep { !$seen{$_} } @ids), 0, 'the carrier received every one of them'
 my @twice = grep { $seen{$_} > 1 } keys %seen;
 note scalar(@twice) . ' messages reached the carrier twice (with their one id, at least once)';
 is($q->('SELECT count(*) FROM envoisms.balance_check() WHERE NOT ok'), 0, 'balance_check() holds after the rebalance');
-ok($third->safe_psql('envoisms', "SELECT sum(claimed) FROM envoisms.worker_stats WHERE kind = 'dispatcher'") > 0,
+# an account whose shards moved to the new worker: its messages are the
+# new worker's to send
+my $third_group = $q->('SELECT groupid FROM pg_dist_node WHERE nodeport = ' . $third->port);
+my $moved;
+for (1 .. 40)
+{
+	my $a = $q->("SELECT envoisms.account_create('Moved', 100)");
+	if ($groups_of->($a) eq $third_group) { $moved = $a; last; }
+}
+ok($moved, 'an account lives on the new worker');
+my $before = $third->safe_psql('envoisms', "SELECT sum(sent) FROM envoisms.worker_stats WHERE kind = 'dispatcher'");
+$q->("SELECT envoisms.message_send('$moved', '+21261234' || lpad(g::text, 4, '0'), 'Bonjour') FROM generate_series(1, 10) g");
+ok(EnvoismsPeers::wait_until(sub {
+	$q->("SELECT count(*) FROM envoisms.messages WHERE account_id = '$moved' AND status = 'queued'") == 0 }, 30)
+	  && $third->safe_psql('envoisms', "SELECT sum(sent) FROM envoisms.worker_stats WHERE kind = 'dispatcher'") >= $before + 10,
 	'the new worker dispatches the messages of its shards (nothing configured)');
 
 EnvoismsTest::stop_gateway($_) for $gw, $gw2;
