@@ -796,6 +796,7 @@ DECLARE
     n int;
     shard regclass;
     start int := (random() * 1023)::int;
+    refilled_at timestamptz := now();
 BEGIN
     IF batch IS NULL OR batch < 1 OR lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'dispatch_claim needs a positive batch and lease'
@@ -806,14 +807,15 @@ BEGIN
     END IF;
     -- Refill the token buckets of rate-capped carriers this claim may use.
     IF EXISTS (SELECT 1 FROM envoisms.carriers c WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)) THEN
+        -- (now() as a value: Citus wants DO UPDATE's expressions immutable)
         INSERT INTO envoisms.carrier_rate_state AS s (carrier_id, tokens, updated_at)
-        SELECT c.carrier_id, c.max_per_second, now() FROM envoisms.carriers c
+        SELECT c.carrier_id, c.max_per_second, refilled_at FROM envoisms.carriers c
          WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)
            AND (only_carrier IS NULL OR c.carrier_id = only_carrier)
         ON CONFLICT ON CONSTRAINT carrier_rate_state_pkey DO UPDATE
            SET tokens = least(EXCLUDED.tokens,
-                              s.tokens + EXCLUDED.tokens * extract(epoch FROM now() - s.updated_at)),
-               updated_at = now();
+                              s.tokens + EXCLUDED.tokens * extract(epoch FROM refilled_at - s.updated_at)),
+               updated_at = refilled_at;
         SELECT coalesce(jsonb_object_agg(s.carrier_id, floor(s.tokens)::int), '{}') INTO allowance
           FROM envoisms.carrier_rate_state s JOIN envoisms.carriers c ON c.carrier_id = s.carrier_id
          WHERE c.max_per_second IS NOT NULL AND c.kind = ANY (carrier_kinds)

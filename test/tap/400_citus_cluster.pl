@@ -53,13 +53,14 @@ my $groups_of = sub {    # the node groups holding an account's shard of every d
 };
 # accounts until each worker holds at least 3 (ids are random: a fixed
 # number could, rarely, all hash to one worker)
-my (@accounts, %groups, $split);
+my (@accounts, %groups, %first_of, $split);
 while (@accounts < 40 && (keys(%groups) < 2 || grep { $_ < 3 } values %groups))
 {
 	my $acc = $q->("SELECT envoisms.account_create('Account " . (@accounts + 1) . "', 100)");
 	my $g = $groups_of->($acc);
 	$split++ if $g =~ /,/;
 	$groups{$g}++;
+	$first_of{$g} //= $acc;
 	push @accounts, $acc;
 }
 ok(!$split, scalar(@accounts) . ' accounts: the rows of each, in every distributed table, are on one node');
@@ -131,8 +132,15 @@ is(($post->($gw->{url}, $other_key, '{"to": "+212612345678", "message": "Bonjour
 
 # ---- dispatch from both workers to a real carrier
 my $carrier = EnvoismsPeers::start('carrier_peer.js');
-$q->(qq{INSERT INTO envoisms.carriers (carrier_id, kind, name, config)
-          VALUES ('peer', 'http', 'carrier peer', '{"url": "$carrier->{url}/send"}');
+my $receiver = EnvoismsPeers::start('webhook_receiver.js', '--secret', 'whsec_cluster');
+my @hooked = values %first_of;    # one account on each worker
+for my $a (@hooked)
+{
+	$q->("SELECT envoisms.webhook_create('$a', '$receiver->{url}/hook', ARRAY['message.sent'], secret => 'whsec_cluster')");
+}
+# a rate cap (not reached): the claims' token buckets are a reference table
+$q->(qq{INSERT INTO envoisms.carriers (carrier_id, kind, name, config, max_per_second)
+          VALUES ('peer', 'http', 'carrier peer', '{"url": "$carrier->{url}/send"}', 10000);
         INSERT INTO envoisms.routes (channel, prefix, carrier_id, priority) VALUES ('sms', '212', 'peer', 0)});
 my $n_sent = 0;
 for my $a (@accounts)
@@ -151,6 +159,12 @@ is($coord->safe_psql('envoisms', "SELECT coalesce(sum(sent), 0) FROM envoisms.wo
 my %seen;
 $seen{ $_->{id} }++ for grep { $_->{id} } EnvoismsPeers::log_lines($carrier);
 is(scalar(grep { $seen{$_} > 1 } keys %seen), 0, 'no message reached the carrier twice');
+my $hooked = $q->("SELECT count(*) FROM envoisms.messages WHERE account_id IN ('$hooked[0]', '$hooked[1]')
+                     AND carrier_id = 'peer'");
+ok(EnvoismsPeers::wait_until(sub { scalar(EnvoismsPeers::log_lines($receiver)) >= $hooked }, 30),
+	"the $hooked message.sent webhooks of two accounts on two workers were delivered");
+is($q->("SELECT count(*) FROM envoisms.webhook_deliveries WHERE status <> 'delivered'"), 0,
+	'every webhook delivery is delivered, by the webhook workers of the node that holds it');
 
 # ---- money: concurrent sends on one account through two gateways
 my $gw2 = EnvoismsTest::start_gateway($workers[0], db => EnvoismsTest::conninfo($workers[0]));
