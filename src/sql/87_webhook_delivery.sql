@@ -106,7 +106,7 @@ BEGIN
     UPDATE envoisms.webhook_deliveries d
        SET status = 'cancelled', locked_until = NULL, last_error = left('the webhook was disabled: ' || reason, 500)
      WHERE d.account_id = webhook_disable.account_id AND d.webhook_id = webhook_disable.webhook_id
-       AND d.status = 'pending';;
+       AND d.status = 'pending';
 END
 $$;
 
