@@ -47,6 +47,23 @@ use PostgreSQL::Test::Utils;
 our $started = 0;
 our $ROOT = $ENV{ENVOISMS_ROOT} // abs_path(dirname(__FILE__) . '/../../..');
 
+# Gateways still running when the test process ends (a test that died
+# half-way) are stopped, by the process that started them only.
+our %running_gateways;    # pid => 1
+my $test_pid = $$;
+END
+{
+	if ($$ == $test_pid)
+	{
+		local $?;
+		for my $pid (keys %running_gateways)
+		{
+			kill 'KILL', $pid;
+			waitpid($pid, 0);
+		}
+	}
+}
+
 # A started cluster with envoisms preloaded and created in database
 # "envoisms". %opts: conf => [lines] appended to postgresql.conf,
 # preload => 'envoisms,...' to replace shared_preload_libraries.
@@ -178,6 +195,7 @@ sub start_gateway
 		$ENV{$_} = $opts{env}{$_} for keys %{ $opts{env} // {} };
 		exec(@cmd) or die "exec $cmd[0]: $!";
 	}
+	$running_gateways{$pid} = 1;
 	my $gw = {
 		port => $port,
 		pid  => $pid,
@@ -192,6 +210,7 @@ sub start_gateway
 	{
 		if (waitpid($pid, WNOHANG) == $pid)
 		{
+			delete $running_gateways{$pid};
 			croak "envoisms-gateway exited with status $? before it was ready; log:\n"
 			  . slurp_file($log);
 		}
@@ -201,6 +220,7 @@ sub start_gateway
 	}
 	kill 'KILL', $pid;
 	waitpid($pid, 0);
+	delete $running_gateways{$pid};
 	croak "envoisms-gateway did not become ready on port $port; log:\n" . slurp_file($log);
 }
 
@@ -210,6 +230,7 @@ sub stop_gateway
 {
 	my ($gw, $signal) = @_;
 	return $gw->{status} if defined $gw->{status};
+	delete $running_gateways{ $gw->{pid} };    # reaped below, whatever happens
 	kill($signal // 'TERM', $gw->{pid});
 	my $deadline = time() + 30;
 	while (time() < $deadline)
