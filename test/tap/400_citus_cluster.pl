@@ -243,7 +243,7 @@ my @ids = grep { /^msg_/ } @answers;
 my @retry = grep { /^status 503 .*SERVICE_UNAVAILABLE/ } @answers;
 my @other = grep { !/^msg_/ && !/^status 503 .*SERVICE_UNAVAILABLE/ } @answers;
 is(scalar @other, 0, scalar(@answers) . ' sends during the rebalance: each answered 201, or 503 to retry')
-  or diag(join("\n", @other));
+  or diag(join("\n", @other, grep { /unexpected error/ } map { split /\n/, slurp_file($_->logfile) } $coord, @workers));
 note scalar(@ids) . ' answered 201, ' . scalar(@retry) . ' answered 503 (retry)';
 is($q->(q{SELECT count(*) FROM pg_dist_placement p JOIN pg_dist_shard s USING (shardid)
            WHERE s.logicalrelid = 'envoisms.messages'::regclass
