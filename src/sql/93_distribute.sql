@@ -157,6 +157,13 @@ EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
                             err_column = COLUMN_NAME, err_detail = PG_EXCEPTION_DETAIL,
                             err_context = PG_EXCEPTION_CONTEXT;
+    -- the account's shards moved to another node (the rebalancer) while
+    -- this call was on its way here: Citus refuses to reach them from a
+    -- delegated call. Nothing was done; the request is to be retried, and
+    -- will go to the new node (api(): 503 with Retry-After).
+    IF err_state = 'XX000' AND err_message = 'cannot execute a distributed query from a query on a shard' THEN
+        err_state := '40001';
+    END IF;
 END
 $$;
 

@@ -238,8 +238,8 @@ waitpid($load, 0);
 
 my @answers = split /\n/, slurp_file($load_log);
 my @ids = grep { /^msg_/ } @answers;
-# a shard's final switch-over blocks its writes for a moment: a send that
-# waits too long is told to retry (503, Retry-After) and leaves nothing
+# a send that reaches the account's old node as its shards move is told to
+# retry (503, Retry-After) and leaves nothing (api_account())
 my @retry = grep { /^status 503 .*SERVICE_UNAVAILABLE/ } @answers;
 my @other = grep { !/^msg_/ && !/^status 503 .*SERVICE_UNAVAILABLE/ } @answers;
 is(scalar @other, 0, scalar(@answers) . ' sends during the rebalance: each answered 201, or 503 to retry')
