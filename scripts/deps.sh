@@ -17,6 +17,8 @@ PACKAGES=(
     # OpenAPI-driven API fuzzer, sqlsmith
     clang libclang-rt-14-dev llvm-14
     python3-hypothesis python3-yaml python3-psycopg2 sqlsmith
+    # building the vendored Citus for the cluster suite (scripts/citus.sh)
+    liblz4-dev libzstd-dev libkrb5-dev
 )
 
 missing=()

@@ -13,6 +13,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 "$ENVOISMS_ROOT/scripts/deps.sh"
 ensure_server_user
 build_and_install
+# Citus for the cluster suites (test/tap/4*): installed, or built from the
+# vendored source beside the tree, else those suites skip and say why
+"$ENVOISMS_ROOT/scripts/citus.sh" || say "Citus is not available: the cluster suites (test/tap/4*) will be skipped"
 
 # The suites write results next to their inputs, and the server user must be
 # able to do that: run them in a copy of the tree owned by that user.
@@ -20,7 +23,7 @@ if [ "$(id -un)" = "$ENVOISMS_USER" ]; then
     workdir=$ENVOISMS_ROOT
 else
     workdir=$(as_root mktemp -d /var/tmp/envoisms-test.XXXXXX)
-    as_root rsync -a --exclude .git --exclude '*.o' --exclude '*.so' --exclude /fuzz/build \
+    as_root rsync -a --exclude .git --exclude '*.o' --exclude '*.so' --exclude /fuzz/build --exclude /.cache/citus \
         "$ENVOISMS_ROOT/" "$workdir/"
     as_root chown -R "$ENVOISMS_USER:" "$workdir"
     trap 'as_root rm -rf "$workdir"' EXIT

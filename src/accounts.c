@@ -20,6 +20,7 @@
 
 static BackendCache account_cache = {{"accounts", "optouts"}, ACCOUNT_ID_LEN, BackendRowEntrySize(ACCOUNT_ID_LEN)};
 static SPIPlanPtr lookup_plan = NULL;
+static SPIPlanPtr cluster_lookup_plan = NULL;
 
 PG_FUNCTION_INFO_V1(account_lookup);
 
@@ -31,9 +32,22 @@ Datum
 account_lookup(PG_FUNCTION_ARGS)
 {
 	text	   *account_id = PG_GETARG_TEXT_PP(0);
+	bool		cacheable = VARSIZE_ANY_EXHDR(account_id) == ACCOUNT_ID_LEN;
 
-	return BackendCacheRow(&account_cache, fcinfo, VARDATA_ANY(account_id),
-						   VARSIZE_ANY_EXHDR(account_id) == ACCOUNT_ID_LEN, &lookup_plan,
+	/*
+	 * On a Citus cluster accounts is a reference table and optouts is
+	 * distributed; a call run on the account's node may not join them in one
+	 * query, so the opt-out flag is a function's query of its own there
+	 * (93_distribute.sql). One server keeps the one query its older
+	 * installs, too, can answer.
+	 */
+	if (ClusterMode())
+		return BackendCacheRow(&account_cache, fcinfo, VARDATA_ANY(account_id), cacheable,
+							   &cluster_lookup_plan,
+							   "SELECT a.status, a.channels, envoisms.account_has_optouts(a.account_id)"
+							   "  FROM envoisms.accounts a WHERE a.account_id = $1",
+							   PointerGetDatum(account_id));
+	return BackendCacheRow(&account_cache, fcinfo, VARDATA_ANY(account_id), cacheable, &lookup_plan,
 						   "SELECT a.status, a.channels,"
 						   "       EXISTS (SELECT 1 FROM envoisms.optouts o WHERE o.account_id = a.account_id)"
 						   "  FROM envoisms.accounts a WHERE a.account_id = $1",

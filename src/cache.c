@@ -232,6 +232,26 @@ BackendResultType(FunctionCallInfo fcinfo)
 	return desc;
 }
 
+/*
+ * On a cluster the statement triggers fire on the shards (a shard is the
+ * table's name, '_' and the shard id, in the table's schema), on the nodes
+ * that hold them, never on the table the caches know. A reference table has
+ * a copy on every node, so each node hears of the change this way.
+ */
+static void
+forget_logical_table(Relation shard)
+{
+	const char *name = RelationGetRelationName(shard);
+	const char *cut = strrchr(name, '_');
+	Oid			logical;
+
+	if (cut == NULL || cut[1] == '\0' || strspn(cut + 1, "0123456789") != strlen(cut + 1))
+		return;
+	logical = get_relname_relid(pnstrdup(name, cut - name), RelationGetNamespace(shard));
+	if (OidIsValid(logical) && logical != RelationGetRelid(shard))
+		CacheInvalidateRelcacheByRelid(logical);
+}
+
 PG_FUNCTION_INFO_V1(cache_forget);
 
 /* Statement trigger on a cached table: every backend forgets what it cached of it. */
@@ -245,5 +265,7 @@ cache_forget(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("cache_forget must be called as a trigger")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
+	if (ClusterMode())
+		forget_logical_table(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
 }

@@ -39,6 +39,9 @@ extern bool envoisms_preloaded;
 /* Raise a clear error when a feature needs the preload and it is missing. */
 extern void EnvoismsRequirePreload(const char *feature);
 
+/* Whether the database runs the distributed layout (cluster.c). */
+extern bool ClusterMode(void);
+
 /* Module initialisers, each defining its own GUCs and shared memory. */
 extern void RateLimitInit(void);
 extern void WorkersInit(void);

@@ -45,8 +45,11 @@ AS 'MODULE_PATHNAME', 'account_lookup' LANGUAGE C STRICT STABLE;
 
 -- The balance: the sum of the buckets.
 CREATE FUNCTION envoisms.account_balance(account_id text) RETURNS numeric
-LANGUAGE sql STABLE
-RETURN (SELECT sum(b.balance_mad) FROM envoisms.balance_buckets b WHERE b.account_id = account_balance.account_id);
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT sum(b.balance_mad) FROM envoisms.balance_buckets b WHERE b.account_id = account_balance.account_id);
+END
+$$;
 COMMENT ON FUNCTION envoisms.account_balance(text) IS
 'An account''s balance in MAD (the sum of its balance buckets)';
 
@@ -191,21 +194,33 @@ COMMENT ON FUNCTION envoisms.message_refund(text, text, text) IS
 
 -- Prove the books: the buckets hold exactly what the ledger and the
 -- messages explain. One row per account (or the given one).
+-- The books of balance_check(), in PL/pgSQL: Citus plans a PL/pgSQL query
+-- with the account as a constant, and refuses parameterized queries of SQL
+-- functions on its tables (93_distribute.sql).
+CREATE FUNCTION envoisms.balance_books(only_account text)
+RETURNS TABLE (account_id text, balance_mad numeric, explained_mad numeric, ok boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN QUERY
+    WITH b AS (SELECT bb.account_id, sum(bb.balance_mad) AS s FROM envoisms.balance_buckets bb
+                WHERE only_account IS NULL OR bb.account_id = only_account
+                GROUP BY 1),
+         l AS (SELECT le.account_id, sum(le.amount_mad) AS s FROM envoisms.ledger le
+                WHERE only_account IS NULL OR le.account_id = only_account
+                GROUP BY 1),
+         m AS (SELECT me.account_id, sum(me.charged_mad) AS s FROM envoisms.messages me
+                WHERE only_account IS NULL OR me.account_id = only_account
+                GROUP BY 1)
+    SELECT b.account_id, b.s, coalesce(l.s, 0) - coalesce(m.s, 0), b.s = coalesce(l.s, 0) - coalesce(m.s, 0)
+      FROM b LEFT JOIN l ON l.account_id = b.account_id LEFT JOIN m ON m.account_id = b.account_id
+     ORDER BY 1;
+END
+$$;
+
 CREATE FUNCTION envoisms.balance_check(account_id text DEFAULT NULL)
 RETURNS TABLE (account_id text, balance_mad numeric, explained_mad numeric, ok boolean)
 LANGUAGE sql STABLE AS $$
-    WITH b AS (SELECT bb.account_id, sum(bb.balance_mad) AS s FROM envoisms.balance_buckets bb
-                WHERE balance_check.account_id IS NULL OR bb.account_id = balance_check.account_id
-                GROUP BY 1),
-         l AS (SELECT le.account_id, sum(le.amount_mad) AS s FROM envoisms.ledger le
-                WHERE balance_check.account_id IS NULL OR le.account_id = balance_check.account_id
-                GROUP BY 1),
-         m AS (SELECT me.account_id, sum(me.charged_mad) AS s FROM envoisms.messages me
-                WHERE balance_check.account_id IS NULL OR me.account_id = balance_check.account_id
-                GROUP BY 1)
-    SELECT b.account_id, b.s, coalesce(l.s, 0) - coalesce(m.s, 0), b.s = coalesce(l.s, 0) - coalesce(m.s, 0)
-      FROM b LEFT JOIN l USING (account_id) LEFT JOIN m USING (account_id)
-     ORDER BY 1
+    SELECT * FROM envoisms.balance_books(balance_check.account_id)
 $$;
 COMMENT ON FUNCTION envoisms.balance_check(text) IS
 'Prove the books: per account, the balance against what the ledger and the messages explain (ok = they agree)';

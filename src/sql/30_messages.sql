@@ -99,17 +99,22 @@ END
 $$;
 
 -- Unit prices (MAD, EUR) of a channel for an account: its own row, else the
--- default ('*'). A set-returning SQL function so that the planner inlines it
--- into the caller's query: one index scan reads the (at most four) rows.
+-- default ('*'). One index scan reads the (at most four) rows. PL/pgSQL, not
+-- an inlined SQL function: Citus refuses to plan a query into which an SQL
+-- function referencing its tables was inlined (93_distribute.sql); callers
+-- on the hot path read it through unit_price()'s cache.
 CREATE FUNCTION envoisms.channel_prices(account_id text, channel text)
 RETURNS TABLE (mad numeric, eur numeric)
-LANGUAGE sql STABLE ROWS 1 AS $$
+LANGUAGE plpgsql STABLE ROWS 1 SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN QUERY
     SELECT coalesce(max(p.unit_price) FILTER (WHERE p.currency = 'MAD' AND p.account_id <> '*'),
                     max(p.unit_price) FILTER (WHERE p.currency = 'MAD' AND p.account_id = '*')),
            coalesce(max(p.unit_price) FILTER (WHERE p.currency = 'EUR' AND p.account_id <> '*'),
                     max(p.unit_price) FILTER (WHERE p.currency = 'EUR' AND p.account_id = '*'))
       FROM envoisms.prices p
-     WHERE p.account_id IN ($1, '*') AND p.channel = $2
+     WHERE p.account_id IN (channel_prices.account_id, '*') AND p.channel = channel_prices.channel;
+END
 $$;
 
 -- channel_prices() of one currency, cached per backend and forgotten by
@@ -123,25 +128,24 @@ CREATE TRIGGER prices_cache_forget
     FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
 
 -- Check the account may send on `channel` (active, channel enabled) and
--- return the channel's unit prices for it, in one statement (hot path).
+-- return the channel's unit prices for it, from the caches (hot path).
 CREATE FUNCTION envoisms.check_account_channel(account_id text, channel text, OUT mad numeric, OUT eur numeric)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
-    acc_status text;
-    acc_channels text[];
+    acc record;         -- account_lookup(): status, channels, has_optouts
 BEGIN
     IF channel IS NULL OR channel NOT IN ('sms', 'whatsapp') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
     END IF;
-    SELECT a.status, a.channels, p.mad, p.eur
-      INTO acc_status, acc_channels, mad, eur
-      FROM envoisms.accounts a, envoisms.channel_prices(a.account_id, check_account_channel.channel) p
-     WHERE a.account_id = check_account_channel.account_id;
-    IF NOT FOUND THEN
+    -- the per-backend caches (accounts.c, prices.c): plain expressions
+    acc := envoisms.account_lookup(account_id);
+    mad := envoisms.unit_price(account_id, channel, 'MAD');
+    eur := envoisms.unit_price(account_id, channel, 'EUR');
+    IF acc.status IS NULL THEN
         PERFORM envoisms.raise_error('NOT_FOUND', 'account not found', 'account_id');
-    ELSIF acc_status <> 'active' THEN
-        PERFORM envoisms.raise_error('FORBIDDEN', format('the account is %s', acc_status));
-    ELSIF NOT channel = ANY (acc_channels) THEN
+    ELSIF acc.status <> 'active' THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', format('the account is %s', acc.status));
+    ELSIF NOT channel = ANY (acc.channels) THEN
         PERFORM envoisms.raise_error('CHANNEL_NOT_ALLOWED',
             format('the %s channel is not enabled on this account', channel), 'channel');
     END IF;
@@ -574,29 +578,33 @@ COMMENT ON FUNCTION envoisms.message_list(text, int, int, text, text, timestampt
 CREATE FUNCTION envoisms.analytics_summary(account_id text, from_date timestamptz DEFAULT NULL,
                                            to_date timestamptz DEFAULT NULL)
 RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    WITH live AS (
-        SELECT count(*) AS total, count(*) FILTER (WHERE m.status = 'delivered') AS delivered,
-               count(*) FILTER (WHERE m.status IN ('failed', 'expired')) AS failed,
-               coalesce(sum(m.charged_mad - m.refunded_mad), 0) AS cost
-          FROM envoisms.messages m
-         WHERE m.account_id = analytics_summary.account_id AND m.direction = 'outbound'
-           AND (from_date IS NULL OR m.created_at >= from_date) AND (to_date IS NULL OR m.created_at <= to_date)),
-    old AS (
-        SELECT coalesce(sum(r.total), 0) AS total, coalesce(sum(r.delivered), 0) AS delivered,
-               coalesce(sum(r.failed), 0) AS failed, coalesce(sum(r.cost_mad), 0) AS cost
-          FROM envoisms.message_rollups r
-         WHERE r.account_id = analytics_summary.account_id
-           AND (from_date IS NULL OR r.day >= (from_date AT TIME ZONE 'UTC')::date)
-           AND (to_date IS NULL OR r.day <= (to_date AT TIME ZONE 'UTC')::date))
-    SELECT jsonb_build_object('summary', jsonb_build_object(
-        'total', live.total + old.total,
-        'delivered', live.delivered + old.delivered,
-        'failed', live.failed + old.failed,
-        'delivery_rate', CASE WHEN live.total + old.total = 0 THEN 0
-                              ELSE round(100.0 * (live.delivered + old.delivered) / (live.total + old.total), 1) END,
-        'cost_mad', envoisms.money(live.cost + old.cost)))
-      FROM live, old
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        WITH live AS (
+            SELECT count(*) AS total, count(*) FILTER (WHERE m.status = 'delivered') AS delivered,
+                   count(*) FILTER (WHERE m.status IN ('failed', 'expired')) AS failed,
+                   coalesce(sum(m.charged_mad - m.refunded_mad), 0) AS cost
+              FROM envoisms.messages m
+             WHERE m.account_id = analytics_summary.account_id AND m.direction = 'outbound'
+               AND (from_date IS NULL OR m.created_at >= from_date) AND (to_date IS NULL OR m.created_at <= to_date)),
+        old AS (
+            SELECT coalesce(sum(r.total), 0) AS total, coalesce(sum(r.delivered), 0) AS delivered,
+                   coalesce(sum(r.failed), 0) AS failed, coalesce(sum(r.cost_mad), 0) AS cost
+              FROM envoisms.message_rollups r
+             WHERE r.account_id = analytics_summary.account_id
+               AND (from_date IS NULL OR r.day >= (from_date AT TIME ZONE 'UTC')::date)
+               AND (to_date IS NULL OR r.day <= (to_date AT TIME ZONE 'UTC')::date))
+        SELECT jsonb_build_object('summary', jsonb_build_object(
+            'total', live.total + old.total,
+            'delivered', live.delivered + old.delivered,
+            'failed', live.failed + old.failed,
+            'delivery_rate', CASE WHEN live.total + old.total = 0 THEN 0
+                                  ELSE round(100.0 * (live.delivered + old.delivered) / (live.total + old.total), 1) END,
+            'cost_mad', envoisms.money(live.cost + old.cost)))
+          FROM live, old);
+END
 $$;
 COMMENT ON FUNCTION envoisms.analytics_summary(text, timestamptz, timestamptz) IS
 'Volumes, delivery rate and billed cost of an account between two times (GET /v1/analytics)';

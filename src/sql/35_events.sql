@@ -21,13 +21,15 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     event_id text := envoisms.new_id('evt');
     payload text;
-    n int;
+    hooks text[];
+    hook text;
 BEGIN
+    SELECT array_agg(w.webhook_id) INTO hooks FROM envoisms.webhooks w
+     WHERE w.account_id = webhook_enqueue.account_id AND w.deleted_at IS NULL
+       AND (only_webhook IS NOT NULL AND w.webhook_id = only_webhook
+            OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events));
     -- most status changes have no subscriber: do not render a payload for nobody
-    IF NOT EXISTS (SELECT 1 FROM envoisms.webhooks w
-                    WHERE w.account_id = webhook_enqueue.account_id AND w.deleted_at IS NULL
-                      AND (only_webhook IS NOT NULL AND w.webhook_id = only_webhook
-                           OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events))) THEN
+    IF hooks IS NULL THEN
         RETURN 0;
     END IF;
     -- "event" and "timestamp" repeat "type" and "created_at" under the names
@@ -35,17 +37,14 @@ BEGIN
     payload := jsonb_build_object('id', event_id, 'type', event_type, 'event', event_type,
                                   'created_at', envoisms.iso_time(now()), 'timestamp', envoisms.iso_time(now()),
                                   'data', data)::text;
-    INSERT INTO envoisms.webhook_deliveries (account_id, webhook_id, event_id, event_type, payload)
-    SELECT w.account_id, w.webhook_id, event_id, event_type, payload
-      FROM envoisms.webhooks w
-     WHERE w.account_id = webhook_enqueue.account_id AND w.deleted_at IS NULL
-       AND (only_webhook IS NOT NULL AND w.webhook_id = only_webhook
-            OR only_webhook IS NULL AND w.active AND event_type = ANY (w.events));
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        PERFORM envoisms.wake_webhooks();
-    END IF;
-    RETURN n;
+    -- one INSERT … VALUES per webhook (usually one), not INSERT … SELECT:
+    -- on a cluster Citus runs the latter through the coordinator
+    FOREACH hook IN ARRAY hooks LOOP
+        INSERT INTO envoisms.webhook_deliveries (account_id, webhook_id, event_id, event_type, payload)
+        VALUES (account_id, hook, event_id, event_type, payload);
+    END LOOP;
+    PERFORM envoisms.wake_webhooks();
+    RETURN cardinality(hooks);
 END
 $$;
 
@@ -75,15 +74,25 @@ BEGIN
                       AND 'message.' || m.status = ANY (w.events)) THEN
         PERFORM envoisms.webhook_enqueue(m.account_id, 'message.' || m.status, envoisms.message_event_data(m));
     END IF;
-    PERFORM pg_notify('envoisms_message_status',
-                      json_build_object('id', m.message_id, 'account_id', m.account_id, 'status', m.status)::text);
+    -- on a cluster, not in a transaction another node coordinates: it may
+    -- end in a two-phase commit, which a NOTIFY forbids (docs/scale.md)
+    IF NOT envoisms.cluster_mode() OR left(current_setting('application_name'), 14) <> 'citus_internal' THEN
+        PERFORM pg_notify('envoisms_message_status',
+                          json_build_object('id', m.message_id, 'account_id', m.account_id, 'status', m.status)::text);
+    END IF;
 END
 $$;
 
 CREATE FUNCTION envoisms.messages_status_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
-    PERFORM envoisms.message_announce(NEW);
+    IF TG_TABLE_NAME = 'messages' THEN
+        PERFORM envoisms.message_announce(NEW);
+    ELSE
+        -- on a cluster the trigger fires on a shard of messages, whose row
+        -- type is the shard's own (93_distribute.sql)
+        PERFORM envoisms.message_announce(ROW(NEW.*)::envoisms.messages);
+    END IF;
     RETURN NULL;
 END
 $$;

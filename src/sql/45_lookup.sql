@@ -126,12 +126,16 @@ INSERT INTO envoisms.carrier_prefixes (prefix, carrier, source) VALUES
 -- The carrier of an E.164 number: the longest matching prefix, with the
 -- contract's display names (IAM is shown as "Maroc Telecom (IAM)"); NULL when unknown.
 CREATE FUNCTION envoisms.carrier_of(e164 text) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT CASE c.carrier WHEN 'Maroc Telecom' THEN 'Maroc Telecom (IAM)' ELSE c.carrier END
-      FROM envoisms.carrier_prefixes c
-     WHERE c.prefix = ANY (ARRAY(SELECT left(ltrim(e164, '+'), n) FROM generate_series(1, 15) n))
-     ORDER BY length(c.prefix) DESC
-     LIMIT 1
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT CASE c.carrier WHEN 'Maroc Telecom' THEN 'Maroc Telecom (IAM)' ELSE c.carrier END
+          FROM envoisms.carrier_prefixes c
+         WHERE c.prefix = ANY (ARRAY(SELECT left(ltrim(e164, '+'), n) FROM generate_series(1, 15) n))
+         ORDER BY length(c.prefix) DESC
+         LIMIT 1);
+END
 $$;
 
 -- Look a number up; returns the contract's POST /v1/verify/lookup response.

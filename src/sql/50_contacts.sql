@@ -278,13 +278,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
       FROM (SELECT regexp_replace(btrim(q), '[\s().-]', '', 'g') AS d) x
 $$;
 
--- The contacts matching a search, as an inlinable SQL function: the caller's
--- plan sees the arguments as constants (force_custom_plan), drops the arms
--- that are NULL and OR-s the index scans of the others (BitmapOr).
+-- The contacts matching a search, planned with its arguments as constants
+-- (force_custom_plan): the plan drops the arms that are NULL and OR-s the
+-- index scans of the others (BitmapOr). PL/pgSQL rather than an inlined SQL
+-- function, which Citus cannot plan (93_distribute.sql); a listing without
+-- a search reads envoisms.contacts itself (contact_list) to walk the
+-- primary key for one page.
 CREATE FUNCTION envoisms.contact_search(account_id text, list_id text, searching boolean, words tsquery,
                                         phone_prefix text, digits text, email_prefix text)
 RETURNS SETOF envoisms.contacts
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT c.* FROM envoisms.contacts c
      WHERE c.account_id = contact_search.account_id
        AND (contact_search.list_id IS NULL OR EXISTS (
@@ -295,7 +301,8 @@ LANGUAGE sql STABLE AS $$
             OR to_tsvector('simple'::regconfig, coalesce(c.name, '')) @@ words
             OR c.phone LIKE phone_prefix || '%'
             OR reverse(c.phone) LIKE reverse(digits) || '%'
-            OR lower(c.email) LIKE replace(replace(replace(email_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
+            OR lower(c.email) LIKE replace(replace(replace(email_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%');
+END
 $$;
 
 -- A page of the account's contacts, newest first: q searches name, email and
@@ -333,10 +340,17 @@ BEGIN
 
     IF q IS NULL THEN
         -- a listing: the page walks the primary key backwards, the total counts
-        SELECT coalesce(jsonb_agg(envoisms.contact_json(p) ORDER BY p.contact_id DESC), '[]') INTO rows
-          FROM (SELECT * FROM envoisms.contact_search(account_id, list_id, false, NULL, NULL, NULL, NULL) c
-                 ORDER BY c.contact_id DESC LIMIT "limit" OFFSET "offset") p;
-        SELECT count(*) INTO n FROM envoisms.contact_search(account_id, list_id, false, NULL, NULL, NULL, NULL);
+        WITH listed AS NOT MATERIALIZED (
+            SELECT c.* FROM envoisms.contacts c
+             WHERE c.account_id = contact_list.account_id
+               AND (contact_list.list_id IS NULL OR EXISTS (
+                       SELECT 1 FROM envoisms.list_members m
+                        WHERE m.account_id = c.account_id AND m.list_id = contact_list.list_id
+                          AND m.contact_id = c.contact_id)))
+        SELECT (SELECT count(*) FROM listed),
+               (SELECT coalesce(jsonb_agg(envoisms.contact_json(ROW(p.*)::envoisms.contacts) ORDER BY p.contact_id DESC), '[]')
+                  FROM (SELECT * FROM listed l ORDER BY l.contact_id DESC LIMIT "limit" OFFSET "offset") p)
+          INTO n, rows;
     ELSE
         -- a search: the hits come from the indexes (BitmapOr) once, then are
         -- counted and sorted; never a walk of the primary key that filters
@@ -356,11 +370,15 @@ COMMENT ON FUNCTION envoisms.contact_list(text, int, int, text, text) IS
 
 -- The contract's list shape, with its live member count.
 CREATE FUNCTION envoisms.contact_list_json(l envoisms.contact_lists) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('id', l.list_id, 'name', l.name, 'description', l.description,
-                              'count', (SELECT count(*) FROM envoisms.list_members m
-                                         WHERE m.account_id = l.account_id AND m.list_id = l.list_id),
-                              'created_at', envoisms.iso_time(l.created_at))
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('id', l.list_id, 'name', l.name, 'description', l.description,
+                                  'count', (SELECT count(*) FROM envoisms.list_members m
+                                             WHERE m.account_id = l.account_id AND m.list_id = l.list_id),
+                                  'created_at', envoisms.iso_time(l.created_at)));
+END
 $$;
 
 -- Create an empty contact list; returns the contract's POST /v1/contacts/lists response.
@@ -390,9 +408,13 @@ COMMENT ON FUNCTION envoisms.contact_list_create(text, text, text) IS
 
 -- Every contact list of the account, newest first.
 CREATE FUNCTION envoisms.contact_lists(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.contact_list_json(l) ORDER BY l.list_id DESC), '[]'))
-      FROM envoisms.contact_lists l WHERE l.account_id = contact_lists.account_id
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.contact_list_json(ROW(l.*)::envoisms.contact_lists) ORDER BY l.list_id DESC), '[]'))
+          FROM envoisms.contact_lists l WHERE l.account_id = contact_lists.account_id);
+END
 $$;
 COMMENT ON FUNCTION envoisms.contact_lists(text) IS
 'Every contact list of an account with its member count (GET /v1/contacts/lists)';

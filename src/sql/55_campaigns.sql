@@ -116,9 +116,13 @@ COMMENT ON FUNCTION envoisms.template_create(text, text, text, text, text) IS
 'Create a message template (POST /v1/templates)';
 
 CREATE FUNCTION envoisms.template_list(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.template_json(t) ORDER BY t.template_id DESC), '[]'))
-      FROM envoisms.templates t WHERE t.account_id = template_list.account_id
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.template_json(ROW(t.*)::envoisms.templates) ORDER BY t.template_id DESC), '[]'))
+          FROM envoisms.templates t WHERE t.account_id = template_list.account_id);
+END
 $$;
 COMMENT ON FUNCTION envoisms.template_list(text) IS
 'Every template of an account (GET /v1/templates)';
@@ -147,21 +151,25 @@ $$;
 
 -- The contract's campaign shape, with live progress.
 CREATE FUNCTION envoisms.campaign_json(c envoisms.campaigns) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'id', c.campaign_id, 'name', c.name, 'channel', c.channel, 'list_id', c.list_id,
-        'template_id', c.template_id, 'body', c.body, 'sender_id', c.sender_id, 'status', c.status,
-        'scheduled_at', envoisms.iso_time(c.scheduled_at), 'buttons', c.buttons, 'metadata', c.metadata,
-        'total_count', coalesce(c.total_count, 0),
-        'sent_count', CASE WHEN c.started_at IS NULL THEN 0 ELSE
-                          (SELECT count(*) FROM envoisms.messages m
-                            WHERE m.account_id = c.account_id AND m.campaign_id = c.campaign_id
-                              AND m.status IN ('sent', 'delivered')) END,
-        'started_at', envoisms.iso_time(c.started_at), 'completed_at', envoisms.iso_time(c.completed_at),
-        'recurring_schedule', c.recurring_schedule,
-        'error', CASE WHEN c.error_code IS NOT NULL
-                      THEN jsonb_build_object('code', c.error_code, 'message', c.error_message) END,
-        'created_at', envoisms.iso_time(c.created_at))
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'id', c.campaign_id, 'name', c.name, 'channel', c.channel, 'list_id', c.list_id,
+            'template_id', c.template_id, 'body', c.body, 'sender_id', c.sender_id, 'status', c.status,
+            'scheduled_at', envoisms.iso_time(c.scheduled_at), 'buttons', c.buttons, 'metadata', c.metadata,
+            'total_count', coalesce(c.total_count, 0),
+            'sent_count', CASE WHEN c.started_at IS NULL THEN 0 ELSE
+                              (SELECT count(*) FROM envoisms.messages m
+                                WHERE m.account_id = c.account_id AND m.campaign_id = c.campaign_id
+                                  AND m.status IN ('sent', 'delivered')) END,
+            'started_at', envoisms.iso_time(c.started_at), 'completed_at', envoisms.iso_time(c.completed_at),
+            'recurring_schedule', c.recurring_schedule,
+            'error', CASE WHEN c.error_code IS NOT NULL
+                          THEN jsonb_build_object('code', c.error_code, 'message', c.error_message) END,
+            'created_at', envoisms.iso_time(c.created_at)));
+END
 $$;
 
 -- Create a campaign (draft, or scheduled when scheduled_at is given);
@@ -258,9 +266,13 @@ COMMENT ON FUNCTION envoisms.campaign_get(text, text) IS
 
 -- Every campaign of the account, newest first.
 CREATE FUNCTION envoisms.campaign_list(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.campaign_json(c) ORDER BY c.campaign_id DESC), '[]'))
-      FROM envoisms.campaigns c WHERE c.account_id = campaign_list.account_id
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.campaign_json(ROW(c.*)::envoisms.campaigns) ORDER BY c.campaign_id DESC), '[]'))
+          FROM envoisms.campaigns c WHERE c.account_id = campaign_list.account_id);
+END
 $$;
 COMMENT ON FUNCTION envoisms.campaign_list(text) IS
 'Every campaign of an account (GET /v1/campaigns)';
@@ -430,25 +442,29 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     c record;
     started int := 0;
+    shard regclass;
     err_state text;
     err_message text;
 BEGIN
-    FOR c IN SELECT x.account_id, x.campaign_id FROM envoisms.campaigns x
-              WHERE x.status = 'scheduled' AND x.scheduled_at <= now()
-              ORDER BY x.scheduled_at
-              LIMIT 100
-                FOR UPDATE SKIP LOCKED LOOP
-        BEGIN
-            PERFORM envoisms.campaign_launch(c.account_id, c.campaign_id);
-            started := started + 1;
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT;
-            UPDATE envoisms.campaigns x
-               SET status = 'cancelled',
-                   error_code = coalesce((SELECT e.code FROM envoisms.error_codes e WHERE e.sqlstate = err_state), 'INTERNAL_ERROR'),
-                   error_message = left(err_message, 500)
-             WHERE x.account_id = c.account_id AND x.campaign_id = c.campaign_id;
-        END;
+    -- on a cluster, this node's shards of campaigns (93_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.campaigns') LOOP
+        FOR c IN EXECUTE format('SELECT x.account_id, x.campaign_id FROM %s x
+                                  WHERE x.status = ''scheduled'' AND x.scheduled_at <= now()
+                                  ORDER BY x.scheduled_at
+                                  LIMIT 100
+                                    FOR UPDATE SKIP LOCKED', shard) LOOP
+            BEGIN
+                PERFORM envoisms.campaign_launch(c.account_id, c.campaign_id);
+                started := started + 1;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT;
+                UPDATE envoisms.campaigns x
+                   SET status = 'cancelled',
+                       error_code = coalesce((SELECT e.code FROM envoisms.error_codes e WHERE e.sqlstate = err_state), 'INTERNAL_ERROR'),
+                       error_message = left(err_message, 500)
+                 WHERE x.account_id = c.account_id AND x.campaign_id = c.campaign_id;
+            END;
+        END LOOP;
     END LOOP;
     RETURN started;
 END
@@ -460,18 +476,26 @@ CREATE FUNCTION envoisms.campaigns_complete_finished() RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     n int;
+    completed int := 0;
+    shard regclass;
 BEGIN
-    WITH done AS (
-        SELECT x.account_id, x.campaign_id FROM envoisms.campaigns x
-         WHERE x.status = 'running'
-           AND NOT EXISTS (SELECT 1 FROM envoisms.messages m
-                            WHERE m.account_id = x.account_id AND m.campaign_id = x.campaign_id
-                              AND m.status = 'queued')
-           FOR UPDATE SKIP LOCKED)
-    UPDATE envoisms.campaigns x SET status = 'completed', completed_at = now()
-      FROM done WHERE x.account_id = done.account_id AND x.campaign_id = done.campaign_id;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    -- on a cluster, this node's shards of campaigns and their messages (93_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.campaigns') LOOP
+        EXECUTE format($done$
+        WITH done AS (
+            SELECT x.account_id, x.campaign_id FROM %1$s x
+             WHERE x.status = 'running'
+               AND NOT EXISTS (SELECT 1 FROM %2$s m
+                                WHERE m.account_id = x.account_id AND m.campaign_id = x.campaign_id
+                                  AND m.status = 'queued')
+               FOR UPDATE SKIP LOCKED)
+        UPDATE %1$s x SET status = 'completed', completed_at = now()
+          FROM done WHERE x.account_id = done.account_id AND x.campaign_id = done.campaign_id
+        $done$, shard, envoisms.colocated_shard(shard, 'envoisms.messages'));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        completed := completed + n;
+    END LOOP;
+    RETURN completed;
 END
 $$;
 

@@ -143,9 +143,13 @@ COMMENT ON FUNCTION envoisms.webhook_create(text, text, text[], text, text) IS
 
 -- Every live webhook of the account, newest first.
 CREATE FUNCTION envoisms.webhook_list(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.webhook_json(w) ORDER BY w.webhook_id DESC), '[]'))
-      FROM envoisms.webhooks w WHERE w.account_id = webhook_list.account_id AND w.deleted_at IS NULL
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.webhook_json(ROW(w.*)::envoisms.webhooks) ORDER BY w.webhook_id DESC), '[]'))
+          FROM envoisms.webhooks w WHERE w.account_id = webhook_list.account_id AND w.deleted_at IS NULL);
+END
 $$;
 COMMENT ON FUNCTION envoisms.webhook_list(text) IS
 'Every live webhook of an account, without secrets (GET /v1/webhooks)';

@@ -121,9 +121,13 @@ $$;
 
 -- Every key of the account (active and revoked), newest first.
 CREATE FUNCTION envoisms.api_key_list(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.api_key_json(k) ORDER BY k.api_key_id DESC), '[]'))
-      FROM envoisms.api_keys k WHERE k.account_id = api_key_list.account_id
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('data', coalesce(jsonb_agg(envoisms.api_key_json(ROW(k.*)::envoisms.api_keys) ORDER BY k.api_key_id DESC), '[]'))
+          FROM envoisms.api_keys k WHERE k.account_id = api_key_list.account_id);
+END
 $$;
 COMMENT ON FUNCTION envoisms.api_key_list(text) IS
 'Every API key of an account, active and revoked, without the keys themselves (GET /v1/api-keys)';
@@ -236,13 +240,17 @@ COMMENT ON FUNCTION envoisms.api_key_issue(text, text, text, text[], text[], int
 
 -- The warning that goes with a revocation, or NULL.
 CREATE FUNCTION envoisms.api_key_revoke_warning(account_id text, revoked_key_id text, caller_key_id text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT nullif(concat_ws(' ',
-        CASE WHEN revoked_key_id = caller_key_id
-             THEN 'This request revoked the API key it was made with: that key no longer authenticates.' END,
-        CASE WHEN NOT EXISTS (SELECT 1 FROM envoisms.api_keys k
-                               WHERE k.account_id = api_key_revoke_warning.account_id AND k.active)
-             THEN 'The account has no active API key left: create one from the console.' END), '')
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT nullif(concat_ws(' ',
+            CASE WHEN revoked_key_id = caller_key_id
+                 THEN 'This request revoked the API key it was made with: that key no longer authenticates.' END,
+            CASE WHEN NOT EXISTS (SELECT 1 FROM envoisms.api_keys k
+                                   WHERE k.account_id = api_key_revoke_warning.account_id AND k.active)
+                 THEN 'The account has no active API key left: create one from the console.' END), ''));
+END
 $$;
 
 -- Change a key's name, permissions, IP allowlist, rate limit or active flag
@@ -308,11 +316,13 @@ RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     target envoisms.api_keys := envoisms.api_key_row(account_id, api_key_id);
+    revoked timestamptz := now();
 BEGIN
     IF caller_key_id IS NOT NULL THEN
         PERFORM envoisms.check_key_kind(envoisms.api_key_row(account_id, caller_key_id), target.key_prefix);
     END IF;
-    UPDATE envoisms.api_keys x SET revoked_at = coalesce(x.revoked_at, now()), active = false
+    -- (a value for now(): Citus refuses a non-immutable function in coalesce)
+    UPDATE envoisms.api_keys x SET revoked_at = coalesce(x.revoked_at, revoked), active = false
      WHERE x.account_id = target.account_id AND x.api_key_id = target.api_key_id;
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'revoked', true, 'id', api_key_id,

@@ -22,6 +22,17 @@ CREATE TRIGGER optouts_cache_forget
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON envoisms.optouts
     FOR EACH STATEMENT EXECUTE FUNCTION envoisms.cache_forget();
 
+-- Whether any number opted out of the account (account_lookup's third
+-- field). A query of its own, not a join with envoisms.accounts: on a
+-- cluster accounts is a reference table and optouts is distributed, and a
+-- call delegated to the account's node may not join the two.
+CREATE FUNCTION envoisms.account_has_optouts(account_id text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM envoisms.optouts o WHERE o.account_id = account_has_optouts.account_id);
+END
+$$;
+
 -- Refuse a recipient who opted out (OPTED_OUT). OTP sends skip this check:
 -- a one-time code is requested by the recipient themself.
 CREATE FUNCTION envoisms.check_not_opted_out(account_id text, phone text) RETURNS void

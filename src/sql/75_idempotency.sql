@@ -85,6 +85,10 @@ $$;
 -- clear for a day.
 CREATE FUNCTION envoisms.idempotency_store(req envoisms.api_request, key text, rep envoisms.api_reply) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    -- values, not expressions: Citus refuses non-immutable ones in DO UPDATE
+    stored_at timestamptz := now();
+    expires timestamptz := now() + interval '24 hours';
 BEGIN
     IF jsonb_typeof(rep.body) = 'object' AND rep.body ?| ARRAY['api_key', 'secret'] THEN
         rep.body := rep.body - 'api_key' - 'secret' || jsonb_build_object('warning',
@@ -100,8 +104,8 @@ BEGIN
     ON CONFLICT (account_id, api_key_id, idempotency_key) DO UPDATE
        SET request_hash = EXCLUDED.request_hash, method = EXCLUDED.method, path = EXCLUDED.path,
            status = EXCLUDED.status, headers = EXCLUDED.headers, body = EXCLUDED.body,
-           created_at = now(), expires_at = now() + interval '24 hours'
-     WHERE k.expires_at <= now();        -- only an expired key is ever reused
+           created_at = stored_at, expires_at = expires
+     WHERE k.expires_at <= stored_at;    -- only an expired key is ever reused
 END
 $$;
 
@@ -110,9 +114,15 @@ CREATE FUNCTION envoisms.idempotency_purge() RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     n int;
+    purged int := 0;
+    shard regclass;
 BEGIN
-    DELETE FROM envoisms.idempotency_keys k WHERE k.expires_at <= now();
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    -- on a cluster, this node's shards (93_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.idempotency_keys') LOOP
+        EXECUTE format('DELETE FROM %s k WHERE k.expires_at <= now()', shard);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        purged := purged + n;
+    END LOOP;
+    RETURN purged;
 END
 $$;

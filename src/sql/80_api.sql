@@ -20,8 +20,12 @@
 
 -- The routes served, for documentation checks (the gateway's OpenAPI test).
 CREATE FUNCTION envoisms.api_routes() RETURNS TABLE (method text, template text, permission text)
-LANGUAGE sql STABLE AS $$
-    SELECT e.method, e.template, e.permission FROM envoisms.api_endpoints e ORDER BY e.template, e.method
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT e.method, e.template, e.permission FROM envoisms.api_endpoints e ORDER BY e.template, e.method;
+END
 $$;
 
 CREATE FUNCTION envoisms.api_call(handler regprocedure, request envoisms.api_request)
@@ -288,6 +292,7 @@ DECLARE
     err_code text;
     err_http int;
     b record;           -- body_jsonb(): the body as jsonb, or its problem
+    a record;           -- api_account(): the account's part, on a cluster
 BEGIN
     method := upper(coalesce(method, ''));
     path := coalesce(nullif(rtrim(path, '/'), ''), '/');
@@ -374,7 +379,19 @@ BEGIN
         END IF;
 
         -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
-        IF method = 'POST' AND k.api_key_id IS NOT NULL AND hdr ? 'idempotency-key' THEN
+        -- (on a cluster, on the account's node: 93_distribute.sql)
+        IF k.account_id IS NOT NULL AND envoisms.cluster_mode() AND envoisms.cluster_delegates(r.permission) THEN
+            -- constants, not parameters: Citus delegates a call whose account is a constant
+            EXECUTE format('SELECT * FROM envoisms.api_account(%L, %L::regprocedure, %L::envoisms.api_request, %L)',
+                           k.account_id, r.handler, req,
+                           CASE WHEN method = 'POST' AND hdr ? 'idempotency-key' THEN hdr->>'idempotency-key' END)
+               INTO a;
+            IF a.err_state IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = a.err_state, MESSAGE = a.err_message, COLUMN = coalesce(a.err_column, ''),
+                                      DETAIL = coalesce(a.err_detail, ''), HINT = coalesce(a.err_context, '');
+            END IF;
+            rep := a.reply;
+        ELSIF method = 'POST' AND k.api_key_id IS NOT NULL AND hdr ? 'idempotency-key' THEN
             rep := envoisms.idempotency_lookup(req, hdr->>'idempotency-key');
             IF rep.status IS NULL THEN
                 rep := envoisms.api_call(r.handler, req);

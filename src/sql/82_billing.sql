@@ -127,22 +127,29 @@ CREATE TRIGGER billing_settings_check BEFORE INSERT OR UPDATE ON envoisms.billin
 
 -- A setting's value: the operator's, else the default (NULL: unset).
 CREATE FUNCTION envoisms.billing_setting(name text) RETURNS text
-LANGUAGE sql STABLE
-RETURN coalesce((SELECT s.value FROM envoisms.billing_settings s WHERE s.name = billing_setting.name),
-                (SELECT d.value FROM envoisms.billing_setting_defaults() d WHERE d.name = billing_setting.name));
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN coalesce((SELECT s.value FROM envoisms.billing_settings s WHERE s.name = billing_setting.name),
+                    (SELECT d.value FROM envoisms.billing_setting_defaults() d WHERE d.name = billing_setting.name));
+END
+$$;
 
 -- Every setting as it applies now, secrets masked ("sk_live_…4242"): what
 -- an operator checks after a change.
 CREATE FUNCTION envoisms.billing_config()
 RETURNS TABLE (name text, value text, is_default boolean, description text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT d.name,
            CASE WHEN d.secret AND s.value IS NOT NULL
                 THEN coalesce(substring(s.value FROM '^[a-z]+_(?:test_|live_)?'), '') || '…' || right(s.value, 4)
                 ELSE coalesce(s.value, d.value) END,
            s.value IS NULL, d.description
       FROM envoisms.billing_setting_defaults() d LEFT JOIN envoisms.billing_settings s ON s.name = d.name
-     ORDER BY d.name
+     ORDER BY d.name;
+END
 $$;
 COMMENT ON FUNCTION envoisms.billing_config() IS
 'Every billing setting as it applies now, secrets masked';
@@ -190,14 +197,18 @@ LANGUAGE sql STABLE
 RETURN coalesce(p.credit_mad, round(p.sms_count * envoisms.unit_price(account_id, 'sms', 'MAD'), 4));
 
 CREATE FUNCTION envoisms.pack_list(account_id text) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-    SELECT jsonb_build_object('packs', coalesce(jsonb_agg(jsonb_build_object(
-               'id', p.pack_id, 'name', p.name, 'sms_count', p.sms_count,
-               'price_mad', envoisms.money(p.price_mad),
-               'price_eur', envoisms.money(coalesce(p.price_eur, envoisms.mad_to_eur(p.price_mad, 2))),
-               'credit_mad', envoisms.money(envoisms.pack_credit(p, pack_list.account_id)))
-             ORDER BY p.sort_order, p.price_mad, p.pack_id), '[]'))
-      FROM envoisms.billing_packs p WHERE p.active
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('packs', coalesce(jsonb_agg(jsonb_build_object(
+                   'id', p.pack_id, 'name', p.name, 'sms_count', p.sms_count,
+                   'price_mad', envoisms.money(p.price_mad),
+                   'price_eur', envoisms.money(coalesce(p.price_eur, envoisms.mad_to_eur(p.price_mad, 2))),
+                   'credit_mad', envoisms.money(envoisms.pack_credit(p, pack_list.account_id)))
+                 ORDER BY p.sort_order, p.price_mad, p.pack_id), '[]'))
+          FROM envoisms.billing_packs p WHERE p.active);
+END
 $$;
 COMMENT ON FUNCTION envoisms.pack_list(text) IS
 'The operator''s top-up packs as an account sees them (GET /v1/billing/packs)';
@@ -518,7 +529,7 @@ BEGIN
     IF status IS NOT NULL AND status NOT IN ('pending', 'completed', 'failed') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'status must be one of pending, completed, failed', 'status');
     END IF;
-    SELECT coalesce(jsonb_agg(envoisms.topup_json(t) ORDER BY t.topup_id DESC), '[]') INTO rows
+    SELECT coalesce(jsonb_agg(envoisms.topup_json(ROW(t.*)::envoisms.topups) ORDER BY t.topup_id DESC), '[]') INTO rows
       FROM (SELECT * FROM envoisms.topups x
              WHERE x.account_id = topup_list.account_id AND (topup_list.status IS NULL OR x.status = topup_list.status)
              ORDER BY x.topup_id DESC LIMIT "limit" OFFSET "offset") t;

@@ -86,15 +86,19 @@ $$;
 -- down. NULL when no carrier is available.
 CREATE FUNCTION envoisms.route_carrier(channel text, to_number text, sandbox boolean)
 RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-    SELECT CASE WHEN sandbox THEN 'sandbox' ELSE (
-        SELECT r.carrier_id
-          FROM envoisms.routes r JOIN envoisms.carriers c ON c.carrier_id = r.carrier_id
-         WHERE r.channel = route_carrier.channel
-           AND starts_with(ltrim(to_number, '+'), r.prefix)
-           AND c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
-         ORDER BY length(r.prefix) DESC, r.priority
-         LIMIT 1) END
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT CASE WHEN sandbox THEN 'sandbox' ELSE (
+            SELECT r.carrier_id
+              FROM envoisms.routes r JOIN envoisms.carriers c ON c.carrier_id = r.carrier_id
+             WHERE r.channel = route_carrier.channel
+               AND starts_with(ltrim(to_number, '+'), r.prefix)
+               AND c.enabled AND (c.down_until IS NULL OR c.down_until <= now())
+             ORDER BY length(r.prefix) DESC, r.priority
+             LIMIT 1) END);
+END
 $$;
 
 -- Expire a message (validity over) and refund it; false when not queued/sent.
@@ -269,9 +273,12 @@ $$;
 
 -- Open a carrier's circuit for `seconds` (routes fail over meanwhile).
 CREATE FUNCTION envoisms.carrier_trip(carrier_id text, seconds int) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
     UPDATE envoisms.carriers c SET down_until = now() + make_interval(secs => seconds)
-     WHERE c.carrier_id = carrier_trip.carrier_id
+     WHERE c.carrier_id = carrier_trip.carrier_id;
+END
 $$;
 
 -- ---- delivery-report intake (served by envoisms.api, so by the gateway)

@@ -20,69 +20,94 @@ CREATE FUNCTION envoisms.webhook_claim(batch int, lease interval, per_endpoint i
 RETURNS TABLE (account_id text, delivery_id bigint, webhook_id text, event_id text, event_type text,
                payload text, attempts int, url text, secret text, signature_format text)
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    shard regclass;
+    claimed int := 0;
+    n int;
 BEGIN
-    RETURN QUERY
-    WITH candidates AS (
-        SELECT d.account_id, d.delivery_id, d.webhook_id, d.event_type, d.next_attempt_at,
-               d.account_id || '/' || d.webhook_id AS endpoint
-          FROM envoisms.webhook_deliveries d
-         WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-           AND (d.locked_until IS NULL OR d.locked_until < now())
-           AND coalesce((busy->>(d.account_id || '/' || d.webhook_id))::int, 0) < per_endpoint
-         ORDER BY d.next_attempt_at
-         LIMIT batch * 4
-    ), ranked AS (
-        SELECT c.*, w.url, w.secret, w.signature_format,
-               w.deleted_at IS NULL AND (w.active OR c.event_type = 'message.test') AS live,
-               row_number() OVER (PARTITION BY c.endpoint ORDER BY c.next_attempt_at) AS rn
-          FROM candidates c
-          JOIN envoisms.webhooks w ON w.account_id = c.account_id AND w.webhook_id = c.webhook_id
-    ), picked AS (
-        SELECT r.* FROM ranked r
-         WHERE NOT r.live OR r.rn <= per_endpoint - coalesce((busy->>r.endpoint)::int, 0)
-         ORDER BY r.next_attempt_at
-         LIMIT batch
-    ), locked AS (
-        SELECT p.account_id, p.delivery_id, p.url, p.secret, p.signature_format, p.live
-          FROM envoisms.webhook_deliveries d
-          JOIN picked p ON p.account_id = d.account_id AND p.delivery_id = d.delivery_id
-         WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until < now())
-           FOR UPDATE OF d SKIP LOCKED
-    ), cancelled AS (
-        UPDATE envoisms.webhook_deliveries d
-           SET status = 'cancelled', last_error = 'the webhook was disabled or deleted', locked_until = NULL
-          FROM locked l
-         WHERE NOT l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
-        RETURNING 1
-    ), leased AS (
-        UPDATE envoisms.webhook_deliveries d
-           SET locked_until = now() + lease, attempts = d.attempts + 1
-          FROM locked l
-         WHERE l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
-        RETURNING d.account_id, d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts,
-                  l.url, l.secret, l.signature_format
-    )
-    SELECT l.* FROM leased l;
+    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
+        RETURN QUERY EXECUTE format($claim$
+        WITH candidates AS (
+            SELECT d.account_id, d.delivery_id, d.webhook_id, d.event_type, d.next_attempt_at,
+                   d.account_id || '/' || d.webhook_id AS endpoint
+              FROM %1$s d
+             WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+               AND (d.locked_until IS NULL OR d.locked_until < now())
+               AND coalesce(($4->>(d.account_id || '/' || d.webhook_id))::int, 0) < $3
+             ORDER BY d.next_attempt_at
+             LIMIT $1 * 4
+        ), ranked AS (
+            SELECT c.*, w.url, w.secret, w.signature_format,
+                   w.deleted_at IS NULL AND (w.active OR c.event_type = 'message.test') AS live,
+                   row_number() OVER (PARTITION BY c.endpoint ORDER BY c.next_attempt_at) AS rn
+              FROM candidates c
+              JOIN %2$s w ON w.account_id = c.account_id AND w.webhook_id = c.webhook_id
+        ), picked AS (
+            SELECT r.* FROM ranked r
+             WHERE NOT r.live OR r.rn <= $3 - coalesce(($4->>r.endpoint)::int, 0)
+             ORDER BY r.next_attempt_at
+             LIMIT $1
+        ), locked AS (
+            SELECT p.account_id, p.delivery_id, p.url, p.secret, p.signature_format, p.live
+              FROM %1$s d
+              JOIN picked p ON p.account_id = d.account_id AND p.delivery_id = d.delivery_id
+             WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until < now())
+               FOR UPDATE OF d SKIP LOCKED
+        ), cancelled AS (
+            UPDATE %1$s d
+               SET status = 'cancelled', last_error = 'the webhook was disabled or deleted', locked_until = NULL
+              FROM locked l
+             WHERE NOT l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
+            RETURNING 1
+        ), leased AS (
+            UPDATE %1$s d
+               SET locked_until = now() + $2, attempts = d.attempts + 1
+              FROM locked l
+             WHERE l.live AND d.account_id = l.account_id AND d.delivery_id = l.delivery_id
+            RETURNING d.account_id, d.delivery_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts,
+                      l.url, l.secret, l.signature_format
+        )
+        SELECT l.* FROM leased l
+        $claim$, shard, envoisms.colocated_shard(shard, 'envoisms.webhooks')) USING batch - claimed, lease, per_endpoint, busy;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        claimed := claimed + n;
+        EXIT WHEN claimed >= batch;
+    END LOOP;
 END
 $$;
 
 -- When the next webhook delivery is due (NULL when none pending).
 CREATE FUNCTION envoisms.webhook_next_due() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-    SELECT d.next_attempt_at FROM envoisms.webhook_deliveries d
-     WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until < now())
-     ORDER BY d.next_attempt_at LIMIT 1
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+DECLARE
+    shard regclass;
+    due timestamptz;
+    next_due timestamptz;
+BEGIN
+    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
+        EXECUTE format('SELECT d.next_attempt_at FROM %s d
+                         WHERE d.status = ''pending'' AND (d.locked_until IS NULL OR d.locked_until < now())
+                         ORDER BY d.next_attempt_at LIMIT 1', shard) INTO due;
+        next_due := least(next_due, due);
+    END LOOP;
+    RETURN next_due;
+END
 $$;
 
 -- Stop a webhook: inactive, with the reason; its pending deliveries cancelled.
 CREATE FUNCTION envoisms.webhook_disable(account_id text, webhook_id text, reason text) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
     UPDATE envoisms.webhooks w SET active = false, disabled_reason = left(reason, 200)
      WHERE w.account_id = webhook_disable.account_id AND w.webhook_id = webhook_disable.webhook_id;
     UPDATE envoisms.webhook_deliveries d
        SET status = 'cancelled', locked_until = NULL, last_error = left('the webhook was disabled: ' || reason, 500)
      WHERE d.account_id = webhook_disable.account_id AND d.webhook_id = webhook_disable.webhook_id
        AND d.status = 'pending';
+END
 $$;
 
 -- The outcome of one attempt: http_status (NULL without an HTTP answer),
@@ -185,19 +210,32 @@ $$;
 
 -- Release webhook leases without an outcome (a worker stopping).
 CREATE FUNCTION envoisms.webhook_release(account_id text, delivery_id bigint) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
     UPDATE envoisms.webhook_deliveries d SET locked_until = NULL, attempts = greatest(d.attempts - 1, 0)
      WHERE d.account_id = webhook_release.account_id AND d.delivery_id = webhook_release.delivery_id
-       AND d.status = 'pending' AND d.locked_until IS NOT NULL
+       AND d.status = 'pending' AND d.locked_until IS NOT NULL;
+END
 $$;
 
 -- At a worker's start: release webhook leases taken before `since` (the
 -- previous server run; `lease` is the lease length they were taken with).
 CREATE FUNCTION envoisms.webhook_reclaim(since timestamptz, lease interval) RETURNS int
-LANGUAGE sql SET search_path = pg_catalog AS $$
-    WITH r AS (
-        UPDATE envoisms.webhook_deliveries d SET locked_until = NULL
-         WHERE d.status = 'pending' AND d.locked_until > now() AND d.locked_until - lease < since
-        RETURNING 1)
-    SELECT count(*)::int FROM r
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    shard regclass;
+    n int;
+    released int := 0;
+BEGIN
+    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
+        EXECUTE format('UPDATE %s d SET locked_until = NULL
+                         WHERE d.status = ''pending'' AND d.locked_until > now() AND d.locked_until - $2 < $1',
+                       shard) USING since, lease;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        released := released + n;
+    END LOOP;
+    RETURN released;
+END
 $$;

@@ -228,13 +228,22 @@ $$;
 -- when it starts, since only the (single) bind of a carrier claims its
 -- messages, any lease still running belongs to a bind that died.
 CREATE FUNCTION envoisms.smpp_release_leases(carrier_id text) RETURNS int
-LANGUAGE sql SET search_path = pg_catalog AS $$
-    WITH r AS (
-        UPDATE envoisms.messages m SET locked_until = NULL, updated_at = now()
-         WHERE m.status = 'queued' AND m.carrier_id = smpp_release_leases.carrier_id
-           AND m.locked_until > now()
-        RETURNING 1)
-    SELECT count(*)::int FROM r
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    shard regclass;
+    n int;
+    released int := 0;
+BEGIN
+    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
+        EXECUTE format('UPDATE %s m SET locked_until = NULL, updated_at = now()
+                         WHERE m.status = ''queued'' AND m.carrier_id = $1 AND m.locked_until > now()', shard)
+          USING carrier_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        released := released + n;
+    END LOOP;
+    RETURN released;
+END
 $$;
 
 CREATE FUNCTION envoisms.smpp_binds()

@@ -43,12 +43,15 @@ COMMENT ON TABLE envoisms.whatsapp_windows IS
 -- `number` at `at`. Idempotent; an older message changes nothing.
 CREATE FUNCTION envoisms.whatsapp_window_open(account_id text, phone text, number text, at timestamptz)
 RETURNS void
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
     INSERT INTO envoisms.whatsapp_windows AS w (account_id, phone, number, last_inbound_at)
     VALUES (account_id, phone, number, at)
     ON CONFLICT ON CONSTRAINT whatsapp_windows_pkey DO UPDATE
        SET number = EXCLUDED.number, last_inbound_at = EXCLUDED.last_inbound_at
-     WHERE w.last_inbound_at < EXCLUDED.last_inbound_at
+     WHERE w.last_inbound_at < EXCLUDED.last_inbound_at;
+END
 $$;
 
 -- Why free text on WhatsApp cannot reach `phone` from the account now:
@@ -56,17 +59,24 @@ $$;
 -- plain SQL expression, so that the planner inlines it into a bulk send's
 -- or a campaign's query (one primary-key probe per number).
 CREATE FUNCTION envoisms.whatsapp_refusal(account_id text, phone text, sandbox boolean) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT CASE
-        WHEN sandbox THEN CASE phone WHEN '+212600000005' THEN 'OUT_OF_24H_WINDOW'
-                                     WHEN '+212600000006' THEN 'WHATSAPP_NOT_CONNECTED' END
-        WHEN NOT EXISTS (SELECT 1 FROM envoisms.inbound_numbers n
-                          WHERE n.account_id = $1 AND n.channel = 'whatsapp')
-            THEN 'WHATSAPP_NOT_CONNECTED'
-        WHEN NOT EXISTS (SELECT 1 FROM envoisms.whatsapp_windows w
-                          WHERE w.account_id = $1 AND w.phone = $2
-                            AND w.last_inbound_at > now() - envoisms.whatsapp_window())
-            THEN 'OUT_OF_24H_WINDOW' END
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    -- one statement per table: on a cluster inbound_numbers is a reference
+    -- table and whatsapp_windows is distributed (93_distribute.sql)
+    IF sandbox THEN
+        RETURN CASE phone WHEN '+212600000005' THEN 'OUT_OF_24H_WINDOW'
+                          WHEN '+212600000006' THEN 'WHATSAPP_NOT_CONNECTED' END;
+    ELSIF NOT EXISTS (SELECT 1 FROM envoisms.inbound_numbers n
+                       WHERE n.account_id = $1 AND n.channel = 'whatsapp') THEN
+        RETURN 'WHATSAPP_NOT_CONNECTED';
+    ELSIF NOT EXISTS (SELECT 1 FROM envoisms.whatsapp_windows w
+                       WHERE w.account_id = $1 AND w.phone = $2
+                         AND w.last_inbound_at > now() - envoisms.whatsapp_window()) THEN
+        RETURN 'OUT_OF_24H_WINDOW';
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 -- The message of a refusal, as the API shows it.
@@ -126,24 +136,28 @@ $$;
 CREATE FUNCTION envoisms.whatsapp_sender(account_id text, message_id text, campaign_id text, to_number text,
                                          metadata jsonb)
 RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT CASE
-        WHEN metadata->>'purpose' = 'otp'
-             AND EXISTS (SELECT 1 FROM envoisms.verify_sessions v
-                          WHERE v.account_id = $1 AND v.session_id = metadata->>'verify_session_id'
-                            AND v.message_id = $2)
-            THEN '{}'::jsonb
-        ELSE coalesce((SELECT jsonb_build_object('phone_number_id', n.phone_number_id)
-                         FROM envoisms.inbound_numbers n
-                         LEFT JOIN envoisms.whatsapp_windows w
-                                ON w.account_id = n.account_id AND w.phone = $4 AND w.number = n.number
-                        WHERE n.account_id = $1 AND n.channel = 'whatsapp' AND n.phone_number_id IS NOT NULL
-                        ORDER BY w.last_inbound_at DESC NULLS LAST, n.created_at, n.number
-                        LIMIT 1), '{}')
-             || CASE WHEN $3 IS NOT NULL AND jsonb_typeof(metadata->'template') = 'object'
-                          AND EXISTS (SELECT 1 FROM envoisms.campaigns c
-                                       WHERE c.account_id = $1 AND c.campaign_id = $3 AND c.template_id IS NOT NULL)
-                     THEN jsonb_build_object('template', metadata->'template') ELSE '{}' END END
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN (
+        SELECT CASE
+            WHEN metadata->>'purpose' = 'otp'
+                 AND EXISTS (SELECT 1 FROM envoisms.verify_sessions v
+                              WHERE v.account_id = $1 AND v.session_id = metadata->>'verify_session_id'
+                                AND v.message_id = $2)
+                THEN '{}'::jsonb
+            ELSE coalesce((SELECT jsonb_build_object('phone_number_id', n.phone_number_id)
+                             FROM envoisms.inbound_numbers n
+                             LEFT JOIN envoisms.whatsapp_windows w
+                                    ON w.account_id = n.account_id AND w.phone = $4 AND w.number = n.number
+                            WHERE n.account_id = $1 AND n.channel = 'whatsapp' AND n.phone_number_id IS NOT NULL
+                            ORDER BY w.last_inbound_at DESC NULLS LAST, n.created_at, n.number
+                            LIMIT 1), '{}')
+                 || CASE WHEN $3 IS NOT NULL AND jsonb_typeof(metadata->'template') = 'object'
+                              AND EXISTS (SELECT 1 FROM envoisms.campaigns c
+                                           WHERE c.account_id = $1 AND c.campaign_id = $3 AND c.template_id IS NOT NULL)
+                         THEN jsonb_build_object('template', metadata->'template') ELSE '{}' END END);
+END
 $$;
 
 -- ---- the customers' messages in Meta's callbacks

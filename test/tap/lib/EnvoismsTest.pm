@@ -47,12 +47,33 @@ use PostgreSQL::Test::Utils;
 our $started = 0;
 our $ROOT = $ENV{ENVOISMS_ROOT} // abs_path(dirname(__FILE__) . '/../../..');
 
+# Gateways still running when the test process ends (a test that died
+# half-way) are stopped, by the process that started them only.
+our %running_gateways;    # pid => 1
+my $test_pid = $$;
+END
+{
+	if ($$ == $test_pid)
+	{
+		local $?;
+		for my $pid (keys %running_gateways)
+		{
+			kill 'KILL', $pid;
+			waitpid($pid, 0);
+		}
+	}
+}
+
 # A started cluster with envoisms preloaded and created in database
 # "envoisms". %opts: conf => [lines] appended to postgresql.conf,
 # preload => 'envoisms,...' to replace shared_preload_libraries.
+# With ENVOISMS_TEST_CITUS=1 in the environment the node is the
+# coordinator of a Citus cluster (citus_cluster() below) with the schema
+# distributed: a suite written for one server then runs against a cluster.
 sub node
 {
 	my ($name, %opts) = @_;
+	return (citus_cluster($name, %opts))[0] if $ENV{ENVOISMS_TEST_CITUS};
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
 	my $preload = $opts{preload} // 'envoisms';
@@ -66,6 +87,67 @@ sub node
 	$node->safe_psql('postgres', 'CREATE DATABASE envoisms');
 	$node->safe_psql('envoisms', 'CREATE EXTENSION envoisms');
 	return $node;
+}
+
+# Whether the PostgreSQL in use has Citus (scripts/citus.sh installs it).
+sub citus_available
+{
+	my $libdir = `pg_config --pkglibdir`;
+	chomp $libdir;
+	return -f "$libdir/citus.so";
+}
+
+# A Citus cluster on loopback: a coordinator and $opts{workers} (2)
+# workers (citus_node()), the extension created on the coordinator (Citus
+# creates it on the workers) and, unless distribute => 0,
+# envoisms.distribute() run. Returns ($coordinator, @workers).
+# %opts: conf => [lines] for every node, shard_count (4).
+sub citus_cluster
+{
+	my ($name, %opts) = @_;
+	my @nodes = map { citus_node($_ == 0 ? $name : "${name}_w$_", %opts) } 0 .. ($opts{workers} // 2);
+	my $coordinator = $nodes[0];
+	$coordinator->safe_psql('envoisms', sprintf(
+		"SELECT citus_set_coordinator_host('%s', %d)", $coordinator->host, $coordinator->port));
+	citus_add_worker($coordinator, $_) for @nodes[1 .. $#nodes];
+	$coordinator->safe_psql('envoisms', 'CREATE EXTENSION envoisms');
+	$coordinator->safe_psql('envoisms', 'SELECT count(*) FROM envoisms.distribute()')
+	  unless defined $opts{distribute} && !$opts{distribute};
+	return @nodes;
+}
+
+# A started node for a Citus cluster: citus and envoisms preloaded (citus
+# first), wal_level = logical (the rebalancer moves shards by logical
+# replication), database "envoisms" with the citus extension.
+# %opts: conf => [lines], shard_count (4).
+sub citus_node
+{
+	my ($name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(allows_streaming => 'logical');
+	$node->append_conf('postgresql.conf', join("\n",
+		"shared_preload_libraries = 'citus,envoisms'",
+		# how Citus' background jobs (the rebalancer's moves) reach this
+		# node: its socket directory, as the cluster's nodes are named
+		"citus.local_hostname = '" . $node->host . "'",
+		"envoisms.database = 'envoisms'",
+		"max_connections = 200",
+		"max_worker_processes = 32",
+		"max_prepared_transactions = 100",
+		"citus.shard_count = " . ($opts{shard_count} // 4),
+		@{ $opts{conf} // [] }) . "\n");
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE DATABASE envoisms');
+	$node->safe_psql('envoisms', 'CREATE EXTENSION citus');
+	return $node;
+}
+
+# Add a started node with Citus (and envoisms preloaded) as a worker.
+sub citus_add_worker
+{
+	my ($coordinator, $worker) = @_;
+	$coordinator->safe_psql('envoisms', sprintf(
+		"SELECT citus_add_node('%s', %d)", $worker->host, $worker->port));
 }
 
 # The libpq conninfo of a node's "envoisms" database.
@@ -113,6 +195,7 @@ sub start_gateway
 		$ENV{$_} = $opts{env}{$_} for keys %{ $opts{env} // {} };
 		exec(@cmd) or die "exec $cmd[0]: $!";
 	}
+	$running_gateways{$pid} = 1;
 	my $gw = {
 		port => $port,
 		pid  => $pid,
@@ -127,6 +210,7 @@ sub start_gateway
 	{
 		if (waitpid($pid, WNOHANG) == $pid)
 		{
+			delete $running_gateways{$pid};
 			croak "envoisms-gateway exited with status $? before it was ready; log:\n"
 			  . slurp_file($log);
 		}
@@ -136,6 +220,7 @@ sub start_gateway
 	}
 	kill 'KILL', $pid;
 	waitpid($pid, 0);
+	delete $running_gateways{$pid};
 	croak "envoisms-gateway did not become ready on port $port; log:\n" . slurp_file($log);
 }
 
@@ -145,6 +230,7 @@ sub stop_gateway
 {
 	my ($gw, $signal) = @_;
 	return $gw->{status} if defined $gw->{status};
+	delete $running_gateways{ $gw->{pid} };    # reaped below, whatever happens
 	kill($signal // 'TERM', $gw->{pid});
 	my $deadline = time() + 30;
 	while (time() < $deadline)
