@@ -516,11 +516,13 @@ $$;
 COMMENT ON FUNCTION envoisms.message_get(text, text) IS
 'One message of an account with its delivery log (GET /v1/messages/:id)';
 
--- A page of an account's messages, newest first, with the contract's filters.
+-- A page of an account's messages, newest first, with the contract's
+-- filters, and the console's: a recipient ("to") and a campaign.
 CREATE FUNCTION envoisms.message_list(account_id text, "limit" int DEFAULT 50, "offset" int DEFAULT 0,
                                       status text DEFAULT NULL, channel text DEFAULT NULL,
                                       from_date timestamptz DEFAULT NULL, to_date timestamptz DEFAULT NULL,
-                                      direction text DEFAULT NULL)
+                                      direction text DEFAULT NULL, "to" text DEFAULT NULL,
+                                      campaign_id text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
 DECLARE
@@ -538,6 +540,9 @@ BEGIN
     IF direction IS NOT NULL AND direction NOT IN ('outbound', 'inbound') THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'direction must be "outbound" or "inbound"', 'direction');
     END IF;
+    IF "to" IS NOT NULL THEN
+        "to" := envoisms.check_phone("to");
+    END IF;
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'id', m.message_id, 'to', m.to_number, 'channel', m.channel,
                'body', envoisms.message_body_shown(m.body, m.metadata),
@@ -552,6 +557,8 @@ BEGIN
                AND (message_list.direction IS NULL OR x.direction = message_list.direction)
                AND (from_date IS NULL OR x.created_at >= from_date)
                AND (to_date IS NULL OR x.created_at <= to_date)
+               AND (message_list."to" IS NULL OR x.to_number = message_list."to")
+               AND (message_list.campaign_id IS NULL OR x.campaign_id = message_list.campaign_id)
              ORDER BY x.message_id DESC
              LIMIT "limit" OFFSET "offset") m;
     SELECT count(*) INTO n FROM envoisms.messages x
@@ -560,13 +567,15 @@ BEGIN
        AND (message_list.channel IS NULL OR x.channel = message_list.channel)
        AND (message_list.direction IS NULL OR x.direction = message_list.direction)
        AND (from_date IS NULL OR x.created_at >= from_date)
-       AND (to_date IS NULL OR x.created_at <= to_date);
+       AND (to_date IS NULL OR x.created_at <= to_date)
+       AND (message_list."to" IS NULL OR x.to_number = message_list."to")
+       AND (message_list.campaign_id IS NULL OR x.campaign_id = message_list.campaign_id);
     -- the rows under "data" (the contract) and "messages" (what the official
     -- Node client reads): one value referenced twice, serialised twice
     RETURN jsonb_build_object('data', rows, 'messages', rows, 'limit', "limit", 'offset', "offset", 'total', n);
 END
 $$;
-COMMENT ON FUNCTION envoisms.message_list(text, int, int, text, text, timestamptz, timestamptz, text) IS
+COMMENT ON FUNCTION envoisms.message_list(text, int, int, text, text, timestamptz, timestamptz, text, text, text) IS
 'A page of an account''s messages, newest first, with the contract''s filters (GET /v1/messages)';
 
 -- Usage summary: totals, delivery rate and what was billed, over live
