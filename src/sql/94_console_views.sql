@@ -379,6 +379,48 @@ CREATE FUNCTION envoisms.console_id_floor(prefix text, since timestamptz) RETURN
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN prefix || '_' || lpad(to_hex((extract(epoch FROM since) * 1000)::bigint), 12, '0');
 
+-- ---- campaign progress and the ledger
+
+-- GET /v1/console/campaigns/:id/progress: the campaign's messages by status
+-- (index messages_campaign), for the live progress of a running campaign.
+CREATE FUNCTION envoisms.api_console_campaign_progress(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    c record;
+BEGIN
+    SELECT x.campaign_id, x.status, x.total_count INTO c FROM envoisms.campaigns x
+     WHERE x.account_id = req.account_id AND x.campaign_id = req.id;
+    IF NOT FOUND THEN
+        PERFORM envoisms.raise_error('NOT_FOUND', 'campaign not found', 'id');
+    END IF;
+    RETURN envoisms.reply(200, jsonb_build_object(
+        'campaign_id', c.campaign_id, 'status', c.status, 'total_count', c.total_count,
+        'counts', (SELECT jsonb_object_agg(st.status, coalesce(n.n, 0))
+                     FROM unnest(ARRAY['queued', 'sent', 'delivered', 'failed', 'expired']) st(status)
+                     LEFT JOIN (SELECT m.status, count(*) AS n FROM envoisms.messages m
+                                 WHERE m.account_id = req.account_id AND m.campaign_id = req.id
+                                 GROUP BY m.status) n ON n.status = st.status)));
+END
+$$;
+
+-- GET /v1/console/ledger?limit=&offset=: the account's ledger, newest first.
+CREATE FUNCTION envoisms.api_console_ledger(req envoisms.api_request) RETURNS envoisms.api_reply
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    lim int := envoisms.query_int(req.query, 'limit', 50, 1, 200);
+    off int := envoisms.query_int(req.query, 'offset', 0, 0, 1000000000);
+BEGIN
+    RETURN envoisms.reply(200, jsonb_build_object(
+        'data', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                     'entry_id', l.entry_id::text, 'kind', l.kind, 'amount_mad', envoisms.money(l.amount_mad),
+                                     'reference', l.reference, 'message_id', l.message_id, 'topup_id', l.topup_id,
+                                     'created_at', envoisms.iso_time(l.created_at)) ORDER BY l.entry_id DESC)
+                            FROM (SELECT * FROM envoisms.ledger x WHERE x.account_id = req.account_id
+                                   ORDER BY x.entry_id DESC LIMIT lim OFFSET off) l), '[]'),
+        'total', (SELECT count(*) FROM envoisms.ledger x WHERE x.account_id = req.account_id)));
+END
+$$;
+
 -- ---- the operator's area (users with the operator flag)
 
 CREATE FUNCTION envoisms.console_operator_account_json(account_id text) RETURNS jsonb
@@ -590,6 +632,8 @@ INSERT INTO envoisms.api_endpoints (method, template, handler, permission, publi
     ('GET',  '/v1/console/messages/export',                 'envoisms.api_console_messages_export(envoisms.api_request)',     'status',    false),
     ('GET',  '/v1/console/webhooks/:id/deliveries',         'envoisms.api_console_webhook_deliveries(envoisms.api_request)',  'webhooks',  false),
     ('POST', '/v1/console/webhook-deliveries/:id/replay',   'envoisms.api_console_delivery_replay(envoisms.api_request)',     'webhooks',  false),
+    ('GET',  '/v1/console/campaigns/:id/progress',          'envoisms.api_console_campaign_progress(envoisms.api_request)',   'campaigns', false),
+    ('GET',  '/v1/console/ledger',                          'envoisms.api_console_ledger(envoisms.api_request)',              'billing',   false),
     ('GET',  '/v1/console/verifications',                   'envoisms.api_console_verifications(envoisms.api_request)',      'verify',    false),
     ('GET',  '/v1/console/operator/accounts',               'envoisms.api_console_operator_accounts(envoisms.api_request)',   'console', false),
     ('POST', '/v1/console/operator/accounts',               'envoisms.api_console_operator_account_create(envoisms.api_request)', 'console', false),
