@@ -98,10 +98,12 @@ $$;
 -- the new user, signed in.
 CREATE FUNCTION envoisms.api_console_invitation_accept(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+<<api_console_invitation_accept>>
 DECLARE
     token text := envoisms.body_text(req.body, 'token');
     i envoisms.console_invitations;
     u envoisms.console_users;
+    user_id text;
 BEGIN
     SELECT * INTO i FROM envoisms.console_invitations x
      WHERE x.token_hash = envoisms.sha256_hex(coalesce(token, '')) AND x.accepted_at IS NULL FOR UPDATE;
@@ -113,11 +115,9 @@ BEGIN
     END IF;
     UPDATE envoisms.console_invitations x SET accepted_at = now()
      WHERE x.account_id = i.account_id AND x.invitation_id = i.invitation_id;
-    SELECT * INTO u FROM envoisms.console_users x
-     WHERE x.account_id = i.account_id
-       AND x.user_id = envoisms.console_user_create(i.account_id, i.email, envoisms.body_text(req.body, 'password'),
-                                                    i.role, envoisms.body_text(req.body, 'name'),
-                                                    envoisms.body_text(req.body, 'phone'));
+    user_id := envoisms.console_user_create(i.account_id, i.email, envoisms.body_text(req.body, 'password'), i.role,
+                                            envoisms.body_text(req.body, 'name'), envoisms.body_text(req.body, 'phone'));
+    SELECT * INTO u FROM envoisms.console_users x WHERE x.account_id = i.account_id AND x.user_id = api_console_invitation_accept.user_id;
     RETURN envoisms.console_session_start(u, req.client_ip, req.headers->>'user-agent');
 END
 $$;
@@ -295,23 +295,22 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 0.20;
 -- year, locked until the caller commits); returns its id.
 CREATE FUNCTION envoisms.invoice_issue(t envoisms.topups) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-<<invoice_issue>>
 DECLARE
     id text := envoisms.new_id('fac');
-    year int := extract(year FROM coalesce(t.completed_at, now()) AT TIME ZONE 'UTC')::int;
-    number int;
+    issue_year int := extract(year FROM coalesce(t.completed_at, now()) AT TIME ZONE 'UTC')::int;
+    issue_number int;
     ttc numeric := round(t.amount_mad, 2);
     ht numeric := round(round(t.amount_mad, 2) / (1 + envoisms.console_tva_rate()), 2);
 BEGIN
     IF EXISTS (SELECT 1 FROM envoisms.console_invoices i WHERE i.account_id = t.account_id AND i.topup_id = t.topup_id) THEN
         RETURN NULL;
     END IF;
-    INSERT INTO envoisms.console_invoice_counters AS c (year, last_number) VALUES (invoice_issue.year, 1)
+    INSERT INTO envoisms.console_invoice_counters AS c (year, last_number) VALUES (issue_year, 1)
     ON CONFLICT (year) DO UPDATE SET last_number = c.last_number + 1
-    RETURNING c.last_number INTO number;
+    RETURNING c.last_number INTO issue_number;
     INSERT INTO envoisms.console_invoices (account_id, invoice_id, year, number, topup_id, total_ttc_mad, total_ht_mad,
                                            tva_rate, tva_mad, seller, buyer, paid_with, payment_reference)
-    VALUES (t.account_id, id, year, number, t.topup_id, ttc, ht, envoisms.console_tva_rate(), ttc - ht,
+    VALUES (t.account_id, id, issue_year, issue_number, t.topup_id, ttc, ht, envoisms.console_tva_rate(), ttc - ht,
             jsonb_build_object('name', envoisms.console_setting('seller_name'), 'ice', envoisms.console_setting('seller_ice'),
                                'if', envoisms.console_setting('seller_if'), 'rc', envoisms.console_setting('seller_rc'),
                                'address', envoisms.console_setting('seller_address'),

@@ -232,7 +232,7 @@ DECLARE
                                            envoisms.parse_time(req.query->>'from_date', 'from_date'),
                                            envoisms.parse_time(req.query->>'to_date', 'to_date'),
                                            NULL, req.query->>'to', req.query->>'campaign_id');
-    to_number text := CASE WHEN req.query ? 'to' THEN envoisms.check_phone(req.query->>'to') END;
+    recipient text := CASE WHEN req.query ? 'to' THEN envoisms.check_phone(req.query->>'to') END;
     lim int := envoisms.query_int(req.query, 'limit', 10000, 1, 10000);
     csv text;
 BEGIN
@@ -247,7 +247,7 @@ BEGIN
              WHERE x.account_id = req.account_id
                AND (req.query->>'status' IS NULL OR x.status = req.query->>'status')
                AND (req.query->>'channel' IS NULL OR x.channel = req.query->>'channel')
-               AND (req.query->>'to' IS NULL OR x.to_number = to_number)
+               AND (req.query->>'to' IS NULL OR x.to_number = recipient)
                AND (req.query->>'campaign_id' IS NULL OR x.campaign_id = req.query->>'campaign_id')
                AND (req.query->>'from_date' IS NULL OR x.created_at >= envoisms.parse_time(req.query->>'from_date', 'from_date'))
                AND (req.query->>'to_date' IS NULL OR x.created_at <= envoisms.parse_time(req.query->>'to_date', 'to_date'))
