@@ -1843,13 +1843,14 @@ CREATE FUNCTION envoisms.api_console_operator_account_create(req envoisms.api_re
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     name text := btrim(envoisms.body_text(req.body, 'name'));
+    id text;
 BEGIN
     PERFORM envoisms.console_caller(req, operator => true);
     IF name IS NULL OR length(name) NOT BETWEEN 1 AND 200 THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be 1 to 200 characters', 'name');
     END IF;
-    RETURN envoisms.reply(201, envoisms.console_operator_account_json(
-        envoisms.account_create(name, coalesce(envoisms.body_amount(req.body, 'balance_mad'), 0))));
+    id := envoisms.account_create(name, coalesce(envoisms.body_amount(req.body, 'balance_mad'), 0));
+    RETURN envoisms.reply(201, envoisms.console_operator_account_json(id));
 END
 $$;
 
