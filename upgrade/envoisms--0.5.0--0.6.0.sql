@@ -1502,6 +1502,35 @@ $$;
 COMMENT ON FUNCTION envoisms.console_rollup_fold(text, int) IS
 'Fold the console''s rollup deltas (of one account, or all) into console_rollups; returns how many (the scheduler calls it)';
 
+-- Rebuild the rollups of one account (or all) from the messages themselves:
+-- for messages sent before the console existed (the upgrade to 0.6.0 runs
+-- it once), or to check the rollups. A scan of the messages, under a lock
+-- that keeps the status trigger's deltas out while it runs; returns the
+-- messages counted.
+CREATE FUNCTION envoisms.console_rollup_rebuild(account_id text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    n bigint;
+BEGIN
+    LOCK TABLE envoisms.console_rollup_deltas IN EXCLUSIVE MODE;
+    DELETE FROM envoisms.console_rollup_deltas d WHERE console_rollup_rebuild.account_id IS NULL OR d.account_id = console_rollup_rebuild.account_id;
+    DELETE FROM envoisms.console_rollups r WHERE console_rollup_rebuild.account_id IS NULL OR r.account_id = console_rollup_rebuild.account_id;
+    INSERT INTO envoisms.console_rollups (account_id, day, channel, status, operator, delay_bucket, messages, spend_mad)
+    SELECT m.account_id, (m.created_at AT TIME ZONE 'UTC')::date, m.channel, m.status, envoisms.console_operator(m.to_number),
+           envoisms.console_delay_bucket(m.status, m.created_at, m.sent_at, m.delivered_at), count(*),
+           sum(m.charged_mad - m.refunded_mad)
+      FROM envoisms.messages m
+     WHERE m.direction = 'outbound' AND m.status <> 'queued'
+       AND (console_rollup_rebuild.account_id IS NULL OR m.account_id = console_rollup_rebuild.account_id)
+     GROUP BY 1, 2, 3, 4, 5, 6;
+    SELECT coalesce(sum(r.messages), 0) INTO n FROM envoisms.console_rollups r
+     WHERE console_rollup_rebuild.account_id IS NULL OR r.account_id = console_rollup_rebuild.account_id;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION envoisms.console_rollup_rebuild(text) IS
+'Rebuild the console''s rollups of an account (or all) from its messages; returns the messages counted';
+
 -- An account's counters per (day, channel, status, operator, bucket) since
 -- a day: the rollups, the deltas not folded yet, and the live queued messages.
 CREATE FUNCTION envoisms.console_counts(account_id text, since date)
@@ -2035,6 +2064,9 @@ INSERT INTO envoisms.api_endpoints (method, template, handler, permission, publi
     ('GET',  '/v1/console/operator/carriers',               'envoisms.api_console_operator_carriers(envoisms.api_request)',   'console', false),
     ('GET',  '/v1/console/operator/workers',                'envoisms.api_console_operator_workers(envoisms.api_request)',    'console', false),
     ('GET',  '/v1/console/operator/dead-letters',           'envoisms.api_console_operator_dead_letters(envoisms.api_request)', 'console', false);
+
+-- The overview of messages sent before 0.6.0: rollups from the messages (one scan).
+SELECT envoisms.console_rollup_rebuild();
 
 -- Nothing for PUBLIC on what this section made (95_grants.sql).
 REVOKE ALL ON ALL TABLES IN SCHEMA envoisms FROM PUBLIC;
