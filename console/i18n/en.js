@@ -306,6 +306,8 @@ export default {
   "ledger.topup": "Top-up",
   "ledger.refund": "Refund",
   "ledger.adjustment": "Adjustment",
+  "ledger.debit": "Debit",
+  "ledger.rollup": "Sends, summed",
   "invoice.title": "Invoice {number}",
   "invoice.print": "Print / PDF",
   "invoice.kind": "INVOICE",

@@ -306,6 +306,8 @@ export default {
   "ledger.topup": "Recharge",
   "ledger.refund": "Remboursement",
   "ledger.adjustment": "Ajustement",
+  "ledger.debit": "Débit",
+  "ledger.rollup": "Cumul des envois",
   "invoice.title": "Facture {number}",
   "invoice.print": "Imprimer / PDF",
   "invoice.kind": "FACTURE",

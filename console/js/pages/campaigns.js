@@ -1,7 +1,8 @@
 // Campaigns and templates: create a template, create a campaign (now or
 // scheduled, optional throttling), send it, and watch its live progress:
-// GET /v1/campaigns/:id polled every second while it runs, its counts
-// (queued / sent / delivered / failed) drawn as one stacked bar.
+// the campaign and its counts (queued / sent / delivered / failed, from
+// GET /v1/console/campaigns/:id/progress) polled every second while it
+// runs, drawn as one stacked bar; 100% is every message in a final state.
 import { h, replace } from '../dom.js';
 import { get, post } from '../api.js';
 import { t, date, num, pct } from '../i18n.js';
@@ -60,7 +61,7 @@ async function list(main, r, ctx) {
   replace(main, ...parts);
 }
 
-// The counts of a campaign: console-api's "counts" when given, else total/sent.
+// The counts of a campaign: the progress route's "counts", else total/sent.
 function counts(c) {
   const total = c.total_count || 0;
   if (c.counts) return { total, ...c.counts };
@@ -87,8 +88,15 @@ function progressView(c) {
       h('li', { 'data-status': s }, h('span', { class: 'swatch stack-' + s }), `${t('status.' + s)} `, h('strong', { class: 'count' }, num(k[s] || 0, 0))))));
 }
 
+// The campaign with its live counts (GET /v1/console/campaigns/:id/progress).
+async function load(id) {
+  const [c, progress] = await Promise.all([get('/v1/campaigns/' + encodeURIComponent(id)),
+    get(`/v1/console/campaigns/${encodeURIComponent(id)}/progress`)]);
+  return { ...c, status: progress.status || c.status, total_count: progress.total_count ?? c.total_count, counts: progress.counts };
+}
+
 async function detail(main, id, ctx) {
-  let c = await get('/v1/campaigns/' + encodeURIComponent(id));
+  let c = await load(id);
   let timer = null;
   let stopped = false;
   const progressSlot = h('div', { 'aria-live': 'off' });
@@ -120,7 +128,7 @@ async function detail(main, id, ctx) {
   async function poll() {
     clearTimeout(timer);
     if (stopped) return;
-    c = await get('/v1/campaigns/' + encodeURIComponent(id));
+    c = await load(id);
     paint();
     const k = counts(c);
     const live = c.status === 'running' || c.status === 'sending' || c.status === 'scheduled' ||

@@ -56,6 +56,6 @@ export default {
     replace(main, pageHeader(t('nav.team')), said,
       card(t('team.users'), usersSlot),
       h('div', { class: 'grid2' }, card(t('team.invite_title'), invite, link), card(t('team.invitations'), invitesSlot)),
-      card(t('team.roles'), h('ul', { class: 'roles' }, ROLES.map((k) => h('li', {}, h('strong', {}, t('role.' + k))), ' — ', t('role_help.' + k))))));
+      card(t('team.roles'), h('ul', { class: 'roles' }, ROLES.map((k) => h('li', {}, h('strong', {}, t('role.' + k)), ' — ', t('role_help.' + k))))));
   },
 };
