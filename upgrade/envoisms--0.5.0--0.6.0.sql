@@ -1352,7 +1352,6 @@ DECLARE
     lim int := envoisms.query_int(req.query, 'limit', 50, 1, 200);
     off int := envoisms.query_int(req.query, 'offset', 0, 0, 1000000000);
 BEGIN
-    PERFORM envoisms.console_caller(req);
     RETURN envoisms.reply(200, jsonb_build_object('data', coalesce((
         SELECT jsonb_agg(envoisms.invoice_json(i, false) ORDER BY i.issued_at DESC, i.invoice_id DESC)
           FROM (SELECT * FROM envoisms.console_invoices x WHERE x.account_id = req.account_id
@@ -1366,7 +1365,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     i envoisms.console_invoices;
 BEGIN
-    PERFORM envoisms.console_caller(req);
     SELECT * INTO i FROM envoisms.console_invoices x WHERE x.account_id = req.account_id AND x.invoice_id = req.id;
     IF NOT FOUND THEN
         PERFORM envoisms.raise_error('NOT_FOUND', 'invoice not found', 'id');
