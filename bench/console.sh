@@ -58,7 +58,7 @@ SELECT '$acc', 'msg_' || lpad(to_hex((extract(epoch FROM c) * 1000)::bigint), 12
        'gsm7', 1, s, 0.31, 0.028, 0.31, CASE WHEN s IN ('failed', 'expired') THEN 0.31 ELSE 0 END,
        c, CASE WHEN s <> 'queued' THEN c + interval '1 second' END,
        CASE WHEN s = 'delivered' THEN c + make_interval(secs => 2 + i % 40) END,
-       c, CASE WHEN i % 50 = 0 THEN 'cmp_bench' || (i % 20) END, NULL
+       c, CASE WHEN i % 50 = 0 THEN 'cmp_bench' || ((i / 50) % 20) END, NULL
   FROM (SELECT i, now() - make_interval(secs => (i::float8 * 2592000 / $N)) AS c,
                CASE WHEN i <= 1000 THEN 'queued' WHEN i % 100 < 85 THEN 'delivered' WHEN i % 100 < 91 THEN 'failed'
                     WHEN i % 100 < 95 THEN 'sent' ELSE 'expired' END AS s
@@ -120,7 +120,7 @@ endpoints=(
 # p50 and p95 (ms) of CALLS calls of one script, from pgbench's per-call log
 latency() {   # latency SCRIPT CALLS
     as_server_user bash -c "cd '$dir' && rm -f lat.* && pgbench -n -M prepared -h '$dir' -p $PORT -c 1 -t $2 -l --log-prefix=lat -f '$1' postgres >/dev/null 2>&1; cat lat.*" |
-        awk '{ print $3 / 1000 }' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%8.2f %8.2f", v[int(NR * 0.5 + 0.5)], v[int(NR * 0.95 + 0.5)]; else printf "%8s %8s", "-", "-" }'
+        awk '{ print $3 / 1000 }' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f %.2f\n", v[int(NR * 0.5 + 0.5)], v[int(NR * 0.95 + 0.5)]; else print "- -" }'
 }
 echo
 echo "server time per console endpoint, $N messages in the account, $CALLS calls each, one client, $(nproc) cores"
