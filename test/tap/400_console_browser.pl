@@ -3,7 +3,7 @@
 # Stripe stand-in and webhook receiver. A new owner signs in with the
 # second factor read from the sandbox message, creates a key and uses it
 # with curl, finds the message and its timeline, imports contacts, runs a
-# campaign to 100%, tests a webhook, tops up through the Stripe stand-in
+# campaign to 100%, tests a webhook and replays a failed delivery, tops up through the Stripe stand-in
 # and sees the balance and a new invoice (printed to PDF), revokes the key
 # and sees 401; bodies and names holding markup stay text; every page is
 # checked for console errors and failed requests and screenshotted (1440
@@ -29,7 +29,11 @@ chomp $modules;
 plan skip_all => "playwright-core is not installed in $modules (scripts/browser-deps.sh --install)"
   unless -f "$modules/playwright-core/package.json";
 
-my $node = EnvoismsTest::node('console', conf => [ EnvoismsPeers::worker_conf("log_statement = 'none'") ]);
+# The sandbox "delivers" after 3 s: an OTP message's body (the code) is
+# purged once delivered, and the walk reads the code as the phone would,
+# from the message, before that.
+my $node = EnvoismsTest::node('console',
+	conf => [ EnvoismsPeers::worker_conf("log_statement = 'none'", 'envoisms.sandbox_delivery_delay = 3s') ]);
 my $q = sub { $node->safe_psql('envoisms', shift) };
 my $gw = EnvoismsTest::start_gateway($node, args => [ '--console-dir', "$EnvoismsTest::ROOT/console" ]);
 
@@ -38,6 +42,7 @@ my $stripe_key = 'sk_test_51ConsoleWalk0envoisms0Key4242';
 my $stripe = EnvoismsPeers::start('stripe_peer.js', '--key', $stripe_key, '--webhook-secret', $whsec,
 	'--webhook-url', "$gw->{url}/v1/billing/stripe/webhook");
 my $receiver = EnvoismsPeers::start('webhook_receiver.js', '--secret', 'whsec_unknown_to_the_receiver');
+my $gone = EnvoismsPeers::start('webhook_receiver.js', '--secret', 'whsec_unknown_to_the_receiver', '--answer', 410);
 
 my $phone = '+212612340000';
 my $password = 'parcours-secret-2026';
@@ -74,6 +79,7 @@ my %walk_env = (
 	WALK_PHONE => $phone,
 	WALK_DB => EnvoismsTest::conninfo($node),
 	WALK_HOOK_URL => "$receiver->{url}/hook",
+	WALK_GONE_HOOK_URL => "$gone->{url}/gone",
 	WALK_ARTIFACTS => $artifacts,
 	WALK_CHROMIUM => $chromium,
 	WALK_PLAYWRIGHT => $modules,
@@ -116,6 +122,6 @@ is($q->('SELECT bool_and(ok) FROM envoisms.balance_check()'), 't', 'the books ba
 is($q->("SELECT count(*) FROM envoisms.console_invoices WHERE account_id = '$account'"), '1',
 	'one invoice for the one completed top-up');
 
-EnvoismsPeers::stop($_) for ($stripe, $receiver);
+EnvoismsPeers::stop($_) for ($stripe, $receiver, $gone);
 EnvoismsTest::stop_gateway($gw);
 done_testing();
