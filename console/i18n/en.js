@@ -378,6 +378,7 @@ export default {
   "operator.q_messages_due": "Messages due now",
   "operator.q_webhooks_pending": "Webhooks pending",
   "operator.q_webhooks_due": "Webhooks due now",
+  "operator.q_rollup_deltas": "Rollup deltas to fold",
   "operator.workers": "Workers",
   "operator.no_dead_letters": "No failed delivery.",
 };

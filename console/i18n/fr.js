@@ -378,6 +378,7 @@ export default {
   "operator.q_messages_due": "Messages à envoyer maintenant",
   "operator.q_webhooks_pending": "Webhooks en attente",
   "operator.q_webhooks_due": "Webhooks à livrer maintenant",
+  "operator.q_rollup_deltas": "Cumuls à replier",
   "operator.workers": "Workers",
   "operator.no_dead_letters": "Aucune livraison en échec.",
 };

@@ -130,10 +130,12 @@ export { field };
 export function pager(total, limit, offset, go) {
   const pages = Math.max(1, Math.ceil((total || 0) / limit));
   const page = Math.floor(offset / limit) + 1;
+  const previous = button(t('common.previous'), () => go(Math.max(0, offset - limit)), { class: 'btn-small' });
+  const next = button(t('common.next'), () => go(offset + limit), { class: 'btn-small' });
+  previous.disabled = page <= 1;
+  next.disabled = page >= pages;
   return h('nav', { class: 'pager', 'aria-label': t('common.pagination') },
-    button(t('common.previous'), () => go(Math.max(0, offset - limit)), { class: 'btn-small' }),
-    h('span', {}, t('common.page_of', { page: num(page, 0), pages: num(pages, 0), total: num(total || 0, 0) })),
-    button(t('common.next'), () => go(offset + limit), { class: 'btn-small' }));
+    previous, h('span', {}, t('common.page_of', { page: num(page, 0), pages: num(pages, 0), total: num(total || 0, 0) })), next);
 }
 
 export function dl(pairs) {
