@@ -35,12 +35,17 @@ COMMENT ON FUNCTION envoisms.password_verify(text, text) IS
 -- ---- tables
 
 -- The console's settings, filled by the operator: the seller's legal
--- identifiers printed on invoices, and where second-factor codes are sent from.
+-- identifiers printed on invoices, where second-factor codes are sent from
+-- (two_factor_account, default the user's own account; two_factor_sandbox
+-- 'on' sends them as sandbox messages, for demos and tests), and a
+-- session's rate limit per minute (session_rate_limit, default 600; 0: none).
 CREATE TABLE envoisms.console_settings (
     name  text PRIMARY KEY CHECK (name IN ('seller_name', 'seller_ice', 'seller_if', 'seller_rc',
                                            'seller_address', 'seller_city', 'seller_email',
-                                           'two_factor_account', 'two_factor_sandbox')),
-    value text NOT NULL CHECK (length(value) <= 500)
+                                           'two_factor_account', 'two_factor_sandbox', 'session_rate_limit')),
+    value text NOT NULL CHECK (length(value) <= 500),
+    CHECK (name <> 'session_rate_limit' OR value ~ '^[0-9]{1,6}$'),
+    CHECK (name <> 'two_factor_sandbox' OR value IN ('on', 'off'))
 );
 SELECT pg_catalog.pg_extension_config_dump('envoisms.console_settings', '');
 
@@ -209,7 +214,8 @@ $$;
 CREATE FUNCTION envoisms.console_user_json(u envoisms.console_users) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog
 RETURN jsonb_build_object('user_id', u.user_id, 'email', u.email, 'name', u.name, 'role', u.role,
-                          'phone', u.phone, 'two_factor', u.two_factor, 'operator', u.operator,
+                          'phone', u.phone, 'two_factor', u.two_factor, 'two_factor_channel', u.two_factor_channel,
+                          'operator', u.operator,
                           'created_at', envoisms.iso_time(u.created_at),
                           'last_sign_in_at', envoisms.iso_time(u.last_sign_in_at));
 
@@ -299,7 +305,8 @@ BEGIN
     api_key_id := s.session_id;
     key_prefix := 'env_live';
     permissions := envoisms.console_role_permissions(u.role);
-    rate_limit := 600;
+    -- requests a minute per session (and the account's live bucket); 0: none
+    rate_limit := nullif(coalesce(envoisms.console_setting('session_rate_limit'), '600')::int, 0);
     last_used_at := now();     -- api() updates api_keys.last_used_at, which a session has not
 END
 $$;
@@ -534,7 +541,7 @@ BEGIN
 END
 $$;
 
--- PATCH /v1/console/me {"name","phone","two_factor","password","current_password"}
+-- PATCH /v1/console/me {"name","phone","two_factor","two_factor_channel","password","current_password"}
 CREATE FUNCTION envoisms.api_console_me(req envoisms.api_request) RETURNS envoisms.api_reply
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
@@ -542,8 +549,9 @@ DECLARE
     password text := envoisms.body_text(req.body, 'password');
     phone text;
 BEGIN
-    IF NOT (req.body ?| ARRAY['name', 'phone', 'two_factor', 'password']) THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'give at least one of name, phone, two_factor, password', 'name');
+    IF NOT (req.body ?| ARRAY['name', 'phone', 'two_factor', 'two_factor_channel', 'password']) THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'give at least one of name, phone, two_factor, two_factor_channel, password', 'name');
     END IF;
     IF length(envoisms.body_text(req.body, 'name')) > 200 THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'name must be at most 200 characters', 'name');
@@ -554,6 +562,10 @@ BEGIN
         u.phone := CASE WHEN phone IS NULL THEN NULL ELSE envoisms.check_phone(phone, 'phone') END;
     END IF;
     u.two_factor := envoisms.body_bool(req.body, 'two_factor', u.two_factor);
+    u.two_factor_channel := coalesce(envoisms.body_text(req.body, 'two_factor_channel'), u.two_factor_channel);
+    IF u.two_factor_channel NOT IN ('sms', 'whatsapp') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'two_factor_channel must be "sms" or "whatsapp"', 'two_factor_channel');
+    END IF;
     IF u.two_factor AND u.phone IS NULL THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'two-factor sign-in needs a phone number', 'phone');
     END IF;
@@ -569,7 +581,8 @@ BEGIN
            AND s.revoked_at IS NULL;
     END IF;
     UPDATE envoisms.console_users x
-       SET name = u.name, phone = u.phone, two_factor = u.two_factor, password_hash = u.password_hash
+       SET name = u.name, phone = u.phone, two_factor = u.two_factor, two_factor_channel = u.two_factor_channel,
+           password_hash = u.password_hash
      WHERE x.account_id = u.account_id AND x.user_id = u.user_id;
     RETURN envoisms.reply(200, envoisms.console_user_json(u));
 END

@@ -3,7 +3,7 @@
 -- CSRF, expiry, sign-out, the second factor through envoisms' own verify,
 -- and a user's own changes (PATCH /v1/console/me).
 BEGIN;
-SELECT plan(96);
+SELECT plan(99);
 \ir lib/api_helpers.psql
 \ir lib/console_helpers.psql
 
@@ -198,6 +198,10 @@ SELECT * FROM pg_temp.cfails('PATCH', '/v1/console/me', '{"password": "a new pas
 SELECT * FROM pg_temp.cfails('PATCH', '/v1/console/me', '{"two_factor": true}', :'me', 400, 'VALIDATION_ERROR',
                              'two-factor without a phone');
 SELECT * FROM pg_temp.cfails('PATCH', '/v1/console/me', '{"phone": "0612"}', :'me', 400, 'INVALID_PHONE', 'a bad phone');
+SELECT * FROM pg_temp.cfails('PATCH', '/v1/console/me', '{"two_factor_channel": "fax"}', :'me', 400, 'VALIDATION_ERROR',
+                             'a second factor by fax');
+SELECT is((pg_temp.ccall('PATCH', '/v1/console/me', '{"two_factor_channel": "whatsapp"}', :'me')).body->>'two_factor_channel',
+          'whatsapp', 'the second factor by WhatsApp');
 SELECT is((pg_temp.ccall('PATCH', '/v1/console/me', '{"name": "Olga <b>", "phone": "+212661234567"}', :'me')).body->>'name',
           'Olga <b>', 'a name is stored as given (the console renders it as text)');
 SELECT is((pg_temp.ccall('PATCH', '/v1/console/me',
