@@ -15,6 +15,23 @@ ALTER TABLE envoisms.api_endpoints ADD CONSTRAINT api_endpoints_permission_check
 
 -- GET /v1/messages: the console's filters "to" and campaign_id (30_messages.sql, 80_api.sql).
 DROP FUNCTION envoisms.message_list(text, int, int, text, text, timestamptz, timestamptz, text);
+CREATE FUNCTION envoisms.message_filters_check(status text, channel text, direction text, "to" text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF status IS NOT NULL AND status NOT IN ('queued', 'sent', 'delivered', 'failed', 'expired', 'received') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR',
+            'status must be one of queued, sent, delivered, failed, expired, received', 'status');
+    END IF;
+    IF channel IS NOT NULL AND channel NOT IN ('sms', 'whatsapp') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
+    END IF;
+    IF direction IS NOT NULL AND direction NOT IN ('outbound', 'inbound') THEN
+        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'direction must be "outbound" or "inbound"', 'direction');
+    END IF;
+    RETURN CASE WHEN "to" IS NOT NULL THEN envoisms.check_phone("to") END;
+END
+$$;
+
 CREATE FUNCTION envoisms.message_list(account_id text, "limit" int DEFAULT 50, "offset" int DEFAULT 0,
                                       status text DEFAULT NULL, channel text DEFAULT NULL,
                                       from_date timestamptz DEFAULT NULL, to_date timestamptz DEFAULT NULL,
@@ -27,19 +44,7 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM envoisms.check_page("limit", "offset", 200);
-    IF status IS NOT NULL AND status NOT IN ('queued', 'sent', 'delivered', 'failed', 'expired', 'received') THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR',
-            'status must be one of queued, sent, delivered, failed, expired, received', 'status');
-    END IF;
-    IF channel IS NOT NULL AND channel NOT IN ('sms', 'whatsapp') THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'channel must be "sms" or "whatsapp"', 'channel');
-    END IF;
-    IF direction IS NOT NULL AND direction NOT IN ('outbound', 'inbound') THEN
-        PERFORM envoisms.raise_error('VALIDATION_ERROR', 'direction must be "outbound" or "inbound"', 'direction');
-    END IF;
-    IF "to" IS NOT NULL THEN
-        "to" := envoisms.check_phone("to");
-    END IF;
+    "to" := envoisms.message_filters_check(status, channel, direction, "to");
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'id', m.message_id, 'to', m.to_number, 'channel', m.channel,
                'body', envoisms.message_body_shown(m.body, m.metadata),
@@ -58,15 +63,20 @@ BEGIN
                AND (message_list.campaign_id IS NULL OR x.campaign_id = message_list.campaign_id)
              ORDER BY x.message_id DESC
              LIMIT "limit" OFFSET "offset") m;
-    SELECT count(*) INTO n FROM envoisms.messages x
-     WHERE x.account_id = message_list.account_id
-       AND (message_list.status IS NULL OR x.status = message_list.status)
-       AND (message_list.channel IS NULL OR x.channel = message_list.channel)
-       AND (message_list.direction IS NULL OR x.direction = message_list.direction)
-       AND (from_date IS NULL OR x.created_at >= from_date)
-       AND (to_date IS NULL OR x.created_at <= to_date)
-       AND (message_list."to" IS NULL OR x.to_number = message_list."to")
-       AND (message_list.campaign_id IS NULL OR x.campaign_id = message_list.campaign_id);
+    IF "to" IS NULL AND message_list.campaign_id IS NULL AND from_date IS NULL AND to_date IS NULL THEN
+        -- exact, without reading the account's messages (94_console_views.sql)
+        n := envoisms.message_count(account_id, status, channel, direction);
+    ELSE
+        SELECT count(*) INTO n FROM envoisms.messages x
+         WHERE x.account_id = message_list.account_id
+           AND (message_list.status IS NULL OR x.status = message_list.status)
+           AND (message_list.channel IS NULL OR x.channel = message_list.channel)
+           AND (message_list.direction IS NULL OR x.direction = message_list.direction)
+           AND (from_date IS NULL OR x.created_at >= from_date)
+           AND (to_date IS NULL OR x.created_at <= to_date)
+           AND (message_list."to" IS NULL OR x.to_number = message_list."to")
+           AND (message_list.campaign_id IS NULL OR x.campaign_id = message_list.campaign_id);
+    END IF;
     -- the rows under "data" (the contract) and "messages" (what the official
     -- Node client reads): one value referenced twice, serialised twice
     RETURN jsonb_build_object('data', rows, 'messages', rows, 'limit', "limit", 'offset', "offset", 'total', n);
@@ -1644,6 +1654,46 @@ BEGIN
 END
 $$;
 
+-- ---- how many messages a list holds, exactly, without reading them
+
+-- An account's inbound messages, counted without reading its outbound ones.
+CREATE INDEX messages_inbound ON envoisms.messages (account_id, channel) WHERE direction = 'inbound';
+
+-- The number of an account's messages with a status, channel and direction
+-- (NULL: any), as count(*) of its messages would say: outbound messages that
+-- left the queue from the rollups and their deltas (every change of status
+-- passes the trigger above), queued ones from the queue's index, inbound
+-- ones (born 'received') from messages_inbound. GET /v1/messages' "total".
+CREATE FUNCTION envoisms.message_count(account_id text, status text DEFAULT NULL, channel text DEFAULT NULL,
+                                       direction text DEFAULT NULL) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT CASE WHEN coalesce(direction, 'outbound') = 'outbound' AND status IS DISTINCT FROM 'received' THEN
+                    (SELECT coalesce(sum(x.messages), 0)
+                       FROM (SELECT r.messages FROM envoisms.console_rollups r
+                              WHERE r.account_id = message_count.account_id
+                                AND (message_count.status IS NULL OR r.status = message_count.status)
+                                AND (message_count.channel IS NULL OR r.channel = message_count.channel)
+                             UNION ALL
+                             SELECT d.messages FROM envoisms.console_rollup_deltas d
+                              WHERE d.account_id = message_count.account_id
+                                AND (message_count.status IS NULL OR d.status = message_count.status)
+                                AND (message_count.channel IS NULL OR d.channel = message_count.channel)) x)
+                    + CASE WHEN status IS NULL OR status = 'queued' THEN
+                          (SELECT count(*) FROM envoisms.messages m
+                            WHERE m.status = 'queued' AND m.next_attempt_at > '-infinity'
+                              AND m.account_id = message_count.account_id AND m.direction = 'outbound'
+                              AND (message_count.channel IS NULL OR m.channel = message_count.channel))
+                      ELSE 0 END
+                ELSE 0 END
+         + CASE WHEN coalesce(direction, 'inbound') = 'inbound' AND (status IS NULL OR status = 'received') THEN
+                    (SELECT count(*) FROM envoisms.messages m
+                      WHERE m.direction = 'inbound' AND m.account_id = message_count.account_id
+                        AND (message_count.channel IS NULL OR m.channel = message_count.channel))
+                ELSE 0 END
+$$;
+COMMENT ON FUNCTION envoisms.message_count(text, text, text, text) IS
+'How many messages of an account have a status, channel and direction, from the rollups, the queue and the inbound index';
+
 -- ---- messages as CSV
 
 -- A CSV field: quoted when it must be, and a leading = + - @ made inert
@@ -1658,11 +1708,7 @@ CREATE FUNCTION envoisms.api_console_messages_export(req envoisms.api_request) R
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     -- the filters checked as GET /v1/messages checks them
-    checked jsonb := envoisms.message_list(req.account_id, 1, 0, req.query->>'status', req.query->>'channel',
-                                           envoisms.parse_time(req.query->>'from_date', 'from_date'),
-                                           envoisms.parse_time(req.query->>'to_date', 'to_date'),
-                                           NULL, req.query->>'to', req.query->>'campaign_id');
-    recipient text := CASE WHEN req.query ? 'to' THEN envoisms.check_phone(req.query->>'to') END;
+    recipient text := envoisms.message_filters_check(req.query->>'status', req.query->>'channel', NULL, req.query->>'to');
     lim int := envoisms.query_int(req.query, 'limit', 10000, 1, 10000);
     csv text;
 BEGIN

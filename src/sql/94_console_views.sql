@@ -243,6 +243,46 @@ BEGIN
 END
 $$;
 
+-- ---- how many messages a list holds, exactly, without reading them
+
+-- An account's inbound messages, counted without reading its outbound ones.
+CREATE INDEX messages_inbound ON envoisms.messages (account_id, channel) WHERE direction = 'inbound';
+
+-- The number of an account's messages with a status, channel and direction
+-- (NULL: any), as count(*) of its messages would say: outbound messages that
+-- left the queue from the rollups and their deltas (every change of status
+-- passes the trigger above), queued ones from the queue's index, inbound
+-- ones (born 'received') from messages_inbound. GET /v1/messages' "total".
+CREATE FUNCTION envoisms.message_count(account_id text, status text DEFAULT NULL, channel text DEFAULT NULL,
+                                       direction text DEFAULT NULL) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT CASE WHEN coalesce(direction, 'outbound') = 'outbound' AND status IS DISTINCT FROM 'received' THEN
+                    (SELECT coalesce(sum(x.messages), 0)
+                       FROM (SELECT r.messages FROM envoisms.console_rollups r
+                              WHERE r.account_id = message_count.account_id
+                                AND (message_count.status IS NULL OR r.status = message_count.status)
+                                AND (message_count.channel IS NULL OR r.channel = message_count.channel)
+                             UNION ALL
+                             SELECT d.messages FROM envoisms.console_rollup_deltas d
+                              WHERE d.account_id = message_count.account_id
+                                AND (message_count.status IS NULL OR d.status = message_count.status)
+                                AND (message_count.channel IS NULL OR d.channel = message_count.channel)) x)
+                    + CASE WHEN status IS NULL OR status = 'queued' THEN
+                          (SELECT count(*) FROM envoisms.messages m
+                            WHERE m.status = 'queued' AND m.next_attempt_at > '-infinity'
+                              AND m.account_id = message_count.account_id AND m.direction = 'outbound'
+                              AND (message_count.channel IS NULL OR m.channel = message_count.channel))
+                      ELSE 0 END
+                ELSE 0 END
+         + CASE WHEN coalesce(direction, 'inbound') = 'inbound' AND (status IS NULL OR status = 'received') THEN
+                    (SELECT count(*) FROM envoisms.messages m
+                      WHERE m.direction = 'inbound' AND m.account_id = message_count.account_id
+                        AND (message_count.channel IS NULL OR m.channel = message_count.channel))
+                ELSE 0 END
+$$;
+COMMENT ON FUNCTION envoisms.message_count(text, text, text, text) IS
+'How many messages of an account have a status, channel and direction, from the rollups, the queue and the inbound index';
+
 -- ---- messages as CSV
 
 -- A CSV field: quoted when it must be, and a leading = + - @ made inert
@@ -257,11 +297,7 @@ CREATE FUNCTION envoisms.api_console_messages_export(req envoisms.api_request) R
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     -- the filters checked as GET /v1/messages checks them
-    checked jsonb := envoisms.message_list(req.account_id, 1, 0, req.query->>'status', req.query->>'channel',
-                                           envoisms.parse_time(req.query->>'from_date', 'from_date'),
-                                           envoisms.parse_time(req.query->>'to_date', 'to_date'),
-                                           NULL, req.query->>'to', req.query->>'campaign_id');
-    recipient text := CASE WHEN req.query ? 'to' THEN envoisms.check_phone(req.query->>'to') END;
+    recipient text := envoisms.message_filters_check(req.query->>'status', req.query->>'channel', NULL, req.query->>'to');
     lim int := envoisms.query_int(req.query, 'limit', 10000, 1, 10000);
     csv text;
 BEGIN

@@ -3,7 +3,7 @@
 -- keys, developer cannot invite, a session creates no key beyond its
 -- role; invitations and the owners' management of users.
 BEGIN;
-SELECT plan(74);
+SELECT plan(76);
 \ir lib/api_helpers.psql
 \ir lib/console_helpers.psql
 
@@ -115,6 +115,8 @@ UPDATE envoisms.console_invitations SET expires_at = now() - interval '1 second'
 SELECT is((SELECT status FROM envoisms.api('POST', '/v1/console/invitations/accept', '', '{}',
                   jsonb_build_object('token', (SELECT body->>'token' FROM inv2), 'password', 'late password 1')::text, NULL)),
           410, 'an expired invitation → 410');
+SELECT * FROM pg_temp.cfails('DELETE', '/v1/console/invitations/' || (SELECT body->>'invitation_id' FROM inv2), NULL, :'other_s',
+                             404, 'NOT_FOUND', 'another account''s owner withdraws the invitation');
 SELECT is((pg_temp.ccall('DELETE', '/v1/console/invitations/' || (SELECT body->>'invitation_id' FROM inv2), NULL, :'owner')).status, 200,
           'the owner withdraws an invitation');
 

@@ -3,7 +3,7 @@
 -- webhook's deliveries and their replay, OTP sessions and their conversion,
 -- a campaign's progress, the ledger.
 BEGIN;
-SELECT plan(75);
+SELECT plan(77);
 \ir lib/api_helpers.psql
 \ir lib/console_helpers.psql
 
@@ -85,6 +85,19 @@ SELECT is((pg_temp.ccall('GET', '/v1/messages', NULL, :'s', 'to=%2B212661234503'
 SELECT is((pg_temp.ccall('GET', '/v1/messages', NULL, :'s', 'status=delivered&channel=sms')).body->'total', '6', 'by status and channel');
 SELECT * FROM pg_temp.cfails('GET', '/v1/messages', NULL, :'s', 400, 'INVALID_PHONE', 'a bad number filter', '{}', 'to=abc');
 
+-- "total" from the rollups, the queue and the inbound index: exactly count(*)
+INSERT INTO envoisms.messages (account_id, message_id, direction, to_number, from_number, channel, encoding, segments, status)
+VALUES (:'acc', envoisms.new_id('msg'), 'inbound', '+212522000000', '+212661000001', 'sms', 'gsm7', 1, 'received');
+UPDATE envoisms.messages SET channel = 'whatsapp' WHERE message_id = (SELECT id FROM sent WHERE n = 10);
+SELECT envoisms.dispatch_sent(:'acc', (SELECT id FROM sent WHERE n = 10), 'sandbox', 'wa-ref');
+SELECT is(jsonb_agg(DISTINCT (envoisms.message_list(:'acc', 1, 0, st, ch, NULL, NULL, dir)->'total')::bigint
+                    = (SELECT count(*) FROM envoisms.messages m WHERE m.account_id = :'acc'
+                          AND (st IS NULL OR m.status = st) AND (ch IS NULL OR m.channel = ch) AND (dir IS NULL OR m.direction = dir))),
+          '[true]', 'GET /v1/messages'' total is count(*) for every status, channel and direction')
+  FROM unnest(ARRAY[NULL, 'queued', 'sent', 'delivered', 'failed', 'expired', 'received']) st,
+       unnest(ARRAY[NULL, 'sms', 'whatsapp']) ch, unnest(ARRAY[NULL, 'outbound', 'inbound']) dir;
+SELECT is((pg_temp.ccall('GET', '/v1/messages', NULL, :'s')).body->'total', '13', 'all 13: 11 SMS, 1 WhatsApp, 1 inbound');
+
 -- ---- CSV export
 SELECT envoisms.message_send(:'acc', '+212661999999', E'=HYPERLINK("http://evil")\n"quoted", text')->>'id' AS tricky \gset
 SELECT * INTO TEMP csv FROM pg_temp.ccall('GET', '/v1/console/messages/export', NULL, :'s');
@@ -94,7 +107,7 @@ SELECT is((SELECT headers->>'Content-Disposition' FROM csv), 'attachment; filena
 SELECT is((SELECT jsonb_typeof(body) FROM csv), 'string', 'the body is the CSV text');
 SELECT is((SELECT split_part(body #>> '{}', E'\r\n', 1) FROM csv),
           'id,created_at,to,channel,status,segments,cost_mad,campaign_id,error_code,body', 'a header line');
-SELECT is((SELECT array_length(string_to_array(rtrim(body #>> '{}', E'\r\n'), E'\r\n'), 1) FROM csv), 14, 'and one line per message (13)');
+SELECT is((SELECT array_length(string_to_array(rtrim(body #>> '{}', E'\r\n'), E'\r\n'), 1) FROM csv), 16, 'and one line per message (15)');
 SELECT ok((SELECT (body #>> '{}') LIKE '%"''=HYPERLINK(""http://evil"")' || E'\n' || '""quoted"", text"%' FROM csv),
           'fields are quoted, quotes doubled, and a leading = made inert');
 SELECT is((pg_temp.ccall('GET', '/v1/console/messages/export', NULL, :'s', 'status=failed')).body #>> '{}',
