@@ -108,6 +108,23 @@ async function main() {
     if (ready) await ready();
     await screenshot(name);
     check(problems.length === 0, `${name}: no console error, no failed request`, problems);
+    // every control has a name a screen reader says, and no string is left untranslated
+    const unnamed = await page.evaluate(() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a[href]')]
+      .filter((el) => el.offsetParent !== null || el.getClientRects().length)
+      .filter((el) => !((el.labels && el.labels.length) || el.getAttribute('aria-label') || (el.textContent || '').trim() || el.closest('label')))
+      .map((el) => el.outerHTML.slice(0, 80)));
+    check(unnamed.length === 0, `${name}: every control is labelled`, unnamed);
+    const keys = await page.evaluate(() => {
+      const out = [];
+      const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const text = n.textContent.trim();
+        // a key looks like "area.name"; webhook event names (message.sent) are data
+        if (/^[a-z_]+\.[a-z_.-]+$/.test(text) && !/^(message|verify)\.[a-z]+$/.test(text)) out.push(text);
+      }
+      return out;
+    });
+    check(keys.length === 0, `${name}: no untranslated string`, keys);
     const xss = await page.evaluate(() => window.__xss || null);
     check(xss === null, `${name}: no injected script ran`, xss);
   }
@@ -338,6 +355,9 @@ async function main() {
   await settle();
   check((await page.textContent('#nav')).includes('Overview') && (await page.getAttribute('html', 'lang')) === 'en', 'the English switch translates the console');
   await screenshot('overview-en');
+  for (const route of ['messages', 'campaigns', 'contacts', 'keys', 'webhooks', 'otp', 'billing', 'team', 'profile']) {
+    await visit(`${route}-en`, `#/${route}`);
+  }
   await page.click('button.lang');
   await page.waitForSelector('#nav a[data-page=overview]');
 
