@@ -145,7 +145,7 @@ done
 printf "SELECT status FROM envoisms.api('POST', '/v1/console/sign-in', '', '{}', '{\"email\": \"bench@acme.ma\", \"password\": \"bench password 1\"}', '10.0.0.2');\n" |
     as_server_user tee "$dir/ep.sql" >/dev/null
 read -r p50 p95 < <(latency "$dir/ep.sql" 50)
-printf '%-52s %8s %8s %9.1fx  (scrypt N=2^15, r=8)\n' "POST /v1/console/sign-in (50 calls)" "$p50" "$p95" "$(echo "$p95 / $base" | bc -l)"
+printf '%-52s %8s %8s %9.1fx  (scrypt N=2^14, r=8)\n' "POST /v1/console/sign-in (50 calls)" "$p50" "$p95" "$(echo "$p95 / $base" | bc -l)"
 
 # ---- what the overview reads: no scan of messages
 echo

@@ -439,7 +439,7 @@ COMMENT ON FUNCTION envoisms.api_key_revoke(text, text, text) IS
 
 -- ---- passwords (password.c: scrypt through OpenSSL)
 
-CREATE FUNCTION envoisms.password_hash(password text, log_n int DEFAULT 15) RETURNS text
+CREATE FUNCTION envoisms.password_hash(password text, log_n int DEFAULT 14) RETURNS text
 AS 'MODULE_PATHNAME', 'password_hash' LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION envoisms.password_hash(text, int) IS
 'A salted scrypt hash of a password ($scrypt$ln=…,r=8,p=1$salt$key), N = 2^log_n';
@@ -677,6 +677,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
        AND s.revoked_at IS NULL AND envoisms.console_session_end(s) > now()
 $$;
 
+-- FORBIDDEN unless a request's Origin, when it has one, is its own Host:
+-- writes and sign-ins come from the console's own pages (no login CSRF).
+CREATE FUNCTION envoisms.console_check_origin(headers jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    origin_host text := substring(headers->>'origin' FROM '^https?://([^/]+)$');
+BEGIN
+    IF headers ? 'origin' AND (origin_host IS NULL OR lower(origin_host) IS DISTINCT FROM lower(headers->>'host')) THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', 'a console write must come from the console''s own origin');
+    END IF;
+END
+$$;
+
 -- Authenticate a request by its session cookie, for envoisms.api(): the
 -- fields api_key_lookup() gives for a key (all NULL when the cookie names
 -- no live session). Writes (any method but GET and HEAD) need the session's
@@ -692,7 +705,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     s envoisms.console_sessions := envoisms.console_session_of(headers->>'cookie');
     u envoisms.console_users;
-    origin_host text;
 BEGIN
     IF s.session_id IS NULL THEN
         RETURN;
@@ -704,12 +716,7 @@ BEGIN
                                       envoisms.console_csrf_token(envoisms.console_cookie_token(headers->>'cookie'))) THEN
             PERFORM envoisms.raise_error('FORBIDDEN', 'a console write needs the session''s X-CSRF-Token header');
         END IF;
-        IF headers ? 'origin' THEN
-            origin_host := substring(headers->>'origin' FROM '^https?://([^/]+)$');
-            IF origin_host IS NULL OR lower(origin_host) IS DISTINCT FROM lower(headers->>'host') THEN
-                PERFORM envoisms.raise_error('FORBIDDEN', 'a console write must come from the console''s own origin');
-            END IF;
-        END IF;
+        PERFORM envoisms.console_check_origin(headers);
         IF u.role = 'viewer' AND permission IS DISTINCT FROM 'console' THEN
             PERFORM envoisms.raise_error('FORBIDDEN', 'the viewer role can only read');
         END IF;
@@ -854,6 +861,7 @@ DECLARE
     v jsonb;
     c envoisms.console_challenges;
 BEGIN
+    PERFORM envoisms.console_check_origin(req.headers);
     IF email IS NULL OR email = '' OR length(email) > 254 THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'email is required', 'email');
     END IF;
@@ -868,7 +876,7 @@ BEGIN
     SELECT * INTO u FROM envoisms.console_users x WHERE x.email = api_console_sign_in.email;
     -- a hash is checked either way, so an unknown email costs the same time
     ok := envoisms.password_verify(password, coalesce(u.password_hash,
-              '$scrypt$ln=15,r=8,p=1$00000000000000000000000000000000$0000000000000000000000000000000000000000000000000000000000000000'))
+              '$scrypt$ln=14,r=8,p=1$00000000000000000000000000000000$0000000000000000000000000000000000000000000000000000000000000000'))
           AND u.user_id IS NOT NULL
           AND (SELECT a.status <> 'closed' FROM envoisms.accounts a WHERE a.account_id = u.account_id);
     IF NOT ok THEN
@@ -906,6 +914,7 @@ DECLARE
     subjects text[];
     wait int;
 BEGIN
+    PERFORM envoisms.console_check_origin(req.headers);
     IF id IS NULL OR code IS NULL THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'challenge_id and code are required',
                                      CASE WHEN id IS NULL THEN 'challenge_id' ELSE 'code' END);
@@ -1120,6 +1129,7 @@ DECLARE
     u envoisms.console_users;
     user_id text;
 BEGIN
+    PERFORM envoisms.console_check_origin(req.headers);
     SELECT * INTO i FROM envoisms.console_invitations x
      WHERE x.token_hash = envoisms.sha256_hex(coalesce(token, '')) AND x.accepted_at IS NULL FOR UPDATE;
     IF NOT FOUND THEN
@@ -1415,7 +1425,8 @@ INSERT INTO envoisms.api_endpoints (method, template, handler, permission, publi
 -- and their conversion, and the operator's area.
 --
 -- Rollups: a message's changes of status, channel or charge after it left
--- the queue append delta rows (console_rollup_deltas) from a trigger; the
+-- the queue append delta rows (console_rollup_deltas, its number and not
+-- yet its operator, which folding looks up) from a trigger; the
 -- send itself writes nothing more (the queued messages of the overview are
 -- read from the dispatcher's partial queue index). Deltas are only
 -- inserted, never updated, so the dispatchers' batches take no lock on a
@@ -1444,7 +1455,7 @@ CREATE TABLE envoisms.console_rollup_deltas (
     day          date NOT NULL,
     channel      text NOT NULL,
     status       text NOT NULL,
-    operator     text NOT NULL,
+    to_number    text NOT NULL,              -- its operator is looked up when folded, off the status change's path
     delay_bucket smallint NOT NULL,
     messages     int NOT NULL,
     spend_mad    numeric(18,4) NOT NULL,
@@ -1474,17 +1485,21 @@ RETURN CASE envoisms.carrier_of(e164) WHEN 'Maroc Telecom (IAM)' THEN 'IAM' WHEN
 
 CREATE FUNCTION envoisms.messages_console_rollup() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    day date := (NEW.created_at AT TIME ZONE 'UTC')::date;
 BEGIN
-    INSERT INTO envoisms.console_rollup_deltas (account_id, day, channel, status, operator, delay_bucket, messages, spend_mad)
-    SELECT NEW.account_id, (NEW.created_at AT TIME ZONE 'UTC')::date, v.channel, v.status,
-           envoisms.console_operator(NEW.to_number), v.bucket, v.n, v.spend
-      FROM (VALUES (OLD.channel::text, OLD.status::text,
-                    envoisms.console_delay_bucket(OLD.status, OLD.created_at, OLD.sent_at, OLD.delivered_at),
-                    -1, -(OLD.charged_mad - OLD.refunded_mad)),
-                   (NEW.channel::text, NEW.status::text,
-                    envoisms.console_delay_bucket(NEW.status, NEW.created_at, NEW.sent_at, NEW.delivered_at),
-                    1, NEW.charged_mad - NEW.refunded_mad)) v(channel, status, bucket, n, spend)
-     WHERE v.status <> 'queued';
+    IF OLD.status <> 'queued' THEN
+        INSERT INTO envoisms.console_rollup_deltas (account_id, day, channel, status, to_number, delay_bucket, messages, spend_mad)
+        VALUES (OLD.account_id, day, OLD.channel, OLD.status, OLD.to_number,
+                envoisms.console_delay_bucket(OLD.status, OLD.created_at, OLD.sent_at, OLD.delivered_at),
+                -1, OLD.refunded_mad - OLD.charged_mad);
+    END IF;
+    IF NEW.status <> 'queued' THEN
+        INSERT INTO envoisms.console_rollup_deltas (account_id, day, channel, status, to_number, delay_bucket, messages, spend_mad)
+        VALUES (NEW.account_id, day, NEW.channel, NEW.status, NEW.to_number,
+                envoisms.console_delay_bucket(NEW.status, NEW.created_at, NEW.sent_at, NEW.delivered_at),
+                1, NEW.charged_mad - NEW.refunded_mad);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -1511,7 +1526,8 @@ LANGUAGE sql SET search_path = pg_catalog AS $$
         RETURNING d.*),
     summed AS (
         INSERT INTO envoisms.console_rollups AS r (account_id, day, channel, status, operator, delay_bucket, messages, spend_mad)
-        SELECT f.account_id, f.day, f.channel, f.status, f.operator, f.delay_bucket, sum(f.messages), sum(f.spend_mad)
+        SELECT f.account_id, f.day, f.channel, f.status, envoisms.console_operator(f.to_number), f.delay_bucket,
+               sum(f.messages), sum(f.spend_mad)
           FROM folded f
          GROUP BY 1, 2, 3, 4, 5, 6
          ORDER BY 1, 2, 3, 4, 5, 6
@@ -1562,7 +1578,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
               FROM envoisms.console_rollups r
              WHERE r.account_id = console_counts.account_id AND r.day >= since
             UNION ALL
-            SELECT d.day, d.channel, d.status, d.operator, d.delay_bucket, d.messages, d.spend_mad
+            SELECT d.day, d.channel, d.status, envoisms.console_operator(d.to_number), d.delay_bucket, d.messages, d.spend_mad
               FROM envoisms.console_rollup_deltas d
              WHERE d.account_id = console_counts.account_id AND d.day >= since
             UNION ALL

@@ -22,7 +22,7 @@
 
 -- ---- passwords (password.c: scrypt through OpenSSL)
 
-CREATE FUNCTION envoisms.password_hash(password text, log_n int DEFAULT 15) RETURNS text
+CREATE FUNCTION envoisms.password_hash(password text, log_n int DEFAULT 14) RETURNS text
 AS 'MODULE_PATHNAME', 'password_hash' LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION envoisms.password_hash(text, int) IS
 'A salted scrypt hash of a password ($scrypt$ln=…,r=8,p=1$salt$key), N = 2^log_n';
@@ -260,6 +260,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
        AND s.revoked_at IS NULL AND envoisms.console_session_end(s) > now()
 $$;
 
+-- FORBIDDEN unless a request's Origin, when it has one, is its own Host:
+-- writes and sign-ins come from the console's own pages (no login CSRF).
+CREATE FUNCTION envoisms.console_check_origin(headers jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+DECLARE
+    origin_host text := substring(headers->>'origin' FROM '^https?://([^/]+)$');
+BEGIN
+    IF headers ? 'origin' AND (origin_host IS NULL OR lower(origin_host) IS DISTINCT FROM lower(headers->>'host')) THEN
+        PERFORM envoisms.raise_error('FORBIDDEN', 'a console write must come from the console''s own origin');
+    END IF;
+END
+$$;
+
 -- Authenticate a request by its session cookie, for envoisms.api(): the
 -- fields api_key_lookup() gives for a key (all NULL when the cookie names
 -- no live session). Writes (any method but GET and HEAD) need the session's
@@ -275,7 +288,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     s envoisms.console_sessions := envoisms.console_session_of(headers->>'cookie');
     u envoisms.console_users;
-    origin_host text;
 BEGIN
     IF s.session_id IS NULL THEN
         RETURN;
@@ -287,12 +299,7 @@ BEGIN
                                       envoisms.console_csrf_token(envoisms.console_cookie_token(headers->>'cookie'))) THEN
             PERFORM envoisms.raise_error('FORBIDDEN', 'a console write needs the session''s X-CSRF-Token header');
         END IF;
-        IF headers ? 'origin' THEN
-            origin_host := substring(headers->>'origin' FROM '^https?://([^/]+)$');
-            IF origin_host IS NULL OR lower(origin_host) IS DISTINCT FROM lower(headers->>'host') THEN
-                PERFORM envoisms.raise_error('FORBIDDEN', 'a console write must come from the console''s own origin');
-            END IF;
-        END IF;
+        PERFORM envoisms.console_check_origin(headers);
         IF u.role = 'viewer' AND permission IS DISTINCT FROM 'console' THEN
             PERFORM envoisms.raise_error('FORBIDDEN', 'the viewer role can only read');
         END IF;
@@ -437,6 +444,7 @@ DECLARE
     v jsonb;
     c envoisms.console_challenges;
 BEGIN
+    PERFORM envoisms.console_check_origin(req.headers);
     IF email IS NULL OR email = '' OR length(email) > 254 THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'email is required', 'email');
     END IF;
@@ -451,7 +459,7 @@ BEGIN
     SELECT * INTO u FROM envoisms.console_users x WHERE x.email = api_console_sign_in.email;
     -- a hash is checked either way, so an unknown email costs the same time
     ok := envoisms.password_verify(password, coalesce(u.password_hash,
-              '$scrypt$ln=15,r=8,p=1$00000000000000000000000000000000$0000000000000000000000000000000000000000000000000000000000000000'))
+              '$scrypt$ln=14,r=8,p=1$00000000000000000000000000000000$0000000000000000000000000000000000000000000000000000000000000000'))
           AND u.user_id IS NOT NULL
           AND (SELECT a.status <> 'closed' FROM envoisms.accounts a WHERE a.account_id = u.account_id);
     IF NOT ok THEN
@@ -489,6 +497,7 @@ DECLARE
     subjects text[];
     wait int;
 BEGIN
+    PERFORM envoisms.console_check_origin(req.headers);
     IF id IS NULL OR code IS NULL THEN
         PERFORM envoisms.raise_error('VALIDATION_ERROR', 'challenge_id and code are required',
                                      CASE WHEN id IS NULL THEN 'challenge_id' ELSE 'code' END);

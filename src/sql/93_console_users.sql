@@ -105,6 +105,7 @@ DECLARE
     u envoisms.console_users;
     user_id text;
 BEGIN
+    PERFORM envoisms.console_check_origin(req.headers);
     SELECT * INTO i FROM envoisms.console_invitations x
      WHERE x.token_hash = envoisms.sha256_hex(coalesce(token, '')) AND x.accepted_at IS NULL FOR UPDATE;
     IF NOT FOUND THEN

@@ -4,7 +4,8 @@
 -- and their conversion, and the operator's area.
 --
 -- Rollups: a message's changes of status, channel or charge after it left
--- the queue append delta rows (console_rollup_deltas) from a trigger; the
+-- the queue append delta rows (console_rollup_deltas, its number and not
+-- yet its operator, which folding looks up) from a trigger; the
 -- send itself writes nothing more (the queued messages of the overview are
 -- read from the dispatcher's partial queue index). Deltas are only
 -- inserted, never updated, so the dispatchers' batches take no lock on a
@@ -33,7 +34,7 @@ CREATE TABLE envoisms.console_rollup_deltas (
     day          date NOT NULL,
     channel      text NOT NULL,
     status       text NOT NULL,
-    operator     text NOT NULL,
+    to_number    text NOT NULL,              -- its operator is looked up when folded, off the status change's path
     delay_bucket smallint NOT NULL,
     messages     int NOT NULL,
     spend_mad    numeric(18,4) NOT NULL,
@@ -63,17 +64,21 @@ RETURN CASE envoisms.carrier_of(e164) WHEN 'Maroc Telecom (IAM)' THEN 'IAM' WHEN
 
 CREATE FUNCTION envoisms.messages_console_rollup() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    day date := (NEW.created_at AT TIME ZONE 'UTC')::date;
 BEGIN
-    INSERT INTO envoisms.console_rollup_deltas (account_id, day, channel, status, operator, delay_bucket, messages, spend_mad)
-    SELECT NEW.account_id, (NEW.created_at AT TIME ZONE 'UTC')::date, v.channel, v.status,
-           envoisms.console_operator(NEW.to_number), v.bucket, v.n, v.spend
-      FROM (VALUES (OLD.channel::text, OLD.status::text,
-                    envoisms.console_delay_bucket(OLD.status, OLD.created_at, OLD.sent_at, OLD.delivered_at),
-                    -1, -(OLD.charged_mad - OLD.refunded_mad)),
-                   (NEW.channel::text, NEW.status::text,
-                    envoisms.console_delay_bucket(NEW.status, NEW.created_at, NEW.sent_at, NEW.delivered_at),
-                    1, NEW.charged_mad - NEW.refunded_mad)) v(channel, status, bucket, n, spend)
-     WHERE v.status <> 'queued';
+    IF OLD.status <> 'queued' THEN
+        INSERT INTO envoisms.console_rollup_deltas (account_id, day, channel, status, to_number, delay_bucket, messages, spend_mad)
+        VALUES (OLD.account_id, day, OLD.channel, OLD.status, OLD.to_number,
+                envoisms.console_delay_bucket(OLD.status, OLD.created_at, OLD.sent_at, OLD.delivered_at),
+                -1, OLD.refunded_mad - OLD.charged_mad);
+    END IF;
+    IF NEW.status <> 'queued' THEN
+        INSERT INTO envoisms.console_rollup_deltas (account_id, day, channel, status, to_number, delay_bucket, messages, spend_mad)
+        VALUES (NEW.account_id, day, NEW.channel, NEW.status, NEW.to_number,
+                envoisms.console_delay_bucket(NEW.status, NEW.created_at, NEW.sent_at, NEW.delivered_at),
+                1, NEW.charged_mad - NEW.refunded_mad);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -100,7 +105,8 @@ LANGUAGE sql SET search_path = pg_catalog AS $$
         RETURNING d.*),
     summed AS (
         INSERT INTO envoisms.console_rollups AS r (account_id, day, channel, status, operator, delay_bucket, messages, spend_mad)
-        SELECT f.account_id, f.day, f.channel, f.status, f.operator, f.delay_bucket, sum(f.messages), sum(f.spend_mad)
+        SELECT f.account_id, f.day, f.channel, f.status, envoisms.console_operator(f.to_number), f.delay_bucket,
+               sum(f.messages), sum(f.spend_mad)
           FROM folded f
          GROUP BY 1, 2, 3, 4, 5, 6
          ORDER BY 1, 2, 3, 4, 5, 6
@@ -151,7 +157,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
               FROM envoisms.console_rollups r
              WHERE r.account_id = console_counts.account_id AND r.day >= since
             UNION ALL
-            SELECT d.day, d.channel, d.status, d.operator, d.delay_bucket, d.messages, d.spend_mad
+            SELECT d.day, d.channel, d.status, envoisms.console_operator(d.to_number), d.delay_bucket, d.messages, d.spend_mad
               FROM envoisms.console_rollup_deltas d
              WHERE d.account_id = console_counts.account_id AND d.day >= since
             UNION ALL

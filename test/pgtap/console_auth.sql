@@ -3,7 +3,7 @@
 -- CSRF, expiry, sign-out, the second factor through envoisms' own verify,
 -- and a user's own changes (PATCH /v1/console/me).
 BEGIN;
-SELECT plan(99);
+SELECT plan(101);
 \ir lib/api_helpers.psql
 \ir lib/console_helpers.psql
 
@@ -15,7 +15,7 @@ SELECT pg_temp.new_key(:'acc') AS key \gset
 
 -- ---- passwords
 SELECT matches((SELECT password_hash FROM envoisms.console_users WHERE user_id = :'owner_id'),
-               '^\$scrypt\$ln=15,r=8,p=1\$[0-9a-f]{32}\$[0-9a-f]{64}$', 'passwords are stored as salted scrypt hashes');
+               '^\$scrypt\$ln=14,r=8,p=1\$[0-9a-f]{32}\$[0-9a-f]{64}$', 'passwords are stored as salted scrypt hashes');
 SELECT is((SELECT count(*)::int FROM envoisms.console_users u WHERE u::text LIKE '%' || pg_temp.pw() || '%'), 0,
           'the password itself is stored nowhere');
 SELECT is((SELECT email FROM envoisms.console_users WHERE user_id = :'owner_id'), 'owner@acme.ma', 'emails are kept lower-case');
@@ -62,6 +62,14 @@ SELECT ok((SELECT headers->>'Set-Cookie' IS NULL FROM wrong_pw), 'a refused sign
 SELECT is((SELECT failures FROM envoisms.console_signin_throttle WHERE subject = 'email:owner@acme.ma'), 1,
           'the failure is counted (and kept: the refusal is a reply, not an error)');
 SELECT is((SELECT status FROM pg_temp.sign_in('', pg_temp.pw())), 400, 'no email → 400');
+SELECT is((SELECT status || ' ' || (body #>> '{error,code}') FROM envoisms.api('POST', '/v1/console/sign-in', '',
+                  '{"Origin": "https://evil.example", "Host": "console.acme.ma"}',
+                  jsonb_build_object('email', 'dev@acme.ma', 'password', pg_temp.pw())::text, '192.0.2.50')),
+          '403 FORBIDDEN', 'a sign-in posted from a foreign page → 403 (no login CSRF)');
+SELECT is((SELECT status FROM envoisms.api('POST', '/v1/console/sign-in', '',
+                  '{"Origin": "https://console.acme.ma", "Host": "console.acme.ma"}',
+                  jsonb_build_object('email', 'dev@acme.ma', 'password', pg_temp.pw())::text, '192.0.2.51')), 200,
+          'from the console''s own page → 200');
 SELECT is((SELECT status FROM envoisms.api('POST', '/v1/console/sign-in', '', '{}', 'not json', NULL)), 400, 'not JSON → 400');
 
 -- ---- backoff: 5 failures in 15 minutes for an email, then 429 even with the right password
@@ -176,8 +184,8 @@ SELECT is((SELECT count(*)::int FROM envoisms.console_challenges c WHERE c::text
 SELECT is((SELECT status FROM envoisms.api('POST', '/v1/console/sign-in/verify', '', '{}',
                   jsonb_build_object('challenge_id', :'chl_id', 'code', CASE WHEN :'code' = '000000' THEN '111111' ELSE '000000' END)::text,
                   '203.0.113.5')), 401, 'a wrong code → 401');
-SELECT is((SELECT count(*)::int FROM envoisms.console_sessions WHERE user_id = :'dev_id'), 1,
-          'no session for a wrong code (only the earlier one)');
+SELECT is((SELECT count(*)::int FROM envoisms.console_sessions WHERE user_id = :'dev_id'), 2,
+          'no session for a wrong code (only the two earlier ones)');
 SELECT * INTO TEMP verified FROM envoisms.api('POST', '/v1/console/sign-in/verify', '', '{}',
                   jsonb_build_object('challenge_id', :'chl_id', 'code', :'code')::text, '203.0.113.5');
 SELECT is((SELECT status FROM verified), 200, 'the right code → 200');
