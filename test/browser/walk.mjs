@@ -152,7 +152,19 @@ async function main() {
   await screenshot('sign-in');
   check(problems.length === 0, 'sign-in page: no console error, no failed request', problems);
 
+  // ---- a wrong password: one 401, said on the page, nothing else wrong
+  problems = [];
+  await page.fill('input[type=email]', env.WALK_EMAIL);
+  await page.fill('input[type=password]', 'not-the-password');
+  await page.click('button[type=submit]');
+  await page.waitForSelector('.notice-error');
+  const refusal = await page.textContent('.notice-error');
+  const only401 = problems.every((p) => /401/.test(p)) && problems.some((p) => /HTTP 401: POST .*\/v1\/console\/sign-in$/.test(p));
+  check(/incorrect/.test(refusal) && only401, 'a wrong password is refused on the page (401), nothing else failed', { refusal, problems });
+  await screenshot('sign-in-refused');
+
   // ---- sign in with the second factor, the code read from the sandbox message
+  problems = [];
   await page.fill('input[type=email]', env.WALK_EMAIL);
   await page.fill('input[type=password]', env.WALK_PASSWORD);
   const since = psql("SELECT now()");
