@@ -276,6 +276,7 @@ export default {
   "billing.no_method": "The operator has configured no payment method.",
   "billing.topup": "Top up",
   "billing.topup_title": "Top up the account",
+  "billing.bad_checkout": "Payment address refused.",
   "billing.redirecting": "Redirecting to the payment page…",
   "billing.transfer": "Transfer to make",
   "billing.reference": "Reference",

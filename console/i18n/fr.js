@@ -276,6 +276,7 @@ export default {
   "billing.no_method": "Aucun moyen de paiement n’est configuré par l’opérateur.",
   "billing.topup": "Recharger",
   "billing.topup_title": "Recharger le compte",
+  "billing.bad_checkout": "Adresse de paiement refusée.",
   "billing.redirecting": "Redirection vers le paiement…",
   "billing.transfer": "Virement à effectuer",
   "billing.reference": "Référence",

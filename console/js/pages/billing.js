@@ -41,6 +41,8 @@ export default {
           if (pack.value) b.pack_id = pack.value; else b.amount_mad = Number(amount.value);
           const tp = await post('/v1/billing/topups', b);
           if (tp.checkout_url) {
+            // only a web address: never a javascript: or data: URL, whoever wrote it
+            if (!/^https?:\/\//i.test(tp.checkout_url)) throw new Error(t('billing.bad_checkout'));
             location.assign(tp.checkout_url);
             return t('billing.redirecting');
           }
