@@ -414,6 +414,49 @@ $$;
 COMMENT ON FUNCTION envoisms.api_key_revoke(text, text, text) IS
 'Revoke an API key for good (DELETE /v1/api-keys/:id)';
 
+-- The attempt's time and duration of a webhook delivery, for the console (87_webhook_delivery.sql).
+CREATE OR REPLACE FUNCTION envoisms.webhook_record(outcomes jsonb, disable_after interval DEFAULT interval '5 days')
+RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    o record;
+    n int := 0;
+    hook text;
+    hooks jsonb := '{}';
+BEGIN
+    -- one primary-key update per success (a join would let the planner pick a
+    -- sequential scan of the deliveries while the table's statistics are young)
+    FOR o IN SELECT x.a, x.d, x.s, x.l FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text, l int)
+              WHERE x.e IS NULL AND x.s BETWEEN 200 AND 299
+    LOOP
+        UPDATE envoisms.webhook_deliveries w
+           SET status = 'delivered', delivered_at = now(), last_status = o.s, last_error = NULL, locked_until = NULL,
+               last_attempt_at = now(), last_latency_ms = o.l
+         WHERE w.account_id = o.a AND w.delivery_id = o.d AND w.status = 'pending'
+        RETURNING w.webhook_id INTO hook;
+        IF FOUND THEN
+            n := n + 1;
+            hooks := hooks || jsonb_build_object(o.a || '/' || hook, o.s);
+        END IF;
+    END LOOP;
+    UPDATE envoisms.webhooks h
+       SET last_triggered_at = now(), last_status = (x.value)::int, failing_since = NULL
+      FROM jsonb_each_text(hooks) x
+     WHERE h.account_id = split_part(x.key, '/', 1) AND h.webhook_id = split_part(x.key, '/', 2);
+
+    FOR o IN SELECT * FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text, r bigint, l int)
+              WHERE NOT (x.e IS NULL AND x.s BETWEEN 200 AND 299)
+    LOOP
+        IF envoisms.webhook_delivery_result(o.a, o.d, o.s, o.e, o.r, disable_after) IS NOT NULL THEN
+            n := n + 1;
+            UPDATE envoisms.webhook_deliveries w SET last_attempt_at = now(), last_latency_ms = o.l
+             WHERE w.account_id = o.a AND w.delivery_id = o.d;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
 -- ---- (src/sql/92_console_auth.sql)
 -- 92_console_auth.sql — the console's people and sessions: users of an
 -- account (email + scrypt password, optional second factor by envoisms' own
@@ -1753,13 +1796,19 @@ $$;
 
 -- ---- webhooks: deliveries and replay
 
+-- When a delivery was last tried and how long that took (webhook_record(),
+-- 87_webhook_delivery.sql, from the webhook worker's transfer times).
+ALTER TABLE envoisms.webhook_deliveries
+    ADD COLUMN last_attempt_at timestamptz,
+    ADD COLUMN last_latency_ms int CHECK (last_latency_ms >= 0);
+
 CREATE FUNCTION envoisms.console_delivery_json(d envoisms.webhook_deliveries) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog
 RETURN jsonb_build_object('delivery_id', d.delivery_id::text, 'webhook_id', d.webhook_id, 'event', d.event_type,
                           'event_id', d.event_id, 'status', d.status, 'attempts', d.attempts,
-                          'response_code', d.last_status, 'latency_ms', NULL,
+                          'response_code', d.last_status, 'latency_ms', d.last_latency_ms,
                           'created_at', envoisms.iso_time(d.created_at),
-                          'last_attempt_at', envoisms.iso_time(d.delivered_at),
+                          'last_attempt_at', envoisms.iso_time(d.last_attempt_at),
                           'next_attempt_at', CASE WHEN d.status = 'pending' THEN envoisms.iso_time(d.next_attempt_at) END,
                           'error', d.last_error);
 

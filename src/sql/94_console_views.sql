@@ -332,13 +332,19 @@ $$;
 
 -- ---- webhooks: deliveries and replay
 
+-- When a delivery was last tried and how long that took (webhook_record(),
+-- 87_webhook_delivery.sql, from the webhook worker's transfer times).
+ALTER TABLE envoisms.webhook_deliveries
+    ADD COLUMN last_attempt_at timestamptz,
+    ADD COLUMN last_latency_ms int CHECK (last_latency_ms >= 0);
+
 CREATE FUNCTION envoisms.console_delivery_json(d envoisms.webhook_deliveries) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog
 RETURN jsonb_build_object('delivery_id', d.delivery_id::text, 'webhook_id', d.webhook_id, 'event', d.event_type,
                           'event_id', d.event_id, 'status', d.status, 'attempts', d.attempts,
-                          'response_code', d.last_status, 'latency_ms', NULL,
+                          'response_code', d.last_status, 'latency_ms', d.last_latency_ms,
                           'created_at', envoisms.iso_time(d.created_at),
-                          'last_attempt_at', envoisms.iso_time(d.delivered_at),
+                          'last_attempt_at', envoisms.iso_time(d.last_attempt_at),
                           'next_attempt_at', CASE WHEN d.status = 'pending' THEN envoisms.iso_time(d.next_attempt_at) END,
                           'error', d.last_error);
 

@@ -3,7 +3,7 @@
 -- webhook's deliveries and their replay, OTP sessions and their conversion,
 -- a campaign's progress, the ledger.
 BEGIN;
-SELECT plan(77);
+SELECT plan(78);
 \ir lib/api_helpers.psql
 \ir lib/console_helpers.psql
 
@@ -125,16 +125,23 @@ SELECT (pg_temp.ccall('POST', '/v1/webhooks', '{"url": "https://hooks.acme.ma/in
 SELECT envoisms.webhook_test(:'acc', :'whk');
 SELECT envoisms.webhook_test(:'acc', :'whk');
 SELECT min(delivery_id) AS d1, max(delivery_id) AS d2 FROM envoisms.webhook_deliveries WHERE webhook_id = :'whk' \gset
-UPDATE envoisms.webhook_deliveries SET status = 'failed', attempts = 8, last_status = 500, last_error = '<script>alert(1)</script>'
- WHERE delivery_id = :d1;
+-- the worker's outcomes: d1 answered 500 in 120 ms, for the last time; d2 204 in 35 ms
+UPDATE envoisms.webhook_deliveries SET attempts = 8 WHERE delivery_id = :d1;
+SELECT envoisms.webhook_record(jsonb_build_array(
+    jsonb_build_object('a', :'acc', 'd', :d1, 's', 500, 'e', '<script>alert(1)</script>', 'l', 120),
+    jsonb_build_object('a', :'acc', 'd', :d2, 's', 204, 'l', 35)));
+SELECT envoisms.webhook_test(:'acc', :'whk');
+SELECT max(delivery_id) AS d2 FROM envoisms.webhook_deliveries WHERE webhook_id = :'whk' \gset
 SELECT * INTO TEMP dl FROM pg_temp.ccall('GET', '/v1/console/webhooks/' || :'whk' || '/deliveries', NULL, :'s');
 SELECT is((SELECT status FROM dl), 200, 'GET /v1/console/webhooks/:id/deliveries → 200');
-SELECT is((SELECT jsonb_array_length(body->'data') FROM dl), 2, 'both deliveries, newest first');
-SELECT is((SELECT (body->'data'->1) - 'created_at' - 'event_id' FROM dl),
+SELECT is((SELECT jsonb_array_length(body->'data') FROM dl), 3, 'the three deliveries, newest first');
+SELECT is((SELECT (body->'data'->2) - 'created_at' - 'event_id' FROM dl),
           jsonb_build_object('delivery_id', :'d1', 'webhook_id', :'whk', 'event', 'message.test', 'status', 'failed',
-                             'attempts', 8, 'response_code', 500, 'latency_ms', NULL, 'last_attempt_at', NULL,
+                             'attempts', 8, 'response_code', 500, 'latency_ms', 120,
+                             'last_attempt_at', envoisms.iso_time(now()),
                              'next_attempt_at', NULL, 'error', '<script>alert(1)</script>'),
-          'a failed delivery: status, attempts, response code, error (as data, for the page to render as text)');
+          'a failed delivery: status, attempts, response code, latency, error (as data, for the page to render as text)');
+SELECT is((SELECT (body->'data'->1)->'latency_ms' FROM dl), '35', 'a delivered one: its latency');
 SELECT is((pg_temp.ccall('GET', '/v1/console/webhooks/' || :'whk' || '/deliveries', NULL, :'s', 'status=failed')).body->'data'->0->>'delivery_id',
           :'d1', 'filtered by status');
 SELECT * FROM pg_temp.cfails('GET', '/v1/console/webhooks/' || :'whk' || '/deliveries', NULL, :'o', 404, 'NOT_FOUND',
