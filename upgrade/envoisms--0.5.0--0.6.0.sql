@@ -1391,19 +1391,6 @@ $$;
 COMMENT ON FUNCTION envoisms.invoice_issue(envoisms.topups) IS
 'Issue the invoice of a completed top-up: the year''s next gapless number, TVA 20% included in the amount';
 
-CREATE FUNCTION envoisms.topups_invoice() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-BEGIN
-    PERFORM envoisms.invoice_issue(NEW);
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER topups_invoice
-    AFTER UPDATE OF status ON envoisms.topups
-    FOR EACH ROW WHEN (NEW.status = 'completed' AND OLD.status IS DISTINCT FROM 'completed')
-    EXECUTE FUNCTION envoisms.topups_invoice();
-
 CREATE FUNCTION envoisms.invoice_number(i envoisms.console_invoices) RETURNS text
 LANGUAGE sql IMMUTABLE RETURN i.year || '-' || lpad(i.number::text, 6, '0');
 
@@ -2194,3 +2181,28 @@ SELECT envoisms.console_rollup_rebuild();
 REVOKE ALL ON ALL TABLES IN SCHEMA envoisms FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA envoisms FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA envoisms FROM PUBLIC;
+
+-- ---- a completed top-up issues its invoice (82_billing.sql)
+
+CREATE OR REPLACE FUNCTION envoisms.topup_complete(topup_id text, from_failed boolean DEFAULT false) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    t envoisms.topups;
+BEGIN
+    UPDATE envoisms.topups x
+       SET status = 'completed', completed_at = now(), failed_at = NULL, failure_reason = NULL
+     WHERE x.topup_id = topup_complete.topup_id
+       AND (x.status = 'pending' OR (from_failed AND x.status = 'failed'))
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM envoisms.balance_rebalance(t.account_id, t.amount_mad);
+    INSERT INTO envoisms.ledger (account_id, kind, amount_mad, reference, topup_id)
+    VALUES (t.account_id, 'topup', t.amount_mad, t.reference, t.topup_id);
+    -- its invoice, in the same transaction (93_console_users.sql)
+    PERFORM envoisms.invoice_issue(t);
+    RETURN true;
+END
+$$;
+

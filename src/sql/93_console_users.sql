@@ -2,10 +2,11 @@
 -- its users and their invitations, the account's legal identifiers, and
 -- the invoices of its completed top-ups.
 --
--- Invoices (money): one per completed top-up, issued by a trigger on
--- envoisms.topups in the transaction that completes it (whatever completes
--- it: Stripe's webhook, the operator's topup_confirm, a failed top-up
--- completed after all). Numbers are YYYY-NNNNNN, gapless per calendar year
+-- Invoices (money): one per completed top-up, issued by topup_complete()
+-- in the transaction that completes it (whatever completes it: Stripe's
+-- webhook, the operator's topup_confirm, a failed top-up completed after
+-- all; not a trigger, which a Citus cluster would fire on every placement
+-- of the topups reference table). Numbers are YYYY-NNNNNN, gapless per calendar year
 -- for the whole install (they are the seller's numbers): the year's row of
 -- console_invoice_counters is incremented in that same transaction, so its
 -- row lock orders concurrent completions and a rolled-back completion
@@ -323,19 +324,6 @@ END
 $$;
 COMMENT ON FUNCTION envoisms.invoice_issue(envoisms.topups) IS
 'Issue the invoice of a completed top-up: the year''s next gapless number, TVA 20% included in the amount';
-
-CREATE FUNCTION envoisms.topups_invoice() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-BEGIN
-    PERFORM envoisms.invoice_issue(NEW);
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER topups_invoice
-    AFTER UPDATE OF status ON envoisms.topups
-    FOR EACH ROW WHEN (NEW.status = 'completed' AND OLD.status IS DISTINCT FROM 'completed')
-    EXECUTE FUNCTION envoisms.topups_invoice();
 
 CREATE FUNCTION envoisms.invoice_number(i envoisms.console_invoices) RETURNS text
 LANGUAGE sql IMMUTABLE RETURN i.year || '-' || lpad(i.number::text, 6, '0');
