@@ -72,7 +72,10 @@ GATEWAY_OBJS = $(GATEWAY_SRCS:.c=.o)
 GATEWAY_CFLAGS = -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I$(shell $(PG_CONFIG) --includedir)
 # /v1/openapi.json serves docs/openapi.yaml, converted (and so checked) at build time.
 GATEWAY_OPENAPI = $(shell $(PG_CONFIG) --sharedir)/extension/envoisms-openapi.json
-GATEWAY_CFLAGS += -DOPENAPI_PATH='"$(GATEWAY_OPENAPI)"' -DGATEWAY_VERSION='"$(EXTVERSION)"'
+# The web console's static files (console/), served by the gateway under /console/.
+CONSOLE_DIR = $(shell $(PG_CONFIG) --sharedir)/envoisms-console
+CONSOLE_FILES = $(sort $(shell find console -type f \( -name '*.html' -o -name '*.css' -o -name '*.js' -o -name '*.json' -o -name '*.svg' -o -name '*.txt' \) 2>/dev/null))
+GATEWAY_CFLAGS += -DOPENAPI_PATH='"$(GATEWAY_OPENAPI)"' -DCONSOLE_DIR='"$(CONSOLE_DIR)"' -DGATEWAY_VERSION='"$(EXTVERSION)"'
 GATEWAY_CFLAGS += $(SANITIZER_FLAGS) $(SANITIZER_WARNINGS)
 OPENAPI_TO_JSON = perl -MYAML::XS -MJSON::PP -e '$$YAML::XS::Boolean = "JSON::PP"; \
 	print JSON::PP->new->utf8->canonical->pretty->encode(YAML::XS::LoadFile($$ARGV[0]))'
@@ -88,14 +91,24 @@ src/gateway/envoisms-openapi.json: docs/openapi.yaml
 
 ifneq ($(GATEWAY_SRCS),)
 all: src/gateway/envoisms-gateway src/gateway/envoisms-openapi.json
-install: install-gateway
+install: install-gateway install-console
 endif
 
 install-gateway: src/gateway/envoisms-gateway src/gateway/envoisms-openapi.json
 	$(INSTALL_PROGRAM) src/gateway/envoisms-gateway '$(DESTDIR)$(bindir)/envoisms-gateway'
 	$(INSTALL_DATA) src/gateway/envoisms-openapi.json '$(DESTDIR)$(GATEWAY_OPENAPI)'
 
-.PHONY: install-gateway
+# The console's tree as it is (stale files removed first, so a file deleted
+# from console/ is not served after an upgrade).
+install-console:
+	rm -rf '$(DESTDIR)$(CONSOLE_DIR)'
+	$(MKDIR_P) '$(DESTDIR)$(CONSOLE_DIR)'
+	for f in $(CONSOLE_FILES); do \
+	  $(MKDIR_P) "$(DESTDIR)$(CONSOLE_DIR)/$$(dirname $${f#console/})" && \
+	  $(INSTALL_DATA) "$$f" "$(DESTDIR)$(CONSOLE_DIR)/$${f#console/}" || exit 1; \
+	done
+
+.PHONY: install-gateway install-console
 
 # ---- libFuzzer harnesses (fuzz/, clang): built here, run by fuzz/run.sh
 fuzz:

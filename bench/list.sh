@@ -35,7 +35,7 @@ SELECT count(*) AS queued FROM bench, LATERAL envoisms.message_send_bulk(account
 CREATE SCHEMA bench_base;
 DO \$\$
 DECLARE
-    def text := pg_get_functiondef('envoisms.message_list(text, int, int, text, text, timestamptz, timestamptz, text)'::regprocedure);
+    def text := pg_get_functiondef('envoisms.message_list(text, int, int, text, text, timestamptz, timestamptz, text, text, text)'::regprocedure);
 BEGIN
     IF strpos(def, '''messages'', rows, ') = 0 THEN
         RAISE EXCEPTION 'message_list has no "messages" alias to take out';

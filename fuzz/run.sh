@@ -20,7 +20,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 FUZZ=$ENVOISMS_ROOT/fuzz
 BUILD=$FUZZ/build
 BACKEND_TARGETS=(json_body phone segments smpp_pdu smpp_receipt request_text)
-GATEWAY_TARGETS=(gateway_clientip gateway_head gateway_text)
+GATEWAY_TARGETS=(gateway_clientip gateway_head gateway_text gateway_static)
 
 mode=fuzz
 seconds=60

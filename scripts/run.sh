@@ -73,6 +73,31 @@ if [ "$valid" != "1" ]; then
     as_root chmod 0600 "$KEYFILE"
 fi
 
+# The demo sign-in of the console: the owner of the demo account (with the
+# operator flag, so the operator area shows too), two-factor off. The
+# password is made on the first run and kept beside the key; the database
+# holds only its scrypt hash. A lost or changed password is made again.
+DEMO_EMAIL=demo@envoisms.local
+PASSFILE=$STATE/demo-console-password
+password=$(as_root cat "$PASSFILE" 2>/dev/null || true)
+known=f
+if [ -n "$password" ]; then
+    known=$(as_server_user "${PSQL[@]}" -d "$DB" -tAc "SELECT coalesce(bool_or(envoisms.password_verify('$password', password_hash)), false)
+                                                        FROM envoisms.console_users WHERE email = '$DEMO_EMAIL'")
+fi
+if [ "$known" != "t" ]; then
+    say "creating the demo console sign-in ($DEMO_EMAIL)"
+    password=$(as_server_user "${PSQL[@]}" -d "$DB" -tAc "SELECT envoisms.random_bytes_hex(8)")
+    as_server_user "${PSQL[@]}" -d "$DB" -v ON_ERROR_STOP=1 -qtAc "
+        UPDATE envoisms.console_users SET password_hash = envoisms.password_hash('$password') WHERE email = '$DEMO_EMAIL';
+        SELECT envoisms.console_user_create(k.account_id, '$DEMO_EMAIL', '$password', 'owner', 'Démo', NULL, true)
+          FROM envoisms.api_keys k
+         WHERE k.key_hash = envoisms.sha256_hex('$key')
+           AND NOT EXISTS (SELECT 1 FROM envoisms.console_users WHERE email = '$DEMO_EMAIL');" >/dev/null
+    printf '%s\n' "$password" | as_root tee "$PASSFILE" >/dev/null
+    as_root chmod 0600 "$PASSFILE"
+fi
+
 GATEWAY=$($PG_CONFIG --bindir)/envoisms-gateway
 if [ -x "$GATEWAY" ]; then
     PIDFILE=$STATE/run/gateway.pid
@@ -95,6 +120,8 @@ envoisms is running.
   database : psql -h $SOCK -p $PORT -U $ENVOISMS_USER $DB   (as root or $ENVOISMS_USER)
   gateway  : http://$LISTEN   (logs in $STATE/log)
   demo key : $key   (sandbox: never debits, never reaches a carrier)
+  console  : http://$LISTEN/console/   sign in as $DEMO_EMAIL / $password
+             (owner of the demo account and operator; two-factor off)
 
 Send a message:
 
@@ -108,6 +135,7 @@ else
 
 envoisms is running (database only; the gateway is not built).
   demo key : $key
+  console sign-in (with the gateway): $DEMO_EMAIL / $password
 
 psql -h $SOCK -p $PORT -U $ENVOISMS_USER $DB -c "SELECT * FROM envoisms.api('POST', '/v1/messages', '', '{\"Authorization\": \"Bearer $key\"}', '{\"to\": \"+212612345678\", \"message\": \"Bonjour\"}')"
 EXAMPLE

@@ -7,6 +7,8 @@
  *   - envoisms.campaigns_start_due() and envoisms.campaigns_complete_finished()
  *     (the campaigns area, src/sql/55_campaigns.sql), then a wake of the
  *     dispatchers so a started campaign's messages go at once;
+ *   - envoisms.console_rollup_fold() (src/sql/94_console_views.sql): the
+ *     console's rollup deltas folded into its daily counters;
  *   - the expiry sweep, envoisms.expiry_sweep() (every 10 s): queued or sent
  *     messages past their validity become expired and are refunded;
  * and every minute:
@@ -142,6 +144,8 @@ envoisms_scheduler_main(Datum main_arg)
 			WakeWorkers(WORKER_DISPATCH);
 		run_task("completing finished campaigns", "envoisms.campaigns_complete_finished()",
 				 "SELECT envoisms.campaigns_complete_finished()");
+		run_task("folding the console's rollups", "envoisms.console_rollup_fold(text,integer)",
+				 "SELECT envoisms.console_rollup_fold(NULL, 10000)");
 
 		if (TimestampDifferenceExceeds(last_expiry, now, 10000))
 		{

@@ -359,9 +359,10 @@ start_item(WebhookItem *item)
 	endpoint_adjust(item->endpoint, 1);
 }
 
-/* Add a delivery's outcome to the batch (status, error, retry delay; -1 = final). */
+/* Add a delivery's outcome to the batch (status, error, retry delay; -1 =
+ * final; how long the attempt took, -1 = unknown). */
 static void
-add_outcome(WebhookItem *item, long status, const char *error, long retry_ms)
+add_outcome(WebhookItem *item, long status, const char *error, long retry_ms, long latency_ms)
 {
 	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
@@ -378,6 +379,8 @@ add_outcome(WebhookItem *item, long status, const char *error, long retry_ms)
 	}
 	if (retry_ms >= 0)
 		appendStringInfo(&outcomes, ",\"r\":%ld", retry_ms);
+	if (latency_ms >= 0)
+		appendStringInfo(&outcomes, ",\"l\":%ld", latency_ms);
 	appendStringInfoChar(&outcomes, '}');
 	if (outcome_count++ == 0)
 		first_outcome_at = GetCurrentTimestamp();
@@ -397,9 +400,16 @@ retry_delay(int attempts)
 static void
 finish_item(WebhookItem *item, HttpTransfer *t)
 {
+	curl_off_t	total_us = -1;
+	long		latency_ms;
+
+	/* the attempt's duration, for the console's deliveries log */
+	if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us) != CURLE_OK)
+		total_us = -1;
+	latency_ms = total_us >= 0 ? (long) (total_us / 1000) : -1;
 	if (t->result == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
 	{
-		add_outcome(item, t->http_status, NULL, -1);
+		add_outcome(item, t->http_status, NULL, -1, latency_ms);
 		pg_atomic_fetch_add_u64(&MyWorkerSlot->sent, 1);
 		return;
 	}
@@ -409,7 +419,7 @@ finish_item(WebhookItem *item, HttpTransfer *t)
 
 		if (t->result == CURLE_OK && t->http_status >= 300 && t->http_status < 400)
 			error = psprintf("HTTP %ld (redirects are not followed)", t->http_status);
-		add_outcome(item, t->result == CURLE_OK ? t->http_status : 0, error, delay);
+		add_outcome(item, t->result == CURLE_OK ? t->http_status : 0, error, delay, latency_ms);
 		if (delay >= 0)
 		{
 			TimestampTz at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);

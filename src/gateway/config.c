@@ -14,6 +14,9 @@
 
 #include "gateway.h"
 
+#ifndef CONSOLE_DIR
+#define CONSOLE_DIR "/usr/share/postgresql/15/envoisms-console"
+#endif
 #ifndef OPENAPI_PATH
 #define OPENAPI_PATH "/usr/share/postgresql/15/extension/envoisms-openapi.json"
 #endif
@@ -72,9 +75,13 @@ Usage(FILE *out)
 			"  --openapi PATH          the JSON served at /v1/openapi.json\n"
 			"                          (default " OPENAPI_PATH ")\n"
 			"                                                        env ENVOISMS_GATEWAY_OPENAPI\n"
+			"  --console-dir DIR       the console's files, served under /console/\n"
+			"                          (default " CONSOLE_DIR ")\n"
+			"                                                        env ENVOISMS_GATEWAY_CONSOLE_DIR\n"
 			"  --help                  this text\n"
 			"\n"
 			"Endpoints of its own: GET /healthz, GET /metrics, GET /v1/openapi.json,\n"
+			"GET /console/... (the web console's files; / and /console redirect there),\n"
 			"OPTIONS * (CORS preflight). Everything else is one call of envoisms.api().\n"
 			"SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.\n");
 }
@@ -216,6 +223,7 @@ ConfigLoad(int argc, char **argv)
 		{"timeout", required_argument, NULL, 'T'},
 		{"max-connections", required_argument, NULL, 'm'},
 		{"openapi", required_argument, NULL, 'o'},
+		{"console-dir", required_argument, NULL, 'C'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
@@ -248,6 +256,7 @@ ConfigLoad(int argc, char **argv)
 	config.timeout = 15;
 	config.max_connections = 4096;
 	config.openapi_path = OPENAPI_PATH;
+	config.console_dir = CONSOLE_DIR;
 	config.proxy_header = PROXY_HEADER_X_FORWARDED_FOR;
 
 	if ((env = getenv("ENVOISMS_GATEWAY_LISTEN")) && *env)
@@ -278,6 +287,8 @@ ConfigLoad(int argc, char **argv)
 		config.max_connections = (int) ParseInteger("ENVOISMS_GATEWAY_MAX_CONNECTIONS", env, 1, 1000000);
 	if ((env = getenv("ENVOISMS_GATEWAY_OPENAPI")) && *env)
 		config.openapi_path = strdup(env);
+	if ((env = getenv("ENVOISMS_GATEWAY_CONSOLE_DIR")) && *env)
+		config.console_dir = strdup(env);
 	if ((env = getenv("ENVOISMS_GATEWAY_PROXY_HEADER")) && *env)
 		ParseProxyHeader("ENVOISMS_GATEWAY_PROXY_HEADER", env);
 	if ((env = getenv("ENVOISMS_GATEWAY_TRUSTED_PROXIES")) && *env)
@@ -349,6 +360,9 @@ ConfigLoad(int argc, char **argv)
 				break;
 			case 'o':
 				config.openapi_path = optarg;
+				break;
+			case 'C':
+				config.console_dir = optarg;
 				break;
 			case 'h':
 				Usage(stdout);

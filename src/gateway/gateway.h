@@ -8,7 +8,8 @@
  * call through pool.c (libpq connections, one prepared statement each) on
  * the worker threads of dbwork.c and response.c writes the answer,
  * clientip.c decides the client address, conntrack.c drops slow clients,
- * metrics.c counts and renders /metrics, log.c writes the access log. No
+ * metrics.c counts and renders /metrics, log.c writes the access log,
+ * static.c serves the console's files under /console/. No
  * business rule lives here: auth, limits, routing and error codes are all
  * answered by SQL. body.c keeps request bodies within --max-body-total;
  * util.c has the small string helpers.
@@ -85,6 +86,7 @@ typedef struct GatewayConfig
 	int			timeout;		/* seconds to receive a request; idle limit */
 	int			max_connections;
 	char	   *openapi_path;
+	char	   *console_dir;	/* the console's static files (static.c) */
 	Cidr		trusted[MAX_CIDRS];
 	int			ntrusted;
 	ProxyHeader proxy_header;	/* the header the trusted proxies write */
@@ -327,6 +329,20 @@ extern void HttpCompleted(void *cls, struct MHD_Connection *connection,
 						  void **req_cls, enum MHD_RequestTerminationCode toe);
 extern int	HttpInFlight(void);
 extern void HttpBeginShutdown(void);
+
+/* ---- static.c */
+
+/* Resolves --console-dir; a missing directory is logged, not fatal. */
+extern bool StaticInit(void);
+/* Whether static.c answers: "/console", "/console/..." and a GET or HEAD of "/". */
+extern bool StaticPath(const char *method, const char *path);
+/* The relative file a raw "/console/" suffix names; false when it names none. */
+extern bool StaticRelativePath(const char *raw, char *out, size_t outlen);
+/* The MIME type of a served file name, or NULL when its extension is not served. */
+extern const char *StaticMimeType(const char *name);
+/* Answers GET/HEAD from the console's files (405 otherwise); *status is set. */
+extern enum MHD_Result StaticServe(struct MHD_Connection *connection, const char *method,
+								   const char *path, int *status);
 
 /* ---- log.c */
 

@@ -22,8 +22,9 @@
  *                   (MHD cannot answer mid-upload), or cut off
  *                   DISCARD_LIMIT bytes past the limit.
  *   HttpHandle last the whole request is in: OPTIONS (CORS preflight),
- *                   /metrics and /v1/openapi.json are answered at once,
- *                   without auth and without the database. /healthz and
+ *                   /metrics, /v1/openapi.json and the console's files
+ *                   (static.c: /, /console, /console/...) are answered at
+ *                   once, without auth and without the database. /healthz and
  *                   every other request become a DbJob: the connection is
  *                   suspended and a dbwork.c worker runs SELECT 1 or the
  *                   one call of envoisms.api() on its pool connection. HEAD
@@ -348,7 +349,8 @@ OwnRoute(const Request *req)
 static bool
 OwnEndpoint(const Request *req)
 {
-	return strcmp(req->method, "OPTIONS") == 0 || OwnRoute(req) != NULL;
+	return strcmp(req->method, "OPTIONS") == 0 || OwnRoute(req) != NULL ||
+		StaticPath(req->method, req->target);
 }
 
 /* Hands the request to a database worker; the connection sleeps meanwhile. */
@@ -440,9 +442,9 @@ StartApi(Request *req, struct MHD_Connection *connection)
 
 /*
  * The database answered (or not): write its row, or /healthz's verdict. A
- * row whose headers set Content-Type text/plain carries its text as one
- * JSON string body: that text is written as it is, under that type (Meta's
- * hub.challenge is echoed so).
+ * row whose headers set a text/ Content-Type carries its text as one JSON
+ * string body: that text is written as it is, under that type (Meta's
+ * hub.challenge is echoed so, the console's CSV export is written so).
  */
 static enum MHD_Result
 FinishJob(Request *req, struct MHD_Connection *connection)
@@ -467,7 +469,7 @@ FinishJob(Request *req, struct MHD_Connection *connection)
 		result->body = strdup("null");
 	p = result->body ? result->body + 1 : NULL;
 	if (p != NULL && result->body[0] == '"' && result->headers != NULL &&
-		strstr(result->headers, "\"Content-Type\": \"text/plain") != NULL &&
+		strstr(result->headers, "\"Content-Type\": \"text/") != NULL &&
 		JsonString(&p, &text) && *p == '\0')
 		ret = Respond(req, connection, result->status, text.data, text.len, NULL, result->headers, false);
 	else
@@ -508,6 +510,13 @@ Dispatch(Request *req, struct MHD_Connection *connection)
 		free(text);
 		return ret;
 	}
+	if (StaticPath(req->method, path))
+	{
+		enum MHD_Result ret = StaticServe(connection, req->method, path, &req->status);
+
+		req->responded = (ret == MHD_YES);
+		return ret;
+	}
 	if (get && strcmp(path, "/v1/openapi.json") == 0)
 	{
 		if (openapi_json == NULL)
@@ -545,7 +554,7 @@ HandleHead(Request *req, struct MHD_Connection *connection, const char *method,
 	}
 	/* the label until envoisms.api() names the route it matched */
 	snprintf(req->notes.route, sizeof(req->notes.route), "%s",
-			 OwnRoute(req) ? OwnRoute(req) : "other");
+			 OwnRoute(req) ? OwnRoute(req) : StaticPath(req->method, req->target) ? "/console/" : "other");
 	if (!ResolveClient(req, connection))
 		return MHD_NO;
 

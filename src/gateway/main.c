@@ -115,7 +115,7 @@ main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 
-	if (!PoolInit(config.conninfo, config.pool_size) || !HttpInit() || !ConnTrackStart() ||
+	if (!PoolInit(config.conninfo, config.pool_size) || !HttpInit() || !StaticInit() || !ConnTrackStart() ||
 		!DbWorkStart(config.pool_size))
 	{
 		fprintf(stderr, "envoisms-gateway: cannot start (out of memory or threads)\n");

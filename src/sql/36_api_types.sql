@@ -33,14 +33,20 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ARRAY['send', 'verify', 'status', 'balance', 'contacts', 'campaigns', 'webhooks',
              'billing', 'analytics', 'api_keys', 'optouts'];
 
+-- The permission names a route may require: the keys' and 'console', which
+-- only console sessions hold (92_console_auth.sql).
+CREATE FUNCTION envoisms.api_route_permissions() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN envoisms.api_permissions() || ARRAY['console'];
+
 CREATE TABLE envoisms.api_endpoints (
     method      text NOT NULL CHECK (method IN ('GET', 'POST', 'PATCH', 'PUT', 'DELETE')),
     template    text NOT NULL CHECK (template ~ '^/v1/[a-z-]+(/[a-z:-]+)*$'),
     handler     regprocedure NOT NULL,
-    permission  text NOT NULL,     -- one of envoisms.api_permissions()
+    permission  text NOT NULL,     -- one of envoisms.api_route_permissions()
     -- A public route is called without an API key (and without its rate
     -- limit): carriers' delivery reports, which the handler authenticates.
     public      boolean NOT NULL DEFAULT false,
     PRIMARY KEY (method, template),
-    CHECK (permission = ANY (envoisms.api_permissions()))
+    CHECK (permission = ANY (envoisms.api_route_permissions()))
 );

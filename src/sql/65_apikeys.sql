@@ -208,6 +208,18 @@ BEGIN
 END
 $$;
 
+-- The key (or console session, ses_…: console_session_key() in
+-- 92_console_auth.sql) a request over HTTP is made with, or NOT_FOUND.
+CREATE FUNCTION envoisms.api_key_caller(account_id text, caller_key_id text) RETURNS envoisms.api_keys
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF caller_key_id LIKE 'ses\_%' THEN
+        RETURN envoisms.console_session_key(account_id, caller_key_id);
+    END IF;
+    RETURN envoisms.api_key_row(account_id, caller_key_id);
+END
+$$;
+
 -- Create a key on behalf of the key `issuer_key_id` (no escalation, live or
 -- test like the issuer unless `live` says otherwise; NULL permissions, IP
 -- allowlist and rate limit default to the issuer's, the rate limit to at
@@ -219,7 +231,7 @@ CREATE FUNCTION envoisms.api_key_issue(account_id text, issuer_key_id text, name
 RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
-    issuer envoisms.api_keys := envoisms.api_key_row(account_id, issuer_key_id);
+    issuer envoisms.api_keys := envoisms.api_key_caller(account_id, issuer_key_id);
 BEGIN
     PERFORM envoisms.check_key_fields(permissions, rate_limit);
     rate_limit := coalesce(rate_limit, least(100, issuer.rate_limit));
@@ -289,7 +301,7 @@ BEGIN
     k.rate_limit := coalesce(rate_limit, k.rate_limit);
     k.active := coalesce(active, k.active);
     IF caller_key_id IS NOT NULL THEN
-        caller := envoisms.api_key_row(account_id, caller_key_id);
+        caller := envoisms.api_key_caller(account_id, caller_key_id);
         PERFORM envoisms.check_key_kind(caller, k.key_prefix);
         IF k.active THEN
             PERFORM envoisms.check_no_escalation(caller, k.permissions, k.ip_whitelist, k.rate_limit);
@@ -319,7 +331,7 @@ DECLARE
     revoked timestamptz := now();
 BEGIN
     IF caller_key_id IS NOT NULL THEN
-        PERFORM envoisms.check_key_kind(envoisms.api_key_row(account_id, caller_key_id), target.key_prefix);
+        PERFORM envoisms.check_key_kind(envoisms.api_key_caller(account_id, caller_key_id), target.key_prefix);
     END IF;
     -- (a value for now(): Citus refuses a non-immutable function in coalesce)
     UPDATE envoisms.api_keys x SET revoked_at = coalesce(x.revoked_at, revoked), active = false

@@ -313,6 +313,10 @@ BEGIN
         -- a public route reads none
         k := envoisms.api_key_lookup(CASE WHEN NOT coalesce(r.public, false)
                                           THEN envoisms.api_key_hash(hdr->>'authorization') END);
+        IF k.api_key_id IS NULL AND NOT coalesce(r.public, false) AND NOT hdr ? 'authorization' AND hdr ? 'cookie' THEN
+            -- a console session's cookie instead of a key (92_console_auth.sql)
+            k := envoisms.console_session_auth(hdr, method, r.permission, client_ip, true);
+        END IF;
         IF NOT coalesce(r.public, false) THEN
             -- authenticate: every failure gives the same answer (no oracle),
             -- and an unknown route is not revealed before the key is checked
@@ -461,7 +465,11 @@ BEGIN
         IF coalesce(r.public, false) THEN
             RETURN;
         END IF;
-        k := envoisms.api_key_lookup(envoisms.api_key_hash(envoisms.headers_normalize(headers)->>'authorization'));
+        headers := envoisms.headers_normalize(headers);
+        k := envoisms.api_key_lookup(envoisms.api_key_hash(headers->>'authorization'));
+        IF k.api_key_id IS NULL AND NOT headers ? 'authorization' AND headers ? 'cookie' THEN
+            k := envoisms.console_session_auth(headers, method, r.permission, client_ip, false);
+        END IF;
         IF k.api_key_id IS NULL OR k.account_status = 'closed'
            OR (cardinality(k.ip_whitelist) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (k.ip_whitelist))) THEN
             PERFORM envoisms.raise_unauthorized();
@@ -544,7 +552,7 @@ BEGIN
         req.query->>'channel',
         envoisms.parse_time(req.query->>'from_date', 'from_date'),
         envoisms.parse_time(req.query->>'to_date', 'to_date'),
-        req.query->>'direction'));
+        req.query->>'direction', req.query->>'to', req.query->>'campaign_id'));
 END
 $$;
 

@@ -443,7 +443,8 @@ COMMENT ON FUNCTION envoisms.topup_create(text, text, numeric, numeric, text, te
 'Start a top-up paid through Stripe Checkout or bank transfer (POST /v1/billing/topups)';
 
 -- Credit a top-up, once: pending (or, for a payment Stripe reports paid,
--- failed) becomes completed and the ledger gets its 'topup' row. True when
+-- failed) becomes completed, the ledger gets its 'topup' row and the
+-- account its invoice. True when
 -- this call credited it, false when it was completed already (or is not in
 -- a state that may be completed).
 CREATE FUNCTION envoisms.topup_complete(topup_id text, from_failed boolean DEFAULT false) RETURNS boolean
@@ -462,6 +463,8 @@ BEGIN
     PERFORM envoisms.balance_rebalance(t.account_id, t.amount_mad);
     INSERT INTO envoisms.ledger (account_id, kind, amount_mad, reference, topup_id)
     VALUES (t.account_id, 'topup', t.amount_mad, t.reference, t.topup_id);
+    -- its invoice, in the same transaction (93_console_users.sql)
+    PERFORM envoisms.invoice_issue(t);
     RETURN true;
 END
 $$;

@@ -166,7 +166,9 @@ END
 $$;
 
 -- Record a batch of webhook outcomes in one transaction:
--- [{"a": account_id, "d": delivery_id, "s": http_status, "e": error, "r": retry_in_ms}].
+-- [{"a": account_id, "d": delivery_id, "s": http_status, "e": error, "r": retry_in_ms,
+--   "l": the attempt's milliseconds}] (the attempt's time and duration are
+-- kept for the console's deliveries log, 94_console_views.sql).
 -- Successes (no error, 2xx) end with one update per webhook; failures go
 -- through webhook_delivery_result. Returns how many were applied.
 CREATE FUNCTION envoisms.webhook_record(outcomes jsonb, disable_after interval DEFAULT interval '5 days')
@@ -180,11 +182,12 @@ DECLARE
 BEGIN
     -- one primary-key update per success (a join would let the planner pick a
     -- sequential scan of the deliveries while the table's statistics are young)
-    FOR o IN SELECT x.a, x.d, x.s FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text)
+    FOR o IN SELECT x.a, x.d, x.s, x.l FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text, l int)
               WHERE x.e IS NULL AND x.s BETWEEN 200 AND 299
     LOOP
         UPDATE envoisms.webhook_deliveries w
-           SET status = 'delivered', delivered_at = now(), last_status = o.s, last_error = NULL, locked_until = NULL
+           SET status = 'delivered', delivered_at = now(), last_status = o.s, last_error = NULL, locked_until = NULL,
+               last_attempt_at = now(), last_latency_ms = o.l
          WHERE w.account_id = o.a AND w.delivery_id = o.d AND w.status = 'pending'
         RETURNING w.webhook_id INTO hook;
         IF FOUND THEN
@@ -197,11 +200,13 @@ BEGIN
       FROM jsonb_each_text(hooks) x
      WHERE h.account_id = split_part(x.key, '/', 1) AND h.webhook_id = split_part(x.key, '/', 2);
 
-    FOR o IN SELECT * FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text, r bigint)
+    FOR o IN SELECT * FROM jsonb_to_recordset(outcomes) AS x(a text, d bigint, s int, e text, r bigint, l int)
               WHERE NOT (x.e IS NULL AND x.s BETWEEN 200 AND 299)
     LOOP
         IF envoisms.webhook_delivery_result(o.a, o.d, o.s, o.e, o.r, disable_after) IS NOT NULL THEN
             n := n + 1;
+            UPDATE envoisms.webhook_deliveries w SET last_attempt_at = now(), last_latency_ms = o.l
+             WHERE w.account_id = o.a AND w.delivery_id = o.d;
         END IF;
     END LOOP;
     RETURN n;

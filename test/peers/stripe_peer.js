@@ -27,6 +27,11 @@
 //       --webhook-url; answers {"status", "body", "event_id", "header"}
 //   POST /_test/replay {"index": i}: sends delivery i again, byte for byte
 //       with its header (a replay within the tolerance)
+// and Checkout's hosted page, as a browser sees it (for the console's
+// browser test): GET /c/pay/<session id> is a page with the amount and a
+// "Payer" button; its POST marks the session paid, delivers the signed
+// checkout.session.completed (as /_test/event does) and answers 303 to the
+// session's success_url with {CHECKOUT_SESSION_ID} filled in.
 // Every API request and every event delivery is one JSON line in --log:
 //   API:   {"n", "at", "kind": "api", "path", "auth", "idem", "content_type",
 //           "form" (the raw body), "params" (decoded), "status", "replayed"}
@@ -233,12 +238,41 @@ async function testApi(req, res, raw) {
   res.end(JSON.stringify(out));
 }
 
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+// Checkout's hosted page: the session's amount and one button that pays.
+async function checkoutPage(req, res) {
+  const id = decodeURIComponent(req.url.slice('/c/pay/'.length));
+  const session = sessions.get(id);
+  if (!session) {
+    res.writeHead(404, { 'Content-Type': 'text/plain' });
+    res.end('no such checkout session');
+    return;
+  }
+  if (req.method === 'POST') {
+    const sent = await event({ session: id });
+    record({ kind: 'checkout', session: id, status: sent.status });
+    res.writeHead(303, { Location: session.success_url.replace('{CHECKOUT_SESSION_ID}', id) });
+    res.end();
+    return;
+  }
+  const amount = (session.amount_total / 100).toFixed(2) + ' ' + session.currency.toUpperCase();
+  res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+  res.end(`<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>Checkout (test)</title><link rel="icon" href="data:,"></head>
+<body><h1>Paiement test</h1><p id="amount">${escapeHtml(amount)}</p>
+<form method="post" action="/c/pay/${encodeURIComponent(id)}"><button type="submit" id="pay">Payer ${escapeHtml(amount)}</button></form>
+</body></html>`);
+}
+
 const server = http.createServer((req, res) => {
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
     const raw = Buffer.concat(chunks).toString('utf8');
     if (req.url.startsWith('/_test/')) testApi(req, res, raw);
+    else if (req.url.startsWith('/c/pay/')) checkoutPage(req, res);
     else api(req, res, raw);
   });
 });

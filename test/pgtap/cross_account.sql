@@ -5,7 +5,7 @@
 \set QUIET 1
 BEGIN;
 \ir lib/api_helpers.psql
-SELECT plan(43);
+SELECT plan(51);
 
 SELECT pg_temp.new_account(10) AS a \gset
 SELECT pg_temp.new_account(10) AS b \gset
@@ -24,6 +24,10 @@ SELECT envoisms.webhook_create(:'b', 'https://b.example.ma/h')->>'id' AS b_whk \
 SELECT envoisms.optout_add(:'b', '+212612345671') IS NOT NULL AS ok \gset
 INSERT INTO envoisms.billing_settings (name, value) VALUES ('bank_transfer_details', '{"rib": "190 780 2111122223333444 55"}');
 SELECT envoisms.topup_create(:'b', 'bank_transfer', 100)->>'id' AS b_top \gset
+SELECT envoisms.topup_confirm(envoisms.topup_create(:'b', 'bank_transfer', 50)->>'id') AS ok \gset
+SELECT invoice_id AS b_inv FROM envoisms.console_invoices WHERE account_id = :'b' \gset
+SELECT envoisms.webhook_test(:'b', :'b_whk') IS NOT NULL AS ok \gset
+UPDATE envoisms.webhook_deliveries SET status = 'failed' WHERE account_id = :'b' RETURNING delivery_id AS b_dlv \gset
 
 CREATE TEMP TABLE probes (method text, path text, body text, covers text);
 INSERT INTO probes VALUES
@@ -40,6 +44,10 @@ INSERT INTO probes VALUES
     ('DELETE', '/v1/api-keys/' || :'b_key',              NULL, '/v1/api-keys/:id'),
     ('DELETE', '/v1/optouts/%2B212612345671',            NULL, '/v1/optouts/:id'),
     ('GET',    '/v1/billing/topups/' || :'b_top',        NULL, '/v1/billing/topups/:id'),
+    ('GET',    '/v1/console/invoices/' || :'b_inv',      NULL, '/v1/console/invoices/:id'),
+    ('GET',    '/v1/console/campaigns/' || :'b_cmp' || '/progress', NULL, '/v1/console/campaigns/:id/progress'),
+    ('GET',    '/v1/console/webhooks/' || :'b_whk' || '/deliveries', NULL, '/v1/console/webhooks/:id/deliveries'),
+    ('POST',   '/v1/console/webhook-deliveries/' || :'b_dlv' || '/replay', NULL, '/v1/console/webhook-deliveries/:id/replay'),
     -- ids given in bodies
     ('POST',   '/v1/contacts',        format('{"phone": "+212600000001", "list_id": "%s"}', :'b_lst'), 'body list_id'),
     ('POST',   '/v1/contacts/import', format('{"contacts": [{"phone": "+212600000001"}], "list_id": "%s"}', :'b_lst'), 'body list_id'),
@@ -57,9 +65,15 @@ SELECT is((SELECT attempts FROM envoisms.verify_sessions WHERE session_id = :'b_
 SELECT is(pg_temp.state(), :'b_before', 'nothing of B changed');
 
 -- every :id route of an account's objects is probed above (a new one without
--- a probe fails here); /v1/carriers/:id/… are carrier callbacks, not account objects
+-- a probe fails here); /v1/carriers/:id/… are carrier callbacks, not account
+-- objects; the console's users and invitations answer a session only (an
+-- owner of A gets 404 for B's: console_roles.sql), and the operator's
+-- /v1/console/operator-accounts/:id… span accounts by design (refused to
+-- everyone but the operator: console_billing.sql)
 SELECT is((SELECT array_agg(DISTINCT e.template ORDER BY e.template) FROM envoisms.api_endpoints e
-            WHERE e.template LIKE '%:id%' AND e.template NOT LIKE '/v1/carriers/%'),
+            WHERE e.template LIKE '%:id%' AND e.template NOT LIKE '/v1/carriers/%'
+              AND e.template NOT IN ('/v1/console/users/:id', '/v1/console/invitations/:id')
+              AND e.template NOT LIKE '/v1/console/operator-accounts/%'),
           (SELECT array_agg(DISTINCT p.covers ORDER BY p.covers) FROM probes p WHERE p.covers LIKE '/v1/%'),
           'every :id route has a cross-account probe');
 -- lists of A show nothing of B

@@ -116,6 +116,15 @@ ok(EnvoismsPeers::wait_until(sub { my @l = EnvoismsPeers::log_lines($slow); 1 },
 my $max_parallel = $q->("SELECT max(c) FROM (SELECT count(*) c FROM envoisms.webhook_deliveries
                            WHERE webhook_id = '$ws' AND status = 'pending' AND locked_until > now()) x");
 ok($max_parallel <= 4, "at most 4 in flight to one endpoint ($max_parallel)");
+# each attempt's time and duration are kept (the console's deliveries log)
+ok(EnvoismsPeers::wait_until(sub {
+	$q->("SELECT count(*) FROM envoisms.webhook_deliveries WHERE webhook_id = '$ws' AND status = 'delivered'") > 0 }, 20),
+	'the slow receiver got deliveries');
+is($q->("SELECT bool_and(last_latency_ms >= 1000 AND last_attempt_at IS NOT NULL) FROM envoisms.webhook_deliveries
+          WHERE webhook_id = '$ws' AND status = 'delivered'"), 't',
+	"the slow receiver's deliveries took its 1 s delay or more (last_latency_ms)");
+is($q->("SELECT bool_and(last_latency_ms < 1000) FROM envoisms.webhook_deliveries WHERE webhook_id = '$wf'"), 't',
+	"the fast receiver's less");
 
 # ---- SSRF guard: private addresses refused on the connected address
 $reload->("ALTER SYSTEM SET envoisms.webhook_allow_private = off");
