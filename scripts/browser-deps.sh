@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/browser-deps.sh — what the console's browser test needs
-# (test/tap/400_console_browser.pl): playwright-core from npm at one exact
+# (test/tap/410_console_browser.pl): playwright-core from npm at one exact
 # version, in .cache/playwright/ of this tree (git ignores .cache/), driving
 # Debian's Chromium (/usr/bin/chromium, installed by scripts/deps.sh).
 # playwright-core never downloads a browser.

@@ -19,7 +19,7 @@ PACKAGES=(
     python3-hypothesis python3-yaml python3-psycopg2 sqlsmith
     # building the vendored Citus for the cluster suite (scripts/citus.sh)
     liblz4-dev libzstd-dev libkrb5-dev
-    # the console's browser test (test/tap/400_console_browser.pl): Debian's
+    # the console's browser test (test/tap/410_console_browser.pl): Debian's
     # Chromium, headless, and a font for its pages
     chromium fonts-dejavu-core
 )
@@ -46,4 +46,4 @@ command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get 
 "$ENVOISMS_ROOT/scripts/openapi-lint.sh" --install || say "the OpenAPI linter is not installed; test/tap/003_openapi_lint.pl will say why"
 # playwright-core for the console's browser test, pinned, into .cache/
 # (scripts/browser-deps.sh); without it that test says why and skips.
-"$ENVOISMS_ROOT/scripts/browser-deps.sh" --install || say "playwright-core is not installed; test/tap/400_console_browser.pl will say why"
+"$ENVOISMS_ROOT/scripts/browser-deps.sh" --install || say "playwright-core is not installed; test/tap/410_console_browser.pl will say why"

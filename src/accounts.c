@@ -38,7 +38,7 @@ account_lookup(PG_FUNCTION_ARGS)
 	 * On a Citus cluster accounts is a reference table and optouts is
 	 * distributed; a call run on the account's node may not join them in one
 	 * query, so the opt-out flag is a function's query of its own there
-	 * (93_distribute.sql). One server keeps the one query its older
+	 * (96_distribute.sql). One server keeps the one query its older
 	 * installs, too, can answer.
 	 */
 	if (ClusterMode())

@@ -1,6 +1,6 @@
 /*
  * cluster.c — whether this database runs the distributed (Citus) layout
- * of src/sql/93_distribute.sql, asked by every function that behaves
+ * of src/sql/96_distribute.sql, asked by every function that behaves
  * differently on a cluster, so answered from a per-backend flag.
  *
  * The flag is computed once per backend: Citus is installed in the

@@ -3,7 +3,7 @@
  * transaction per task, every envoisms.scheduler_interval.
  *
  * Each pass:
- *   - on a Citus node, envoisms.cluster_node_sequences() (93_distribute.sql);
+ *   - on a Citus node, envoisms.cluster_node_sequences() (96_distribute.sql);
  *   - envoisms.campaigns_start_due() and envoisms.campaigns_complete_finished()
  *     (the campaigns area, src/sql/55_campaigns.sql), then a wake of the
  *     dispatchers so a started campaign's messages go at once;
@@ -135,7 +135,7 @@ envoisms_scheduler_main(Datum main_arg)
 		int64		n;
 
 		MemoryContextSwitchTo(pass_cxt);
-		/* on a Citus node: its identity sequences in the node's range (93_distribute.sql) */
+		/* on a Citus node: its identity sequences in the node's range (96_distribute.sql) */
 		run_task("placing this node's ids", "envoisms.cluster_node_sequences()",
 				 "SELECT envoisms.cluster_node_sequences()");
 		n = run_task("starting due campaigns", "envoisms.campaigns_start_due()",

@@ -75,7 +75,7 @@ REVOKE ALL ON envoisms.request_outcomes FROM PUBLIC;
 REVOKE ALL ON FUNCTION envoisms.api_once(uuid, text, text, text, jsonb, text, inet),
                        envoisms.request_outcome(uuid), envoisms.request_outcome_purge(interval) FROM PUBLIC;
 
--- ---- scale-out: envoisms on a Citus cluster (src/sql/93_distribute.sql)
+-- ---- scale-out: envoisms on a Citus cluster (src/sql/96_distribute.sql)
 -- SQL functions that read tables become PL/pgSQL, claims and sweeps run
 -- per shard of this node, and envoisms.distribute() turns an install on
 -- a Citus coordinator into the sharded layout (docs/scale.md).
@@ -251,7 +251,7 @@ BEGIN
         PERFORM envoisms.message_announce(NEW);
     ELSE
         -- on a cluster the trigger fires on a shard of messages, whose row
-        -- type is the shard's own (93_distribute.sql)
+        -- type is the shard's own (96_distribute.sql)
         PERFORM envoisms.message_announce(ROW(NEW.*)::envoisms.messages);
     END IF;
     RETURN NULL;
@@ -430,7 +430,7 @@ DECLARE
     err_state text;
     err_message text;
 BEGIN
-    -- on a cluster, this node's shards of campaigns (93_distribute.sql)
+    -- on a cluster, this node's shards of campaigns (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.campaigns') LOOP
         FOR c IN EXECUTE format('SELECT x.account_id, x.campaign_id FROM %s x
                                   WHERE x.status = ''scheduled'' AND x.scheduled_at <= now()
@@ -461,7 +461,7 @@ DECLARE
     completed int := 0;
     shard regclass;
 BEGIN
-    -- on a cluster, this node's shards of campaigns and their messages (93_distribute.sql)
+    -- on a cluster, this node's shards of campaigns and their messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.campaigns') LOOP
         EXECUTE format($done$
         WITH done AS (
@@ -580,7 +580,7 @@ DECLARE
     purged int := 0;
     shard regclass;
 BEGIN
-    -- on a cluster, this node's shards (93_distribute.sql)
+    -- on a cluster, this node's shards (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.idempotency_keys') LOOP
         EXECUTE format('DELETE FROM %s k WHERE k.expires_at <= now()', shard);
         GET DIAGNOSTICS n = ROW_COUNT;
@@ -707,7 +707,7 @@ BEGIN
         END IF;
 
         -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
-        -- (on a cluster, on the account's node: 93_distribute.sql)
+        -- (on a cluster, on the account's node: 96_distribute.sql)
         IF k.account_id IS NOT NULL AND envoisms.cluster_mode() AND envoisms.cluster_delegates(r.permission) THEN
             -- constants, not parameters: Citus delegates a call whose account is a constant
             EXECUTE format('SELECT * FROM envoisms.api_account(%L, %L::regprocedure, %L::envoisms.api_request, %L)',
@@ -896,7 +896,7 @@ BEGIN
     END IF;
 
     -- on a cluster, this node's shards of messages, one after the other
-    -- from a random one (93_distribute.sql); else envoisms.messages
+    -- from a random one (96_distribute.sql); else envoisms.messages
     FOR shard IN SELECT t.s FROM envoisms.local_shards('envoisms.messages') WITH ORDINALITY t(s, i)
                   ORDER BY (t.i + start) % 1024 LOOP
         RETURN QUERY EXECUTE format($claim$
@@ -998,7 +998,7 @@ DECLARE
     due timestamptz;
     next_due timestamptz;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format('SELECT m.next_attempt_at FROM %s m
                          WHERE m.status = ''queued'' AND (m.locked_until IS NULL OR m.locked_until < now())
@@ -1026,7 +1026,7 @@ DECLARE
     n int;
     released int := 0;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format('UPDATE %s m SET locked_until = NULL
                          WHERE m.status = ''queued'' AND m.locked_until > now() AND m.updated_at < $2
@@ -1046,7 +1046,7 @@ DECLARE
     n int := 0;
     shard regclass;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXIT WHEN n >= batch;
         FOR m IN EXECUTE format($due$
@@ -1090,7 +1090,7 @@ DECLARE
     due timestamptz;
     next_due timestamptz;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format('SELECT x.sent_at + $1 FROM %s x
                          WHERE x.status = ''sent'' AND left(x.carrier_ref, 4) = ''sbx_''
@@ -1110,7 +1110,7 @@ DECLARE
     claimed int := 0;
     n int;
 BEGIN
-    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    -- on a cluster, this node's shards of webhook_deliveries (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
         RETURN QUERY EXECUTE format($claim$
         WITH candidates AS (
@@ -1169,7 +1169,7 @@ DECLARE
     due timestamptz;
     next_due timestamptz;
 BEGIN
-    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    -- on a cluster, this node's shards of webhook_deliveries (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
         EXECUTE format('SELECT d.next_attempt_at FROM %s d
                          WHERE d.status = ''pending'' AND (d.locked_until IS NULL OR d.locked_until < now())
@@ -1210,7 +1210,7 @@ DECLARE
     n int;
     released int := 0;
 BEGIN
-    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    -- on a cluster, this node's shards of webhook_deliveries (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
         EXECUTE format('UPDATE %s d SET locked_until = NULL
                          WHERE d.status = ''pending'' AND d.locked_until > now() AND d.locked_until - $2 < $1',
@@ -1229,7 +1229,7 @@ DECLARE
     n int;
     released int := 0;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format('UPDATE %s m SET locked_until = NULL, updated_at = now()
                          WHERE m.status = ''queued'' AND m.carrier_id = $1 AND m.locked_until > now()', shard)
@@ -1259,7 +1259,7 @@ LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 BEGIN
     -- one statement per table: on a cluster inbound_numbers is a reference
-    -- table and whatsapp_windows is distributed (93_distribute.sql)
+    -- table and whatsapp_windows is distributed (96_distribute.sql)
     IF sandbox THEN
         RETURN CASE phone WHEN '+212600000005' THEN 'OUT_OF_24H_WINDOW'
                           WHEN '+212600000006' THEN 'WHATSAPP_NOT_CONNECTED' END;
@@ -1309,7 +1309,7 @@ DECLARE
     n int := 0;
     shard regclass;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         FOR m IN EXECUTE format('SELECT x.account_id, x.message_id FROM %s x
                                   WHERE x.status = ''sent'' AND x.expires_at <= now()
@@ -1346,7 +1346,7 @@ BEGIN
     IF days IS NULL OR days <= 0 THEN
         RETURN 0;
     END IF;
-    -- on a cluster, this node's shards (93_distribute.sql)
+    -- on a cluster, this node's shards (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format($purge$
         WITH old AS (
@@ -1671,7 +1671,7 @@ $$;
 COMMENT ON FUNCTION envoisms.distribute(int) IS
 'On a Citus coordinator: distribute the envoisms tables by account_id (reference tables for the global ones) and run account work on its shard''s node; idempotent';
 
--- the new functions, like every other: nothing for PUBLIC (95_grants.sql)
+-- the new functions, like every other: nothing for PUBLIC (99_grants.sql)
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA envoisms FROM PUBLIC;
 
 -- ---- console-api: the console's users, sessions, overview, invoices and operator area
@@ -3849,7 +3849,7 @@ INSERT INTO envoisms.api_endpoints (method, template, handler, permission, publi
 -- The overview of messages sent before 0.6.0: rollups from the messages (one scan).
 SELECT envoisms.console_rollup_rebuild();
 
--- Nothing for PUBLIC on what this section made (95_grants.sql).
+-- Nothing for PUBLIC on what this section made (99_grants.sql).
 REVOKE ALL ON ALL TABLES IN SCHEMA envoisms FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA envoisms FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA envoisms FROM PUBLIC;

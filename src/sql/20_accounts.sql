@@ -196,7 +196,7 @@ COMMENT ON FUNCTION envoisms.message_refund(text, text, text) IS
 -- messages explain. One row per account (or the given one).
 -- The books of balance_check(), in PL/pgSQL: Citus plans a PL/pgSQL query
 -- with the account as a constant, and refuses parameterized queries of SQL
--- functions on its tables (93_distribute.sql).
+-- functions on its tables (96_distribute.sql).
 CREATE FUNCTION envoisms.balance_books(only_account text)
 RETURNS TABLE (account_id text, balance_mad numeric, explained_mad numeric, ok boolean)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$

@@ -101,7 +101,7 @@ $$;
 -- Unit prices (MAD, EUR) of a channel for an account: its own row, else the
 -- default ('*'). One index scan reads the (at most four) rows. PL/pgSQL, not
 -- an inlined SQL function: Citus refuses to plan a query into which an SQL
--- function referencing its tables was inlined (93_distribute.sql); callers
+-- function referencing its tables was inlined (96_distribute.sql); callers
 -- on the hot path read it through unit_price()'s cache.
 CREATE FUNCTION envoisms.channel_prices(account_id text, channel text)
 RETURNS TABLE (mad numeric, eur numeric)

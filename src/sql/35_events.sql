@@ -90,7 +90,7 @@ BEGIN
         PERFORM envoisms.message_announce(NEW);
     ELSE
         -- on a cluster the trigger fires on a shard of messages, whose row
-        -- type is the shard's own (93_distribute.sql)
+        -- type is the shard's own (96_distribute.sql)
         PERFORM envoisms.message_announce(ROW(NEW.*)::envoisms.messages);
     END IF;
     RETURN NULL;

@@ -281,7 +281,7 @@ $$;
 -- The contacts matching a search, planned with its arguments as constants
 -- (force_custom_plan): the plan drops the arms that are NULL and OR-s the
 -- index scans of the others (BitmapOr). PL/pgSQL rather than an inlined SQL
--- function, which Citus cannot plan (93_distribute.sql); a listing without
+-- function, which Citus cannot plan (96_distribute.sql); a listing without
 -- a search reads envoisms.contacts itself (contact_list) to walk the
 -- primary key for one page.
 CREATE FUNCTION envoisms.contact_search(account_id text, list_id text, searching boolean, words tsquery,

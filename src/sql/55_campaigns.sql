@@ -446,7 +446,7 @@ DECLARE
     err_state text;
     err_message text;
 BEGIN
-    -- on a cluster, this node's shards of campaigns (93_distribute.sql)
+    -- on a cluster, this node's shards of campaigns (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.campaigns') LOOP
         FOR c IN EXECUTE format('SELECT x.account_id, x.campaign_id FROM %s x
                                   WHERE x.status = ''scheduled'' AND x.scheduled_at <= now()
@@ -479,7 +479,7 @@ DECLARE
     completed int := 0;
     shard regclass;
 BEGIN
-    -- on a cluster, this node's shards of campaigns and their messages (93_distribute.sql)
+    -- on a cluster, this node's shards of campaigns and their messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.campaigns') LOOP
         EXECUTE format($done$
         WITH done AS (

@@ -117,7 +117,7 @@ DECLARE
     purged int := 0;
     shard regclass;
 BEGIN
-    -- on a cluster, this node's shards (93_distribute.sql)
+    -- on a cluster, this node's shards (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.idempotency_keys') LOOP
         EXECUTE format('DELETE FROM %s k WHERE k.expires_at <= now()', shard);
         GET DIAGNOSTICS n = ROW_COUNT;

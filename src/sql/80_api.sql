@@ -383,7 +383,7 @@ BEGIN
         END IF;
 
         -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
-        -- (on a cluster, on the account's node: 93_distribute.sql)
+        -- (on a cluster, on the account's node: 96_distribute.sql)
         IF k.account_id IS NOT NULL AND envoisms.cluster_mode() AND envoisms.cluster_delegates(r.permission) THEN
             -- constants, not parameters: Citus delegates a call whose account is a constant
             EXECUTE format('SELECT * FROM envoisms.api_account(%L, %L::regprocedure, %L::envoisms.api_request, %L)',

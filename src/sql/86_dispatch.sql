@@ -68,7 +68,7 @@ BEGIN
     END IF;
 
     -- on a cluster, this node's shards of messages, one after the other
-    -- from a random one (93_distribute.sql); else envoisms.messages
+    -- from a random one (96_distribute.sql); else envoisms.messages
     FOR shard IN SELECT t.s FROM envoisms.local_shards('envoisms.messages') WITH ORDINALITY t(s, i)
                   ORDER BY (t.i + start) % 1024 LOOP
         RETURN QUERY EXECUTE format($claim$
@@ -172,7 +172,7 @@ DECLARE
     due timestamptz;
     next_due timestamptz;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format('SELECT m.next_attempt_at FROM %s m
                          WHERE m.status = ''queued'' AND (m.locked_until IS NULL OR m.locked_until < now())
@@ -205,7 +205,7 @@ DECLARE
     n int;
     released int := 0;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format('UPDATE %s m SET locked_until = NULL
                          WHERE m.status = ''queued'' AND m.locked_until > now() AND m.updated_at < $2
@@ -357,7 +357,7 @@ DECLARE
     n int := 0;
     shard regclass;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXIT WHEN n >= batch;
         FOR m IN EXECUTE format($due$
@@ -402,7 +402,7 @@ DECLARE
     due timestamptz;
     next_due timestamptz;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format('SELECT x.sent_at + $1 FROM %s x
                          WHERE x.status = ''sent'' AND left(x.carrier_ref, 4) = ''sbx_''

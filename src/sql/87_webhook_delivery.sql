@@ -25,7 +25,7 @@ DECLARE
     claimed int := 0;
     n int;
 BEGIN
-    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    -- on a cluster, this node's shards of webhook_deliveries (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
         RETURN QUERY EXECUTE format($claim$
         WITH candidates AS (
@@ -85,7 +85,7 @@ DECLARE
     due timestamptz;
     next_due timestamptz;
 BEGIN
-    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    -- on a cluster, this node's shards of webhook_deliveries (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
         EXECUTE format('SELECT d.next_attempt_at FROM %s d
                          WHERE d.status = ''pending'' AND (d.locked_until IS NULL OR d.locked_until < now())
@@ -233,7 +233,7 @@ DECLARE
     n int;
     released int := 0;
 BEGIN
-    -- on a cluster, this node's shards of webhook_deliveries (93_distribute.sql)
+    -- on a cluster, this node's shards of webhook_deliveries (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.webhook_deliveries') LOOP
         EXECUTE format('UPDATE %s d SET locked_until = NULL
                          WHERE d.status = ''pending'' AND d.locked_until > now() AND d.locked_until - $2 < $1',

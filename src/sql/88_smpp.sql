@@ -234,7 +234,7 @@ DECLARE
     n int;
     released int := 0;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format('UPDATE %s m SET locked_until = NULL, updated_at = now()
                          WHERE m.status = ''queued'' AND m.carrier_id = $1 AND m.locked_until > now()', shard)

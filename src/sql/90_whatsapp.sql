@@ -63,7 +63,7 @@ LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 BEGIN
     -- one statement per table: on a cluster inbound_numbers is a reference
-    -- table and whatsapp_windows is distributed (93_distribute.sql)
+    -- table and whatsapp_windows is distributed (96_distribute.sql)
     IF sandbox THEN
         RETURN CASE phone WHEN '+212600000005' THEN 'OUT_OF_24H_WINDOW'
                           WHEN '+212600000006' THEN 'WHATSAPP_NOT_CONNECTED' END;

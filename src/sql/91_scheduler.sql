@@ -20,7 +20,7 @@ DECLARE
     n int := 0;
     shard regclass;
 BEGIN
-    -- on a cluster, this node's shards of messages (93_distribute.sql)
+    -- on a cluster, this node's shards of messages (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         FOR m IN EXECUTE format('SELECT x.account_id, x.message_id FROM %s x
                                   WHERE x.status = ''sent'' AND x.expires_at <= now()
@@ -60,7 +60,7 @@ BEGIN
     IF days IS NULL OR days <= 0 THEN
         RETURN 0;
     END IF;
-    -- on a cluster, this node's shards (93_distribute.sql)
+    -- on a cluster, this node's shards (96_distribute.sql)
     FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.messages') LOOP
         EXECUTE format($purge$
         WITH old AS (

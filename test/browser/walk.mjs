@@ -1,6 +1,6 @@
 // walk.mjs — the console walked in Debian's Chromium (headless, driven by
 // playwright-core, no browser download) as a new owner would, then by the
-// operator. Run by test/tap/400_console_browser.pl, which starts the
+// operator. Run by test/tap/410_console_browser.pl, which starts the
 // cluster, the gateway, Stripe's stand-in and a webhook receiver and
 // passes them in the environment:
 //   WALK_BASE        the gateway, e.g. http://127.0.0.1:5xxxx

@@ -1,4 +1,4 @@
--- 95_grants.sql — who may do what. Last of the install script, so it covers
+-- 99_grants.sql — who may do what. Last of the install script, so it covers
 -- every object the areas above created.
 --
 -- Nothing is open to PUBLIC: the tables hold money and keys. The operator

@@ -1,4 +1,4 @@
--- 93_distribute.sql — envoisms on a Citus cluster (docs/scale.md): the one
+-- 96_distribute.sql — envoisms on a Citus cluster (docs/scale.md): the one
 -- step that turns an install on a coordinator into the sharded layout, and
 -- what the rest of the code asks to behave the same in both layouts.
 --
@@ -198,11 +198,21 @@ RETURNS SETOF record LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
         ('envoisms.contacts', 'distributed'), ('envoisms.list_members', 'distributed'),
         ('envoisms.templates', 'distributed'), ('envoisms.campaigns', 'distributed'),
         ('envoisms.optouts', 'distributed'), ('envoisms.idempotency_keys', 'distributed'),
-        ('envoisms.smpp_parts', 'distributed'), ('envoisms.whatsapp_windows', 'distributed')
+        ('envoisms.smpp_parts', 'distributed'), ('envoisms.whatsapp_windows', 'distributed'),
+        -- the console: sign-in and sessions are looked up by an outside
+        -- value (an email, a cookie), invoice numbers are the seller's
+        ('envoisms.console_settings', 'reference'), ('envoisms.console_users', 'reference'),
+        ('envoisms.console_sessions', 'reference'), ('envoisms.console_signin_throttle', 'reference'),
+        ('envoisms.console_challenges', 'reference'), ('envoisms.console_invitations', 'reference'),
+        ('envoisms.console_account_legal', 'reference'), ('envoisms.console_invoice_counters', 'reference'),
+        ('envoisms.console_invoices', 'reference'),
+        ('envoisms.console_rollups', 'distributed'), ('envoisms.console_rollup_deltas', 'distributed'),
+        -- a gateway's request tokens stay with the node it calls (81_request_outcomes.sql)
+        ('envoisms.request_outcomes', 'local')
     ) AS l(t, k)
 $$;
 COMMENT ON FUNCTION envoisms.cluster_layout() IS
-'Which envoisms tables envoisms.distribute() makes reference tables and which it distributes by account_id';
+'Which envoisms tables envoisms.distribute() makes reference tables, which it distributes by account_id and which stay each node''s own (local)';
 
 -- The functions Citus runs on the node of their first argument's account
 -- (create_distributed_function): the request path's hand-over, and the
@@ -321,7 +331,7 @@ BEGIN
     END IF;
 
     FOR l IN SELECT * FROM envoisms.cluster_layout() LOOP
-        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = l.table_name);
+        CONTINUE WHEN l.kind = 'local' OR EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = l.table_name);
         IF l.kind = 'reference' THEN
             PERFORM create_reference_table(l.table_name);
         ELSIF l.table_name = 'envoisms.messages'::regclass THEN
