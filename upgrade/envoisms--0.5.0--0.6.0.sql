@@ -3878,3 +3878,372 @@ BEGIN
 END
 $$;
 
+
+-- ---- merged: the final definitions of the functions more than one section above changed
+
+CREATE OR REPLACE FUNCTION envoisms.api(method text, path text, query text DEFAULT '', headers jsonb DEFAULT '{}',
+                             body text DEFAULT NULL, client_ip inet DEFAULT NULL)
+RETURNS SETOF envoisms.api_reply
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    req envoisms.api_request;
+    rep envoisms.api_reply;
+    hdr jsonb;
+    out_headers jsonb := '{}';
+    k record;           -- the key: api_key_lookup(), every field NULL when there is none
+    r record;           -- the route: api_route(), every field NULL when none serves the request
+    f record;           -- api_route_refusal(): why the route is not served
+    rl record;
+    err_state text;
+    err_message text;
+    err_column text;
+    err_detail text;
+    err_context text;
+    err_code text;
+    err_http int;
+    b record;           -- body_jsonb(): the body as jsonb, or its problem
+    a record;           -- api_account(): the account's part, on a cluster
+BEGIN
+    method := upper(coalesce(method, ''));
+    path := coalesce(nullif(rtrim(path, '/'), ''), '/');
+    hdr := envoisms.headers_normalize(headers);
+
+    BEGIN
+        -- 1. route (cached per backend, routes.c): the exact path, else the
+        -- path with its third (then its fourth) segment as :id
+        r := envoisms.api_route(method, path);
+        -- X-Envoisms-Route names the route matched for the gateway's access
+        -- log and metrics (which strip it)
+        out_headers := CASE WHEN r.template IS NOT NULL THEN jsonb_build_object('X-Envoisms-Route', r.template) ELSE '{}' END;
+        IF r.by_template THEN
+            req.id := envoisms.url_decode(split_part(path, '/', CASE WHEN split_part(r.template, '/', 4) = ':id' THEN 4 ELSE 5 END));
+        END IF;
+
+        -- 2. the key the Authorization header names (cached per backend, keys.c);
+        -- a public route reads none
+        k := envoisms.api_key_lookup(CASE WHEN NOT coalesce(r.public, false)
+                                          THEN envoisms.api_key_hash(hdr->>'authorization') END);
+        IF k.api_key_id IS NULL AND NOT coalesce(r.public, false) AND NOT hdr ? 'authorization' AND hdr ? 'cookie' THEN
+            -- a console session's cookie instead of a key (92_console_auth.sql)
+            k := envoisms.console_session_auth(hdr, method, r.permission, client_ip, true);
+        END IF;
+        IF NOT coalesce(r.public, false) THEN
+            -- authenticate: every failure gives the same answer (no oracle),
+            -- and an unknown route is not revealed before the key is checked
+            IF k.api_key_id IS NULL OR k.account_status = 'closed'
+               OR (cardinality(k.ip_whitelist) > 0 AND (client_ip IS NULL OR NOT client_ip <<= ANY (k.ip_whitelist))) THEN
+                PERFORM envoisms.raise_unauthorized();
+            END IF;
+
+            -- 3. rate limit (shared memory, no row per request): the key's
+            -- bucket and its account's, so that new keys bring no new budget.
+            -- X-Envoisms-Key-Id names the key for the gateway's access log
+            -- (which strips it).
+            rl := envoisms.ratelimit_take(k.api_key_id, k.rate_limit, k.account_id || ':' || k.key_prefix);
+            out_headers := out_headers || CASE WHEN k.rate_limit IS NULL THEN jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id)
+                                ELSE jsonb_build_object('X-Envoisms-Key-Id', k.api_key_id, 'X-RateLimit-Limit', k.rate_limit::text,
+                                                        'X-RateLimit-Remaining', rl.remaining::text) END;
+            IF NOT rl.allowed THEN
+                out_headers := out_headers || jsonb_build_object('Retry-After', rl.retry_after::text);
+                PERFORM envoisms.raise_error('RATE_LIMITED',
+                    format('rate limit of %s requests per minute exceeded; retry in %s s', k.rate_limit, rl.retry_after));
+            END IF;
+            -- last_used_at at most once a minute, and never waiting: a request
+            -- that finds the key row held by another request leaves it to that one
+            IF k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute' THEN
+                UPDATE envoisms.api_keys SET last_used_at = now()
+                 WHERE ctid = (SELECT x.ctid FROM envoisms.api_keys x
+                                WHERE x.account_id = k.account_id AND x.api_key_id = k.api_key_id
+                                  AND (x.last_used_at IS NULL OR x.last_used_at < now() - interval '1 minute')
+                                FOR UPDATE SKIP LOCKED);
+            END IF;
+
+            -- (one test on the common path: every statement costs its own
+            -- evaluation; api_route_refusal says why, on the refused path only)
+            IF r.handler IS NULL OR (k.permissions IS NOT NULL AND NOT r.permission = ANY (k.permissions)
+                                         AND NOT (r.permission = 'balance' AND 'billing' = ANY (k.permissions))) THEN
+                f := envoisms.api_route_refusal(method, path, r.handler, r.permission, k.permissions);
+                IF f.allow IS NOT NULL THEN
+                    out_headers := out_headers || jsonb_build_object('Allow', f.allow);
+                END IF;
+                PERFORM envoisms.raise_error(f.code, f.message);
+            END IF;
+        END IF;
+
+        -- 4. the request (one row constructor: each field assignment is a statement of its own)
+        req := ROW(method, path, r.template, req.id,
+                   CASE WHEN query IS NULL OR query = '' THEN '{}' ELSE envoisms.query_parse(query) END,
+                   '{}', body, hdr, client_ip, k.account_id, k.api_key_id, k.key_prefix = 'env_test',
+                   k.permissions)::envoisms.api_request;
+        IF method IN ('POST', 'PATCH', 'PUT') AND body IS NOT NULL THEN
+            -- parsed once, and checked without a cast that could raise (so a
+            -- bad body needs no exception block); blanks only: no body
+            b := envoisms.body_jsonb(body);
+            IF b.problem IS NOT NULL THEN
+                IF b.problem = 'nul' THEN
+                    PERFORM envoisms.raise_error('VALIDATION_ERROR', 'strings must not contain NUL (\u0000) characters');
+                ELSIF b.problem = 'number' THEN
+                    PERFORM envoisms.raise_error('VALIDATION_ERROR', 'a number in the request body is out of range (beyond 1e±1000)');
+                ELSIF b.problem = 'object' THEN
+                    PERFORM envoisms.raise_error('VALIDATION_ERROR', 'the request body must be a JSON object');
+                END IF;
+                PERFORM envoisms.raise_error('INVALID_JSON', 'the request body is not valid JSON');
+            END IF;
+            req.body := coalesce(b.value, '{}');
+        END IF;
+
+        -- 5. Idempotency-Key on a POST: replay a stored reply, or run and store
+        -- (on a cluster, on the account's node: 96_distribute.sql)
+        IF k.account_id IS NOT NULL AND envoisms.cluster_mode() AND envoisms.cluster_delegates(r.permission) THEN
+            -- constants, not parameters: Citus delegates a call whose account is a constant
+            EXECUTE format('SELECT * FROM envoisms.api_account(%L, %L::regprocedure, %L::envoisms.api_request, %L)',
+                           k.account_id, r.handler, req,
+                           CASE WHEN method = 'POST' AND hdr ? 'idempotency-key' THEN hdr->>'idempotency-key' END)
+               INTO a;
+            IF a.err_state IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = a.err_state, MESSAGE = a.err_message, COLUMN = coalesce(a.err_column, ''),
+                                      DETAIL = coalesce(a.err_detail, ''), HINT = coalesce(a.err_context, '');
+            END IF;
+            rep := a.reply;
+        ELSIF method = 'POST' AND k.api_key_id IS NOT NULL AND hdr ? 'idempotency-key' THEN
+            rep := envoisms.idempotency_lookup(req, hdr->>'idempotency-key');
+            IF rep.status IS NULL THEN
+                rep := envoisms.api_call(r.handler, req);
+                PERFORM envoisms.idempotency_store(req, hdr->>'idempotency-key', rep);
+            END IF;
+        ELSE
+            rep := envoisms.api_call(r.handler, req);
+        END IF;
+        rep.headers := out_headers || coalesce(rep.headers, '{}');
+        RETURN NEXT rep;
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
+                                err_column = COLUMN_NAME, err_detail = PG_EXCEPTION_DETAIL,
+                                err_context = PG_EXCEPTION_CONTEXT;
+    END;
+
+    SELECT e.code, e.http_status INTO err_code, err_http FROM envoisms.error_codes e WHERE e.sqlstate = err_state;
+    IF err_code IS NULL THEN
+        IF err_state IN ('54000', '54001') THEN
+            err_code := 'PAYLOAD_TOO_LARGE';
+            err_http := 413;
+            err_message := 'the request is too large or too deeply nested';
+        ELSIF err_state IN ('57014', '40001', '40P01', '55P03') THEN
+            err_code := 'SERVICE_UNAVAILABLE';
+            err_http := 503;
+            err_message := 'the request could not complete in time; retry later';
+            out_headers := out_headers || '{"Retry-After": "1"}';
+        ELSE
+            RAISE WARNING 'envoisms.api % %: unexpected error %: %', left(method, 10), left(path, 200), err_state, err_message
+                USING DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_context, '');
+            err_code := 'INTERNAL_ERROR';
+            err_http := 500;
+            err_message := 'an unexpected error occurred; it was logged';
+        END IF;
+    END IF;
+    RETURN NEXT ROW(err_http, out_headers, envoisms.error_envelope(err_code, err_message, err_column))::envoisms.api_reply;
+END
+$$;
+COMMENT ON FUNCTION envoisms.api(text, text, text, jsonb, text, inet) IS
+'The whole HTTP contract as one call: authentication, rate limit, routing, handler, error envelope (what the gateway calls)';
+
+CREATE OR REPLACE FUNCTION envoisms.api_key_revoke(account_id text, api_key_id text, caller_key_id text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    target envoisms.api_keys := envoisms.api_key_row(account_id, api_key_id);
+    revoked timestamptz := now();
+BEGIN
+    IF caller_key_id IS NOT NULL THEN
+        PERFORM envoisms.check_key_kind(envoisms.api_key_caller(account_id, caller_key_id), target.key_prefix);
+    END IF;
+    -- (a value for now(): Citus refuses a non-immutable function in coalesce)
+    UPDATE envoisms.api_keys x SET revoked_at = coalesce(x.revoked_at, revoked), active = false
+     WHERE x.account_id = target.account_id AND x.api_key_id = target.api_key_id;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'revoked', true, 'id', api_key_id,
+        'warning', envoisms.api_key_revoke_warning(account_id, api_key_id, caller_key_id)));
+END
+$$;
+COMMENT ON FUNCTION envoisms.api_key_revoke(text, text, text) IS
+'Revoke an API key for good (DELETE /v1/api-keys/:id)';
+
+CREATE OR REPLACE FUNCTION envoisms.cluster_layout(OUT table_name regclass, OUT kind text)
+RETURNS SETOF record LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+    SELECT t::regclass, k FROM (VALUES
+        ('envoisms.accounts', 'reference'), ('envoisms.prices', 'reference'),
+        ('envoisms.verify_limits', 'reference'), ('envoisms.verify_secret', 'reference'),
+        ('envoisms.error_codes', 'reference'), ('envoisms.api_endpoints', 'reference'),
+        ('envoisms.carrier_prefixes', 'reference'), ('envoisms.billing_settings', 'reference'),
+        ('envoisms.billing_packs', 'reference'), ('envoisms.carriers', 'reference'),
+        ('envoisms.routes', 'reference'), ('envoisms.carrier_rate_state', 'reference'),
+        ('envoisms.pending_dlrs', 'reference'), ('envoisms.inbound_unmatched', 'reference'),
+        ('envoisms.inbound_parts', 'reference'), ('envoisms.api_keys', 'reference'),
+        ('envoisms.topups', 'reference'), ('envoisms.inbound_numbers', 'reference'),
+        ('envoisms.messages', 'distributed'), ('envoisms.message_events', 'distributed'),
+        ('envoisms.balance_buckets', 'distributed'), ('envoisms.ledger', 'distributed'),
+        ('envoisms.batches', 'distributed'), ('envoisms.message_rollups', 'distributed'),
+        ('envoisms.webhooks', 'distributed'), ('envoisms.webhook_deliveries', 'distributed'),
+        ('envoisms.verify_sessions', 'distributed'), ('envoisms.contact_lists', 'distributed'),
+        ('envoisms.contacts', 'distributed'), ('envoisms.list_members', 'distributed'),
+        ('envoisms.templates', 'distributed'), ('envoisms.campaigns', 'distributed'),
+        ('envoisms.optouts', 'distributed'), ('envoisms.idempotency_keys', 'distributed'),
+        ('envoisms.smpp_parts', 'distributed'), ('envoisms.whatsapp_windows', 'distributed'),
+        -- the console: sign-in and sessions are looked up by an outside
+        -- value (an email, a cookie), invoice numbers are the seller's
+        ('envoisms.console_settings', 'reference'), ('envoisms.console_users', 'reference'),
+        ('envoisms.console_sessions', 'reference'), ('envoisms.console_signin_throttle', 'reference'),
+        ('envoisms.console_challenges', 'reference'), ('envoisms.console_invitations', 'reference'),
+        ('envoisms.console_account_legal', 'reference'), ('envoisms.console_invoice_counters', 'reference'),
+        ('envoisms.console_invoices', 'reference'),
+        ('envoisms.console_rollups', 'distributed'), ('envoisms.console_rollup_deltas', 'distributed'),
+        -- a gateway's request tokens stay with the node it calls (81_request_outcomes.sql)
+        ('envoisms.request_outcomes', 'local')
+    ) AS l(t, k)
+$$;
+COMMENT ON FUNCTION envoisms.cluster_layout() IS
+'Which envoisms tables envoisms.distribute() makes reference tables, which it distributes by account_id and which stay each node''s own (local)';
+
+CREATE OR REPLACE FUNCTION envoisms.distribute(shard_count int DEFAULT NULL) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    l record;
+    missing text;
+    foreign_keys text[] := '{}';
+    statement text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'envoisms.distribute() needs the citus extension'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Preload citus before envoisms, CREATE EXTENSION citus, add the worker nodes (docs/scale.md).';
+    END IF;
+    IF NOT (SELECT citus_is_coordinator()) THEN
+        RAISE EXCEPTION 'envoisms.distribute() runs on the coordinator'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    -- every envoisms table has its place: a table added without one fails here, not later
+    SELECT string_agg(c.oid::regclass::text, ', ') INTO missing
+      FROM pg_class c
+     WHERE c.relnamespace = 'envoisms'::regnamespace AND c.relkind IN ('r', 'p')
+       AND c.oid NOT IN (SELECT table_name FROM envoisms.cluster_layout())
+       AND NOT EXISTS (SELECT 1 FROM pg_dist_shard s JOIN pg_class t ON t.oid = s.logicalrelid
+                        WHERE t.relnamespace = c.relnamespace AND c.relname = t.relname || '_' || s.shardid);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'envoisms.distribute() does not know where these tables go: %', missing
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+
+    -- The workers' claims read these tables: every lock is taken first, in
+    -- one statement, and taken again when a claim got in the way.
+    FOR attempt IN 1..50 LOOP
+        BEGIN
+            SET LOCAL lock_timeout = '2s';
+            EXECUTE (SELECT 'LOCK TABLE ' || string_agg(table_name::text, ', ') || ' IN ACCESS EXCLUSIVE MODE'
+                       FROM envoisms.cluster_layout());
+            EXIT;
+        EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
+            IF attempt = 50 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.1);
+        END;
+    END LOOP;
+    SET LOCAL lock_timeout = 0;
+
+    -- triggers on distributed tables run on their shards: ours only touch
+    -- the same account's rows (35_events.sql) or the caches (cache_forget)
+    SET LOCAL citus.enable_unsafe_triggers = on;
+    SET LOCAL citus.multi_shard_modify_mode = 'sequential';
+
+    -- the per-install secret of verification codes, made now rather than
+    -- by the first verification (a call on an account's node, which may
+    -- not write a reference table)
+    PERFORM envoisms.verify_code_hmac('', '');
+
+    -- the unique keys of a distributed table must hold account_id: a
+    -- top-up's credit is unique per account (a top-up id belongs to one
+    -- account, topups_topup_id), an SMSC's id per account and carrier
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'envoisms.ledger'::regclass) THEN
+        DROP INDEX IF EXISTS envoisms.ledger_one_credit_per_topup;
+        CREATE UNIQUE INDEX IF NOT EXISTS ledger_one_credit_per_topup_account
+            ON envoisms.ledger (account_id, topup_id) WHERE topup_id IS NOT NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'envoisms.smpp_parts'::regclass) THEN
+        DROP INDEX IF EXISTS envoisms.smpp_parts_smsc;
+        CREATE UNIQUE INDEX IF NOT EXISTS smpp_parts_smsc_account
+            ON envoisms.smpp_parts (account_id, carrier_id, smsc_message_id);
+        CREATE INDEX IF NOT EXISTS smpp_parts_smsc_lookup
+            ON envoisms.smpp_parts (carrier_id, smsc_message_id);
+    END IF;
+
+    -- Citus turns a local table with a foreign key to a new reference table
+    -- into a "Citus local table", which collides with the workers' own copy
+    -- of the extension's table: the foreign keys between tables not yet
+    -- placed are dropped first and made again once every table is placed
+    -- (then on the shards too).
+    FOR l IN SELECT c.conname, c.conrelid::regclass AS tbl, pg_get_constraintdef(c.oid) AS def
+               FROM pg_constraint c
+              WHERE c.contype = 'f' AND c.connamespace = 'envoisms'::regnamespace
+                AND c.conrelid NOT IN (SELECT logicalrelid FROM pg_dist_partition)
+              ORDER BY c.conrelid, c.conname LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', l.tbl, l.conname);
+        statement := concat(statement, format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I; ', l.tbl, l.conname));
+        foreign_keys := foreign_keys || format('ALTER TABLE %s ADD CONSTRAINT %I %s', l.tbl, l.conname, l.def);
+    END LOOP;
+    -- and on the workers' copies, or making them again would find them
+    -- there (their own workers' claims may get in the way, as above)
+    IF statement IS NOT NULL THEN
+        SELECT string_agg(format('%s:%s: %s', w.nodename, w.nodeport, w.result), '; ') INTO missing
+          FROM run_command_on_workers(format($drop$
+                   DO $do$ BEGIN FOR attempt IN 1..50 LOOP
+                       BEGIN SET LOCAL lock_timeout = '2s'; %s EXIT;
+                       EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
+                           IF attempt = 50 THEN RAISE; END IF; PERFORM pg_sleep(0.1);
+                       END; END LOOP; END $do$ $drop$, statement)) w
+         WHERE NOT w.success;
+        IF missing IS NOT NULL THEN
+            RAISE EXCEPTION 'envoisms.distribute(): a worker refused to drop the foreign keys: %', missing;
+        END IF;
+    END IF;
+
+    FOR l IN SELECT * FROM envoisms.cluster_layout() LOOP
+        CONTINUE WHEN l.kind = 'local' OR EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = l.table_name);
+        IF l.kind = 'reference' THEN
+            PERFORM create_reference_table(l.table_name);
+        ELSIF l.table_name = 'envoisms.messages'::regclass THEN
+            PERFORM create_distributed_table(l.table_name, 'account_id',
+                                             shard_count => coalesce(shard_count, current_setting('citus.shard_count')::int),
+                                             colocate_with => 'none');
+        ELSE
+            PERFORM create_distributed_table(l.table_name, 'account_id', colocate_with => 'envoisms.messages');
+        END IF;
+        -- the rows now live in the shards; the coordinator's own copy is emptied
+        PERFORM truncate_local_data_after_distributing_table(l.table_name);
+        RETURN NEXT format('%s: %s', l.table_name, l.kind);
+    END LOOP;
+    FOR i IN 1..cardinality(foreign_keys) LOOP
+        EXECUTE foreign_keys[i];
+    END LOOP;
+
+    -- every worker's ids in its own range (nodes added later: their scheduler)
+    SELECT string_agg(format('%s:%s: %s', w.nodename, w.nodeport, w.result), '; ') INTO missing
+      FROM run_command_on_workers('SELECT envoisms.cluster_node_sequences()') w
+     WHERE NOT w.success;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'envoisms.distribute(): a worker could not move its sequences: %', missing;
+    END IF;
+
+    FOR l IN SELECT * FROM envoisms.cluster_functions() LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_dist_object o
+                               WHERE o.classid = 'pg_proc'::regclass AND o.objid = l.function_name
+                                 AND o.distribution_argument_index IS NOT NULL);
+        PERFORM create_distributed_function(l.function_name, '$1', colocate_with => 'envoisms.messages',
+                                            force_delegation => l.force_delegation);
+        RETURN NEXT format('%s: runs on its account''s node', l.function_name);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION envoisms.distribute(int) IS
+'On a Citus coordinator: distribute the envoisms tables by account_id (reference tables for the global ones) and run account work on its shard''s node; idempotent';
+
