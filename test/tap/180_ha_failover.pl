@@ -34,8 +34,10 @@ use Time::Local qw(timegm);
 
 my $bindir = `pg_config --bindir`;
 chomp $bindir;
-my $autoctl = -x "$bindir/pg_autoctl" ? "$bindir/pg_autoctl" : `command -v pg_autoctl`;
-chomp $autoctl;
+# (from PATH: `command -v` is a shell builtin, which backticks without
+# shell characters do not run through a shell)
+my $autoctl = -x "$bindir/pg_autoctl" ? "$bindir/pg_autoctl"
+  : ((grep { -x } map { "$_/pg_autoctl" } split /:/, $ENV{PATH})[0] // '');
 ok(-x $autoctl, 'pg_autoctl is installed (postgresql-15-auto-failover, scripts/deps.sh)')
   or BAIL_OUT('pg_autoctl is missing');
 $ENV{PATH} = dirname($autoctl) . ":$ENV{PATH}";
