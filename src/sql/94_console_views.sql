@@ -93,27 +93,43 @@ CREATE TRIGGER messages_console_rollup
 -- Fold up to `batch` deltas (of one account, or of all) into the rollups;
 -- returns how many. Deltas another folder holds are left to it.
 CREATE FUNCTION envoisms.console_rollup_fold(account_id text DEFAULT NULL, batch int DEFAULT 10000) RETURNS int
-LANGUAGE sql SET search_path = pg_catalog AS $$
-    WITH picked AS (
-        SELECT d.account_id, d.delta_id FROM envoisms.console_rollup_deltas d
-         WHERE console_rollup_fold.account_id IS NULL OR d.account_id = console_rollup_fold.account_id
-         ORDER BY d.account_id, d.delta_id
-         LIMIT batch FOR UPDATE SKIP LOCKED),
-    folded AS (
-        DELETE FROM envoisms.console_rollup_deltas d USING picked p
-         WHERE d.account_id = p.account_id AND d.delta_id = p.delta_id
-        RETURNING d.*),
-    summed AS (
-        INSERT INTO envoisms.console_rollups AS r (account_id, day, channel, status, operator, delay_bucket, messages, spend_mad)
-        SELECT f.account_id, f.day, f.channel, f.status, envoisms.console_operator(f.to_number), f.delay_bucket,
-               sum(f.messages), sum(f.spend_mad)
-          FROM folded f
-         GROUP BY 1, 2, 3, 4, 5, 6
-         ORDER BY 1, 2, 3, 4, 5, 6
-        ON CONFLICT (account_id, day, channel, status, operator, delay_bucket) DO UPDATE
-           SET messages = r.messages + excluded.messages, spend_mad = r.spend_mad + excluded.spend_mad
-        RETURNING 1)
-    SELECT count(*)::int FROM folded WHERE (SELECT count(*) FROM summed) >= 0
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    shard regclass;
+    n int;
+    folded int := 0;
+BEGIN
+    -- on a cluster, this node's shards of the deltas and of the rollups
+    -- beside them (96_distribute.sql); the tables themselves on one server
+    FOR shard IN SELECT * FROM envoisms.local_shards('envoisms.console_rollup_deltas') LOOP
+        EXECUTE format($fold$
+            WITH picked AS (
+                SELECT d.account_id, d.delta_id FROM %1$s d
+                 WHERE $1 IS NULL OR d.account_id = $1
+                 ORDER BY d.account_id, d.delta_id
+                 LIMIT $2 FOR UPDATE SKIP LOCKED),
+            folded AS (
+                DELETE FROM %1$s d USING picked p
+                 WHERE d.account_id = p.account_id AND d.delta_id = p.delta_id
+                RETURNING d.*),
+            summed AS (
+                INSERT INTO %2$s AS r (account_id, day, channel, status, operator, delay_bucket, messages, spend_mad)
+                SELECT f.account_id, f.day, f.channel, f.status, envoisms.console_operator(f.to_number), f.delay_bucket,
+                       sum(f.messages), sum(f.spend_mad)
+                  FROM folded f
+                 GROUP BY 1, 2, 3, 4, 5, 6
+                 ORDER BY 1, 2, 3, 4, 5, 6
+                ON CONFLICT (account_id, day, channel, status, operator, delay_bucket) DO UPDATE
+                   SET messages = r.messages + excluded.messages, spend_mad = r.spend_mad + excluded.spend_mad
+                RETURNING 1)
+            SELECT count(*)::int FROM folded WHERE (SELECT count(*) FROM summed) >= 0
+            $fold$, shard, envoisms.colocated_shard(shard, 'envoisms.console_rollups'))
+          INTO n USING account_id, batch - folded;
+        folded := folded + n;
+        EXIT WHEN folded >= batch;
+    END LOOP;
+    RETURN folded;
+END
 $$;
 COMMENT ON FUNCTION envoisms.console_rollup_fold(text, int) IS
 'Fold the console''s rollup deltas (of one account, or all) into console_rollups; returns how many (the scheduler calls it)';
@@ -151,7 +167,11 @@ COMMENT ON FUNCTION envoisms.console_rollup_rebuild(text) IS
 -- a day: the rollups, the deltas not folded yet, and the live queued messages.
 CREATE FUNCTION envoisms.console_counts(account_id text, since date)
 RETURNS TABLE (day date, channel text, status text, operator text, delay_bucket smallint, messages bigint, spend_mad numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+-- (PL/pgSQL: Citus plans no SQL function with parameters on its tables)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT c.day, c.channel, c.status, c.operator, c.delay_bucket, sum(c.messages)::bigint, sum(c.spend_mad)
       FROM (SELECT r.day, r.channel, r.status, r.operator, r.delay_bucket, r.messages, r.spend_mad
               FROM envoisms.console_rollups r
@@ -169,7 +189,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
                AND m.account_id = console_counts.account_id AND m.direction = 'outbound'
                AND m.created_at >= since) c
      GROUP BY 1, 2, 3, 4, 5
-    HAVING sum(c.messages) <> 0 OR sum(c.spend_mad) <> 0
+    HAVING sum(c.messages) <> 0 OR sum(c.spend_mad) <> 0;
+END
 $$;
 
 -- GET /v1/console/overview?days=30
@@ -261,8 +282,10 @@ CREATE INDEX messages_inbound ON envoisms.messages (account_id, channel) WHERE d
 -- ones (born 'received') from messages_inbound. GET /v1/messages' "total".
 CREATE FUNCTION envoisms.message_count(account_id text, status text DEFAULT NULL, channel text DEFAULT NULL,
                                        direction text DEFAULT NULL) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-    SELECT CASE WHEN coalesce(direction, 'outbound') = 'outbound' AND status IS DISTINCT FROM 'received' THEN
+-- (PL/pgSQL: Citus plans no SQL function with parameters on its tables)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN CASE WHEN coalesce(message_count.direction, 'outbound') = 'outbound' AND message_count.status IS DISTINCT FROM 'received' THEN
                     (SELECT coalesce(sum(x.messages), 0)
                        FROM (SELECT r.messages FROM envoisms.console_rollups r
                               WHERE r.account_id = message_count.account_id
@@ -273,18 +296,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
                               WHERE d.account_id = message_count.account_id
                                 AND (message_count.status IS NULL OR d.status = message_count.status)
                                 AND (message_count.channel IS NULL OR d.channel = message_count.channel)) x)
-                    + CASE WHEN status IS NULL OR status = 'queued' THEN
+                    + CASE WHEN message_count.status IS NULL OR message_count.status = 'queued' THEN
                           (SELECT count(*) FROM envoisms.messages m
                             WHERE m.status = 'queued' AND m.next_attempt_at > '-infinity'
                               AND m.account_id = message_count.account_id AND m.direction = 'outbound'
                               AND (message_count.channel IS NULL OR m.channel = message_count.channel))
                       ELSE 0 END
                 ELSE 0 END
-         + CASE WHEN coalesce(direction, 'inbound') = 'inbound' AND (status IS NULL OR status = 'received') THEN
+         + CASE WHEN coalesce(message_count.direction, 'inbound') = 'inbound'
+                     AND (message_count.status IS NULL OR message_count.status = 'received') THEN
                     (SELECT count(*) FROM envoisms.messages m
                       WHERE m.direction = 'inbound' AND m.account_id = message_count.account_id
                         AND (message_count.channel IS NULL OR m.channel = message_count.channel))
-                ELSE 0 END
+                ELSE 0 END;
+END
 $$;
 COMMENT ON FUNCTION envoisms.message_count(text, text, text, text) IS
 'How many messages of an account have a status, channel and direction, from the rollups, the queue and the inbound index';
