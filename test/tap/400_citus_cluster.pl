@@ -4,6 +4,7 @@
 # shards on one node, accounts on both workers); the contract's curl
 # examples through a gateway on the coordinator (050_gateway_contract.pl
 # run against such a cluster); a send in one call to the account's node;
+# the caches' isolation specs against the coordinator;
 # dispatch from both workers' shards to a real carrier; concurrent sends on
 # one account through two gateways never overdraw; a third worker added and
 # the shards rebalanced under sends and dispatch, nothing lost, no message
@@ -15,6 +16,7 @@ use strict;
 use warnings;
 
 use EnvoismsPeers;
+use IPC::Run;
 use EnvoismsTest;
 use JSON::PP;
 use POSIX ();
@@ -129,6 +131,23 @@ is(($post->($gw->{url}, $other_key, '{"to": "+212612345678", "message": "Bonjour
 $q->("UPDATE envoisms.api_keys SET active = false, revoked_at = now() WHERE account_id = '$other'");
 is(($post->($gw->{url}, $other_key, '{"to": "+212612345678", "message": "Bonjour"}'))[0], 401,
 	'revoked through the coordinator, it is refused at its next request');
+
+# The isolation specs of the three caches, run against the coordinator:
+# SQL callers there see every committed change, and only committed ones
+# (price_cache, account_cache, key_cache, as on one server).
+{
+	my ($pgxs, $bindir) = (`pg_config --pgxs`, `pg_config --bindir`);
+	chomp($pgxs, $bindir);
+	(my $isolation_regress = $pgxs) =~ s{src/makefiles/pgxs\.mk$}{src/test/isolation/pg_isolation_regress};
+	my $out = "$PostgreSQL::Test::Utils::tmp_check/isolation_cluster";
+	mkdir $out;
+	my ($stdout, $stderr) = ('', '');
+	my $ok = IPC::Run::run([ $isolation_regress, '--use-existing', '--host=' . $coord->host,
+			'--port=' . $coord->port, '--dbname=envoisms', '--inputdir=test/isolation', "--outputdir=$out",
+			"--bindir=$bindir", qw(price_cache account_cache key_cache) ], '>', \$stdout, '2>', \$stderr);
+	ok($ok, 'the caches\' isolation specs pass against the coordinator of a cluster')
+	  or diag($stdout . $stderr . (-f "$out/regression.diffs" ? slurp_file("$out/regression.diffs") : ''));
+}
 
 # ---- dispatch from both workers to a real carrier
 my $carrier = EnvoismsPeers::start('carrier_peer.js');
