@@ -95,3 +95,24 @@ max_worker_processes = 32
 max_connections = 200
 CONF
 }
+
+# gateway_restart LISTEN CONNINFO PIDFILE LOGFILE — (re)start envoisms-gateway
+# as the server user, with a raised open-file limit, and wait for /healthz.
+# run.sh and run-cluster.sh share it; run-ha.sh starts its own under the HA
+# profile's user and session.
+gateway_restart() {
+    local listen=$1 conninfo=$2 pidfile=$3 log=$4
+    local gateway
+    gateway=$($PG_CONFIG --bindir)/envoisms-gateway
+    if [ -f "$pidfile" ] && as_root kill -0 "$(as_root cat "$pidfile")" 2>/dev/null; then
+        as_root kill -TERM "$(as_root cat "$pidfile")" || true
+        sleep 1
+    fi
+    as_server_user bash -c "ulimit -n 65536 2>/dev/null || true; nohup '$gateway' --listen '$listen' \
+        --db '$conninfo' >> '$log' 2>&1 & echo \$! > '$pidfile'"
+    for _ in $(seq 1 50); do
+        curl -fsS "http://$listen/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    curl -fsS "http://$listen/healthz" >/dev/null || die "the gateway did not come up; see $log"
+}

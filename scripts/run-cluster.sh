@@ -92,21 +92,9 @@ if [ "$valid" != "1" ]; then
     as_root chmod 0600 "$KEYFILE"
 fi
 
-GATEWAY=$($PG_CONFIG --bindir)/envoisms-gateway
-PIDFILE=$SOCK/gateway.pid
-if [ -f "$PIDFILE" ] && as_root kill -0 "$(as_root cat "$PIDFILE")" 2>/dev/null; then
-    as_root kill -TERM "$(as_root cat "$PIDFILE")" || true
-    sleep 1
-fi
 say "starting envoisms-gateway on $LISTEN against the coordinator"
-as_server_user bash -c "ulimit -n 65536 2>/dev/null || true; nohup '$GATEWAY' --listen '$LISTEN' \
-    --db 'host=$SOCK port=$COORD dbname=$DB user=$ENVOISMS_USER' \
-    >> '$STATE/log/gateway.log' 2>&1 & echo \$! > '$PIDFILE'"
-for _ in $(seq 1 50); do
-    curl -fsS "http://$LISTEN/healthz" >/dev/null 2>&1 && break
-    sleep 0.2
-done
-curl -fsS "http://$LISTEN/healthz" >/dev/null || die "the gateway did not come up; see $STATE/log/gateway.log"
+gateway_restart "$LISTEN" "host=$SOCK port=$COORD dbname=$DB user=$ENVOISMS_USER" \
+    "$SOCK/gateway.pid" "$STATE/log/gateway.log"
 
 cat <<EXAMPLE
 

@@ -100,20 +100,9 @@ fi
 
 GATEWAY=$($PG_CONFIG --bindir)/envoisms-gateway
 if [ -x "$GATEWAY" ]; then
-    PIDFILE=$STATE/run/gateway.pid
-    if [ -f "$PIDFILE" ] && as_root kill -0 "$(as_root cat "$PIDFILE")" 2>/dev/null; then
-        as_root kill -TERM "$(as_root cat "$PIDFILE")" || true
-        sleep 1
-    fi
     say "starting envoisms-gateway on $LISTEN"
-    as_server_user bash -c "ulimit -n 65536 2>/dev/null || true; nohup '$GATEWAY' --listen '$LISTEN' \
-        --db 'host=$SOCK port=$PORT dbname=$DB user=$ENVOISMS_USER' \
-        >> '$STATE/log/gateway.log' 2>&1 & echo \$! > '$PIDFILE'"
-    for _ in $(seq 1 50); do
-        curl -fsS "http://$LISTEN/healthz" >/dev/null 2>&1 && break
-        sleep 0.2
-    done
-    curl -fsS "http://$LISTEN/healthz" >/dev/null || die "the gateway did not come up; see $STATE/log/gateway.log"
+    gateway_restart "$LISTEN" "host=$SOCK port=$PORT dbname=$DB user=$ENVOISMS_USER" \
+        "$STATE/run/gateway.pid" "$STATE/log/gateway.log"
     cat <<EXAMPLE
 
 envoisms is running.
